@@ -37,6 +37,7 @@ class GaussianMixture:
         self.evals = evals.clamp(min=0)  # (K, d)
         self.evecs = evecs  # (K, d, d), columns are eigenvectors
         self.dim = means.shape[1]
+        self.sample_shape = (self.dim,)
 
     @classmethod
     def random(cls, dim: int = 64, components: int = 8, seed: int = 0, spread: float = 2.0,
@@ -94,9 +95,9 @@ class GaussianMixture:
 
 
 def ode_solution(denoiser, x: Tensor, sigma_max: float, sigma_min: float, *, rtol: float = 1e-10,
-                 atol: float = 1e-10) -> tuple[Tensor, int]:
-    """Reference probability-flow ODE solve from sigma_max down to sigma_min, then the final
-    jump to sigma = 0 (x = D(x, sigma_min)), in float64 with SciPy's DOP853.
+                 atol: float = 1e-10, denoise: bool = True) -> tuple[Tensor, int]:
+    """Reference probability-flow ODE solve from sigma_max down to sigma_min, in float64 with
+    SciPy's DOP853; with ``denoise`` (default) followed by the final jump x = D(x, sigma_min).
 
     Integrates dx/du = D(x, e^-u) - x in u = -log(sigma), where the ODE is smooth and well scaled.
     Returns the result and the number of denoiser evaluations.
@@ -118,5 +119,7 @@ def ode_solution(denoiser, x: Tensor, sigma_max: float, sigma_min: float, *, rto
     if not sol.success:
         raise RuntimeError(f"reference ODE solve failed: {sol.message}")
     end = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape)
+    if not denoise:
+        return end, count[0]
     out = denoiser(end, torch.full((shape[0],), sigma_min, dtype=torch.float64)).to(torch.float64)
     return out, count[0] + 1

@@ -17,6 +17,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from .calibrated import calibrated
 from .dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .euler import ddim, ddpm, euler, euler_ancestral
 from .heun import heun
@@ -47,8 +48,9 @@ _REGISTRY: dict[str, SamplerInfo] = {
     "dpmpp_2m_sde": SamplerInfo(dpmpp_2m_sde, True, None, 1, "SDE-DPM-Solver++(2M) (eta)"),
     "unipc": SamplerInfo(unipc, False, 3, 1, "UniPC predictor-corrector (order 2 or 3)"),
     "lms": SamplerInfo(lms, False, 4, 1, "linear multistep in sigma (order 4)"),
-    "ipndm": SamplerInfo(ipndm, False, 4, 1, "improved PNDM, Adams-Bashforth with warm start"),
+    "ipndm": SamplerInfo(ipndm, False, 2, 1, "improved PNDM: fixed 4th-order Adams-Bashforth weights (order 4 on equal steps, about 2 on graded ones)"),
     "sde_pc": SamplerInfo(sde_pc, True, None, 2, "reverse-SDE predictor + Langevin corrector"),
+    "calibrated": SamplerInfo(calibrated, False, 3, 1, "multistep with calibrated positions and weights"),
     "rk45": SamplerInfo(rk45, False, None, 0, "adaptive RK45 probability-flow ODE (tolerance)"),
 }
 

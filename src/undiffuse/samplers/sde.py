@@ -17,21 +17,26 @@ import torch
 from ._common import call, randn_like, report
 
 
-def _norm(v):
-    return v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+def _norm(v, over_batch: bool):
+    n = v.reshape(v.shape[0], -1).norm(dim=1)
+    if over_batch:
+        n = n.mean().expand(v.shape[0])
+    return n.reshape(-1, *([1] * (v.dim() - 1)))
 
 
 def sde_pc(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, snr=0.16, corrector_steps=1,
-           predictor=True):
+           predictor=True, norm="sample"):
     """Each noise level: ``corrector_steps`` Langevin steps, then one reverse-diffusion step.
     Costs (1 + corrector_steps) evaluations per level."""
+    if norm not in ("sample", "batch"):
+        raise ValueError(f"norm must be 'sample' or 'batch', got {norm!r}")
     extra = extra or {}
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         for _ in range(corrector_steps):
             score = (call(denoiser, x, s, **extra) - x) / s**2
             z = randn_like(x, generator)
-            step = 2 * (snr * _norm(z) / _norm(score).clamp_min(1e-30)) ** 2
+            step = 2 * (snr * _norm(z, norm == "batch") / _norm(score, norm == "batch").clamp_min(1e-30)) ** 2
             x = x + step * score + (2 * step).sqrt() * z
         den = call(denoiser, x, s, **extra)
         report(callback, i, x, s, s_next, den)

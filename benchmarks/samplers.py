@@ -1,0 +1,591 @@
+#!/usr/bin/env python
+"""Sampler benchmark: undiffuse's ODE samplers against diffusers' schedulers on a problem with
+an exact answer, plus the per-step overhead of each sampler.
+
+    python benchmarks/samplers.py [--write BENCHMARKS.md] [--quick]
+
+Accuracy. Data: a 64-dimensional mixture of 16 anisotropic Gaussians, whose exact denoiser is
+known (``undiffuse.analytic``). Process: the discrete DDPM VP process (linear betas, 1000
+steps). From one batch of starting points x_start = noise * sigma_max every method solves the
+probability-flow ODE down to sigma = 0; the reference is a DOP853 solve at tolerance 1e-10.
+The score is the RMSE against the reference at a fixed number of denoiser evaluations (NFE).
+diffusers' schedulers get the same analytic model, wrapped as the eps-network eps(x_t, t)
+they expect, and the same starting point, converted to the space each one works in.
+
+Overhead. The time a sampler spends on its own per step, measured with a trivial denoiser on
+an image-sized batch; ours and the matching diffusers scheduler are timed interleaved.
+
+Methods are plain entries ``Method(library, name, schedule, run)`` with ``run(nfe) -> final
+sample (in undiffuse's rescaled space) or None``; append to the list in ``build_methods`` to
+benchmark more solvers or schedules.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import undiffuse
+from undiffuse import samplers as S
+from undiffuse import schedules
+from undiffuse.analytic import GaussianMixture, ode_solution
+from undiffuse.process import VPDiscrete
+
+NFES = (5, 10, 20, 50)
+START_MARK, END_MARK = "<!-- samplers:start -->", "<!-- samplers:end -->"
+OUR_SCHEDULES = ("karras", "logsnr", "linspace", "trailing")
+RK45_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
+# Registered deterministic samplers not run automatically on the named schedules:
+SKIP = {
+    "rk45": "adaptive, reported separately",
+    "ddim": "with eta = 0 it is euler in the rescaled space",
+    "calibrated": "needs its calibrated sigmas/weights; add it as explicit entries",
+}
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------- the problem
+
+
+class Problem:
+    """The mixture, the process, the starting points, the reference, and an NFE counter."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n = n
+        self.gm = GaussianMixture.random(dim=64, components=16, seed=seed, scale_range=(0.2, 1.0))
+        self.process = VPDiscrete()  # linear betas 1e-4 .. 0.02, 1000 steps
+        self.sigma_max = self.process.sigma_max
+        self.sigma_min = self.process.sigma_min
+        noise = undiffuse.noise((n, 64), seed=1000 + seed, dtype=torch.float64)
+        self.x_start = noise * self.sigma_max
+        self.calls = 0
+        t0 = time.perf_counter()
+        self.reference, self.reference_nfe = ode_solution(self.gm, self.x_start, self.sigma_max, 1e-6,
+                                                          rtol=1e-10, atol=1e-10)
+        # What a perfect solver that stops at the process's sigma_min (and then jumps to the
+        # denoised estimate, as every method here does) would score: the floor of the table.
+        stop, _ = ode_solution(self.gm, self.x_start, self.sigma_max, self.sigma_min, rtol=1e-10, atol=1e-10)
+        self.floor = rmse(stop, self.reference)
+        self.reference_seconds = time.perf_counter() - t0
+
+    def denoiser(self, x: Tensor, sigma) -> Tensor:
+        """The exact posterior mean D(x, sigma); every call counts as one evaluation."""
+        self.calls += 1
+        return self.gm(x, sigma)
+
+    def eps_model(self, x_t: Tensor, t) -> Tensor:
+        """The analytic model as a diffusers eps-network: input x_t = alpha * x in the VP space
+        and the (possibly fractional) timestep t; sigma(t) interpolates log-sigma between the
+        table's entries, exactly as ``VPDiscrete.sigma``."""
+        t = torch.as_tensor(t).detach().to(torch.float64).reshape(())
+        if t < 0:
+            raise RuntimeError(f"diffusers asked for timestep {float(t)} < 0 (below sigma_min)")
+        sigma = self.process.sigma(t)
+        alpha = (1 + sigma**2).rsqrt()
+        x = x_t.to(torch.float64) / alpha
+        den = self.denoiser(x, sigma.expand(x.shape[0]))
+        return ((x - den) / sigma).to(x_t.dtype)
+
+
+def rmse(a: Tensor, b: Tensor) -> float:
+    return float((a.to(torch.float64) - b.to(torch.float64)).pow(2).mean().sqrt())
+
+
+# --------------------------------------------------------------------------- method entries
+
+
+@dataclass
+class Method:
+    library: str  # "undiffuse" or "diffusers"
+    name: str  # sampler / scheduler, with its options
+    schedule: str
+    run: Callable[[int], Tensor | None]  # nfe -> final sample in the rescaled space, or None
+    note: str = ""  # footnote mark shown next to the name
+    in_best: bool = True  # counted in the best-of summary
+    results: dict = field(default_factory=dict)  # nfe -> (rmse, actual nfe, output) or error str
+
+
+def _our_method(p: Problem, sampler: str, schedule: str, label: str | None = None, **options) -> Method:
+    info = S.info(sampler)
+
+    def run(nfe: int):
+        e = max(info.evals_per_step, 1)
+        steps = (nfe + e - 1) // e  # Heun: (nfe + 1) // 2, its last step (into 0) is Euler
+        if steps < 1:
+            return None
+        sigmas = schedules.get_sigmas(schedule, steps, process=p.process)
+        if abs(float(sigmas[0]) / p.sigma_max - 1) > 1e-9:
+            raise RuntimeError(f"{schedule} starts at sigma {float(sigmas[0])}, not sigma_max {p.sigma_max}")
+        if float(sigmas[-2]) < p.sigma_min * (1 - 1e-9):
+            raise RuntimeError(f"{schedule} evaluates below sigma_min")
+        with torch.no_grad():
+            return info.fn(p.denoiser, p.x_start.clone(), sigmas, **options)
+
+    return Method("undiffuse", label or sampler, schedule, run)
+
+
+def _diffusers_method(p: Problem, cls, name: str, schedule: str, space: str, steps_for: Callable[[int], int],
+                      **config) -> Method:
+    """A diffusers scheduler driven by the standard loop. ``space`` is where its sample lives:
+    "vp" (x_t = alpha * x: DDIM, PNDM, DPM-Solver, UniPC) or "rescaled" (x = x0 + sigma eps:
+    the k-diffusion-style Euler, Heun, LMS, whose scale_model_input divides by sqrt(1+sigma^2))."""
+    base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                prediction_type="epsilon")
+    method = Method("diffusers", name, schedule, None)  # type: ignore[arg-type]
+
+    def run(nfe: int):
+        n = steps_for(nfe)
+        if n < 1:
+            return None
+        sched = cls(**base, **config)
+        sched.set_timesteps(n)
+        t0 = float(sched.timesteps[0])
+        if abs(float(p.process.sigma(torch.tensor(t0, dtype=torch.float64))) / p.sigma_max - 1) > 1e-4:
+            # Cannot start where everyone else does: the first timestep is not the top of the
+            # process (DDIM/PNDM "leading" spacing). It is run from the same array, which it
+            # takes for x_t at its own first timestep, as a diffusers user would.
+            method.note, method.in_best = "start", False
+        if space == "vp":
+            x = p.x_start * float(p.process.alpha_of_sigma(torch.tensor(p.sigma_max, dtype=torch.float64)))
+        else:
+            s0 = float(sched.sigmas[0])
+            if method.in_best and abs(s0 / p.sigma_max - 1) > 1e-5:
+                raise RuntimeError(f"{name}: first sigma {s0} != sigma_max {p.sigma_max}")
+            x = p.x_start.clone()  # their x lives at their first sigma = sigma_max
+        with torch.no_grad():
+            for t in sched.timesteps:
+                eps = p.eps_model(sched.scale_model_input(x, t), t)
+                x = sched.step(eps, t, x).prev_sample
+        # The last step lands on sigma = 0 (final_sigmas_type="zero", set_alpha_to_one=True), where
+        # alpha = 1 and both spaces hold x0: no conversion back.
+        return x
+
+    method.run = run
+    return method
+
+
+def build_methods(p: Problem) -> list[Method]:
+    methods: list[Method] = []
+    # ---- ours: every deterministic registered sampler on every schedule
+    for name in S.names():
+        info = S.info(name)
+        if info.stochastic or name in SKIP:
+            continue
+        variants = [({"order": 2}, "unipc(2)"), ({"order": 3}, "unipc(3)")] if name == "unipc" else [({}, name)]
+        for opts, label in variants:
+            for sch in OUR_SCHEDULES:
+                methods.append(_our_method(p, name, sch, label, **opts))
+
+    # ---- diffusers
+    import diffusers as d
+
+    one = lambda nfe: nfe  # noqa: E731  one evaluation per step
+    heun_steps = lambda nfe: (nfe + 1) // 2  # noqa: E731  2 per step, last step Euler
+    plms_steps = lambda nfe: nfe - 1  # noqa: E731  skip_prk PLMS evaluates the first step twice
+    k_style = {"linspace": {}, "karras": dict(use_karras_sigmas=True), "trailing": dict(timestep_spacing="trailing")}
+    vp_style = {"leading": {}, "trailing": dict(timestep_spacing="trailing")}  # no karras; linspace breaks step()
+    specs = [
+        # (class, label, space, steps, fixed config, spacings: {label: extra config})
+        (d.DDIMScheduler, "DDIM", "vp", one, dict(clip_sample=False, set_alpha_to_one=True),
+         vp_style),
+        (d.EulerDiscreteScheduler, "EulerDiscrete", "rescaled", one, {}, k_style),
+        (d.HeunDiscreteScheduler, "HeunDiscrete", "rescaled", heun_steps, dict(clip_sample=False), k_style),
+        (d.DPMSolverMultistepScheduler, "DPMSolverMultistep(2)", "vp", one, dict(solver_order=2), k_style),
+        (d.DPMSolverMultistepScheduler, "DPMSolverMultistep(3)", "vp", one, dict(solver_order=3), k_style),
+        (d.UniPCMultistepScheduler, "UniPCMultistep(2)", "vp", one, dict(solver_order=2), k_style),
+        (d.UniPCMultistepScheduler, "UniPCMultistep(3)", "vp", one, dict(solver_order=3), k_style),
+        (d.LMSDiscreteScheduler, "LMSDiscrete", "rescaled", one, {}, k_style),
+        (d.PNDMScheduler, "PNDM(skip_prk)", "vp", plms_steps, dict(skip_prk_steps=True, set_alpha_to_one=True),
+         vp_style),
+    ]
+    for cls, label, space, steps_for, fixed, spacings in specs:
+        for sch, extra in spacings.items():
+            methods.append(_diffusers_method(p, cls, label, sch, space, steps_for, **fixed, **extra))
+    # More entries go here, e.g. a calibrated solver on its own schedule:
+    #   methods.append(Method("undiffuse", "calibrated", "calibrated-ays", run))
+    # with run(nfe) returning the final sample from p.x_start (using p.denoiser, so NFE is counted),
+    # or None when it has no setting for that NFE.
+    return methods
+
+
+def run_methods(p: Problem, methods: list[Method], nfes=NFES, log=print) -> None:
+    for m in methods:
+        t0 = time.perf_counter()
+        for nfe in nfes:
+            p.calls = 0
+            try:
+                out = m.run(nfe)
+            except NotImplementedError as exc:
+                m.results[nfe] = f"not implemented{': ' + str(exc) if str(exc) else ''}"
+                continue
+            if out is None:
+                continue
+            if p.calls > nfe:
+                m.results[nfe] = f"used {p.calls} evaluations"
+                continue
+            m.results[nfe] = (rmse(out, p.reference), p.calls, out)
+        log(f"  {m.library:9s} {m.name:24s} {m.schedule:9s} {time.perf_counter() - t0:6.1f}s  "
+            + "  ".join(f"{r[0]:.2e}" if isinstance(r, tuple) else "-" for r in
+                        (m.results.get(n) for n in nfes)))
+
+
+def run_rk45(p: Problem, tolerances=RK45_TOLERANCES) -> list[tuple[float, int, float]]:
+    rows = []
+    sigmas = torch.tensor([p.sigma_max, p.sigma_min, 0.0], dtype=torch.float64)
+    for tol in tolerances:
+        info: dict = {}
+        p.calls = 0
+        out = S.get("rk45")(p.denoiser, p.x_start.clone(), sigmas, rtol=tol, atol=tol, info=info)
+        rows.append((tol, p.calls, rmse(out, p.reference)))
+    return rows
+
+
+# --------------------------------------------------------------------------- overhead timing
+
+
+def _timing_pairs():
+    import diffusers as d
+
+    base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                prediction_type="epsilon")
+    return [
+        ("euler", {}, "EulerDiscrete", lambda: d.EulerDiscreteScheduler(**base)),
+        ("ddim", {}, "DDIM", lambda: d.DDIMScheduler(**base, clip_sample=False, timestep_spacing="trailing")),
+        ("heun", {}, "HeunDiscrete", lambda: d.HeunDiscreteScheduler(**base)),
+        ("dpmpp_2m", {}, "DPMSolverMultistep(2)", lambda: d.DPMSolverMultistepScheduler(**base, solver_order=2)),
+        ("dpmpp_3m", {}, "DPMSolverMultistep(3)", lambda: d.DPMSolverMultistepScheduler(**base, solver_order=3)),
+        ("unipc", {"order": 2}, "UniPCMultistep(2)", lambda: d.UniPCMultistepScheduler(**base, solver_order=2)),
+        ("unipc", {"order": 3}, "UniPCMultistep(3)", lambda: d.UniPCMultistepScheduler(**base, solver_order=3)),
+        ("lms", {}, "LMSDiscrete", lambda: d.LMSDiscreteScheduler(**base)),
+        ("ipndm", {}, "PNDM(skip_prk)", lambda: d.PNDMScheduler(**base, skip_prk_steps=True,
+                                                                set_alpha_to_one=True,
+                                                                timestep_spacing="trailing")),
+    ]
+
+
+def measure_overhead(repeats: int, steps: int = 50, log=print):
+    """Seconds per step of each sampler loop with a trivial denoiser (0.5 * x, float32,
+    16 x 3 x 64 x 64). Schedule construction (get_sigmas / set_timesteps) is outside the timer;
+    the loop, every step() and scale_model_input and the trivial model are inside."""
+    process = VPDiscrete()
+    x0 = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def trivial_denoiser(x, sigma):
+        return 0.5 * x
+
+    def trivial_eps(x, t):
+        return 0.5 * x
+
+    sigmas = schedules.get_sigmas("linspace", steps, process=process)
+    pairs = []
+    for name, opts, dname, make in _timing_pairs():
+        fn = S.get(name)
+        label = f"{name}({opts['order']})" if opts else name
+
+        def ours(fn=fn, opts=opts):
+            x = x0 * float(sigmas[0])
+            t0 = time.perf_counter()
+            fn(trivial_denoiser, x, sigmas, **opts)
+            return time.perf_counter() - t0
+
+        sched = make()
+
+        def theirs(sched=sched):
+            sched.set_timesteps(steps)
+            x = x0 * sched.init_noise_sigma
+            t0 = time.perf_counter()
+            for t in sched.timesteps:
+                eps = trivial_eps(sched.scale_model_input(x, t), t)
+                x = sched.step(eps, t, x).prev_sample
+            return time.perf_counter() - t0
+
+        pairs.append([label, dname, ours, theirs, [], []])
+
+    with torch.no_grad():
+        for pair in pairs:  # warm-up (and skip samplers that cannot run yet)
+            try:
+                pair[2]()
+            except NotImplementedError:
+                pair[2] = None
+            pair[3]()
+        for r in range(repeats):
+            for pair in pairs:
+                order = (2, 3) if r % 2 == 0 else (3, 2)
+                for k in order:
+                    if pair[k] is not None:
+                        pair[k + 2].append(pair[k]())
+        den_times = []
+        for _ in range(repeats):
+            x = x0.clone()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trivial_denoiser(x, None)
+            den_times.append(time.perf_counter() - t0)
+    rows = []
+    for label, dname, ours, _theirs, t_ours, t_theirs in pairs:
+        a = statistics.median(t_ours) / steps if t_ours else None
+        b = statistics.median(t_theirs) / steps
+        rows.append((label, a, dname, b))
+        log(f"  {label:10s} {a * 1e6 if a else float('nan'):9.1f} us   {dname:24s} {b * 1e6:9.1f} us")
+    return rows, statistics.median(den_times) / steps
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(r, nominal: int, bold: bool = False) -> str:
+    if r is None:
+        return "-"
+    if isinstance(r, str):
+        return "n/a"
+    s = f"{r[0]:.2e}"
+    if bold:
+        s = f"**{s}**"
+    if r[1] != nominal:
+        s += f" ({r[1]})"
+    return s
+
+
+def best(methods: list[Method], library: str, nfe: int, everything: bool = False):
+    cands = [(m.results[nfe][0], m) for m in methods
+             if m.library == library and (m.in_best or everything) and isinstance(m.results.get(nfe), tuple)]
+    return min(cands, key=lambda c: c[0]) if cands else (None, None)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import diffusers
+    import scipy
+
+    return (f"{platform.system()} {platform.release()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, "
+            f"numpy {np.__version__}, scipy {scipy.__version__}, diffusers {diffusers.__version__}")
+
+
+def _load(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _command() -> str:
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return " ".join(["python", shlex.quote(str(script))] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def _crosscheck(methods: list[Method]) -> list[str]:
+    """Pairs that run the same algorithm on the same steps: their outputs should agree far
+    below their error, which checks the start/end conversions of the diffusers runs."""
+    pairs = [(("undiffuse", "euler", "linspace"), ("diffusers", "EulerDiscrete", "linspace")),
+             (("undiffuse", "euler", "trailing"), ("diffusers", "DDIM", "trailing")),
+             (("undiffuse", "euler", "karras"), ("diffusers", "EulerDiscrete", "karras")),
+             (("undiffuse", "heun", "karras"), ("diffusers", "HeunDiscrete", "karras")),
+             (("undiffuse", "dpmpp_2m", "trailing"), ("diffusers", "DPMSolverMultistep(2)", "trailing")),
+             (("undiffuse", "unipc(2)", "trailing"), ("diffusers", "UniPCMultistep(2)", "trailing"))]
+    index = {(m.library, m.name, m.schedule): m for m in methods}
+    lines = []
+    for a, b in pairs:
+        ma, mb = index.get(a), index.get(b)
+        if ma is None or mb is None:
+            continue
+        cells = []
+        for nfe in (5, 20):
+            ra, rb = ma.results.get(nfe), mb.results.get(nfe)
+            if isinstance(ra, tuple) and isinstance(rb, tuple):
+                cells.append(f"NFE {nfe}: |difference| {rmse(ra[2], rb[2]):.1e} vs errors {ra[0]:.2e} / {rb[0]:.2e}")
+        if cells:
+            lines.append(f"- ours `{a[1]}`/{a[2]} vs diffusers `{b[1]}`/{b[2]}: " + "; ".join(cells))
+    return lines
+
+
+def report(p: Problem, methods: list[Method], rk45_rows, overhead, den_step, args, seconds: float) -> str:
+    out = [START_MARK, "## Samplers: accuracy at fixed NFE and per-step overhead", ""]
+    out += [f"Produced on {_dt.date.today().isoformat()} by `{_command()}` "
+            f"(total {seconds / 60:.1f} min{', quick mode' if args.quick else ''}).", "",
+            f"Machine: {_machine()}. Accuracy runs use 1 thread, the overhead timing {args.threads}. "
+            f"Load average (1 min) at the start: {_load(args.load)}, at the timing: {_load(args.load_timing)}.", ""]
+    out += ["**Problem.** Data: `GaussianMixture.random(dim=64, components=16, seed=0, scale_range=(0.2, 1.0))` "
+            "with its exact denoiser. Process: `VPDiscrete()` (DDPM linear betas 1e-4..0.02, 1000 steps; "
+            f"sigma_max = {p.sigma_max:.2f} at t = 999, sigma_min = {p.sigma_min:.4f} at t = 0). "
+            f"{p.n} starting points x_start = noise * sigma_max (seeded) in the rescaled space x = x0 + sigma eps, "
+            "the same for every method (diffusers' VP-space schedulers get x_T = alpha(sigma_max) x_start, "
+            "the k-diffusion-style ones x_start itself). Reference: the exact probability-flow ODE solution at "
+            "sigma = 0, `ode_solution(gm, x_start, sigma_max, 1e-6, rtol=atol=1e-10)` in float64 "
+            f"({p.reference_nfe} evaluations). No method evaluates the denoiser below sigma_min; every one "
+            "ends with a jump from its last sigma to 0, so even a perfect solver scores the **floor "
+            f"{p.floor:.2e}** (exact ODE to sigma_min, then x = D(x, sigma_min)).", "",
+            "**Metric.** RMSE of the final samples against the reference over all entries, at a budget of "
+            "NFE denoiser evaluations (counted, not assumed; a number in parentheses is the evaluations "
+            "actually used when a method cannot hit the budget exactly, e.g. Heun with (NFE+1)//2 steps). "
+            "All runs in float64. diffusers' schedulers see the analytic model as an eps-network "
+            "eps(x_t, t) = (x - D(x, sigma(t))) / sigma(t), x = x_t / alpha, with log-sigma interpolated "
+            "between table entries at fractional t; same betas, `prediction_type=\"epsilon\"`, "
+            "`clip_sample=False`; driven by the standard `scale_model_input` / model / `step` loop. "
+            "Stochastic samplers (ddpm, euler_ancestral, dpmpp_2m_sde, sde_pc) do not solve the ODE and are "
+            "left out; so are " + "; ".join(f"`{k}` ({v})" for k, v in SKIP.items()) + ".", ""]
+
+    header = "| library | sampler | schedule | " + " | ".join(f"NFE {n}" for n in NFES) + " |"
+    out += ["### RMSE against the exact ODE solution", "",
+            "Lower is better; bold = best of its library at that NFE (among runs that start at sigma_max).", "",
+            header, "|" + "---|" * (3 + len(NFES))]
+    bests = {(lib, n): best(methods, lib, n)[1] for lib in ("undiffuse", "diffusers") for n in NFES}
+    notes_used = set()
+    for m in methods:
+        name = f"`{m.name}`"
+        if m.note == "start":
+            name += " †"
+            notes_used.add("start")
+        cells = [_fmt(m.results.get(n), n, bests[(m.library, n)] is m) for n in NFES]
+        out.append(f"| {m.library} | {name} | {m.schedule} | " + " | ".join(cells) + " |")
+    out.append("")
+    if "start" in notes_used:
+        out += ["† Default `leading` spacing: the first timestep is (n-1)·⌊1000/n⌋ (e.g. 900 for n = 10), not 999, "
+                "so these runs cannot start where the others do; they get the same array as x_t at their first "
+                "timestep (what a diffusers user does) and so solve from a different point. Shown, but not counted "
+                "in the best-of rows.", ""]
+    out += ["DDIM and PNDM take their next timestep as t - ⌊1000/n⌋ inside `step()`, so only `leading` and `trailing` "
+            "spacing are consistent with them (not `linspace`), and `trailing` only when n divides 1000: PNDM with "
+            "skip_prk uses n = NFE - 1 steps (it evaluates its first step twice), so at NFE 10, 20, 50 its trailing "
+            "runs step to a level up to one timestep off the next evaluation. Neither supports Karras sigmas. "
+            "Both run with `set_alpha_to_one=True` so the last step lands on sigma = 0 (PNDM's default False would "
+            "stop at t = 0, sigma_min, leaving that noise in the output). DPM-Solver and UniPC with Karras sigmas "
+            "round the timesteps the model sees to integers while stepping on the unrounded sigmas; that mismatch "
+            "is part of their numbers, as it is with a real network.", ""]
+    errors = sorted({f"{m.library} `{m.name}`: {r}" for m in methods for r in m.results.values() if isinstance(r, str)})
+    if errors:
+        out += ["n/a: " + "; ".join(errors) + ".", ""]
+
+    out += ["### Best of each library", "",
+            "| NFE | ours best | method | diffusers best | method | ours / diffusers |", "|---|---|---|---|---|---|"]
+    for n in NFES:
+        a, ma = best(methods, "undiffuse", n)
+        b, mb = best(methods, "diffusers", n)
+        out.append(f"| {n} | {a:.2e} | `{ma.name}`/{ma.schedule} | {b:.2e} | `{mb.name}`/{mb.schedule} | "
+                   f"{a / b:.2f} |" if a is not None and b is not None else f"| {n} | - | - | - | - | - |")
+    dagger = []
+    for n in NFES:
+        b, mb = best(methods, "diffusers", n)
+        c, mc = best(methods, "diffusers", n, everything=True)
+        if mc is not None and mc is not mb:
+            dagger.append(f"NFE {n}: {c:.2e} (`{mc.name}`/{mc.schedule})")
+    if dagger:
+        out += ["", "Counting the † runs too, diffusers' best would be " + "; ".join(dagger) + "."]
+    out += ["", "**Goal: our best at NFE n <= diffusers' best at NFE 2n.**", ""]
+    for n in (5, 10):
+        a, ma = best(methods, "undiffuse", n)
+        b, mb = best(methods, "diffusers", 2 * n)
+        if a is None or b is None:
+            out.append(f"- n = {n}: cannot be checked (missing results).")
+            continue
+        verdict = "**reached**" if a <= b else "**not reached**"
+        out.append(f"- n = {n}: {verdict} -- ours {a:.2e} at NFE {n} (`{ma.name}`/{ma.schedule}) vs diffusers "
+                   f"{b:.2e} at NFE {2 * n} (`{mb.name}`/{mb.schedule}); ratio {a / b:.2f}.")
+    out.append("")
+    checks = _crosscheck(methods)
+    if checks:
+        out += ["Cross-checks (same algorithm and steps in both libraries; the difference of the outputs "
+                "should be far below the errors, which checks the conversions between spaces):", ""] + checks + [""]
+
+    out += ["### Adaptive RK45 (ours, `rk45`)", "",
+            "Dormand-Prince in u = -log sigma from sigma_max to sigma_min, then the jump to 0; rtol = atol = tol.", "",
+            "| tol | NFE | RMSE |", "|---|---|---|"]
+    out += [f"| {tol:.0e} | {nfe} | {err:.2e} |" for tol, nfe, err in rk45_rows]
+    out.append("")
+
+    out += ["### Per-step overhead", "",
+            f"Time per step of the sampler's own work: trivial denoiser (0.5 * x, "
+            f"{den_step * 1e6:.0f} us per call, included) on a float32 16x3x64x64 batch, 50 steps "
+            f"(schedule `linspace` for ours, each scheduler's default spacing except trailing for DDIM/PNDM; "
+            f"heun's 50 steps are 99 evaluations in both libraries, PNDM's 51); median of "
+            f"{args.repeats} interleaved repeats after warm-up, divided by 50. Schedule construction "
+            "(`get_sigmas` / `set_timesteps`) is not timed.", "",
+            "| ours | us/step | diffusers | us/step | ours / diffusers |", "|---|---|---|---|---|"]
+    for label, a, dname, b in overhead:
+        if a is None:
+            out.append(f"| `{label}` | n/a | `{dname}` | {b * 1e6:.0f} | - |")
+        else:
+            out.append(f"| `{label}` | {a * 1e6:.0f} | `{dname}` | {b * 1e6:.0f} | {a / b:.2f} |")
+    out += ["", END_MARK]
+    return "\n".join(out) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, l in enumerate(lines) if l.strip() == START_MARK]
+    ends = [i for i, l in enumerate(lines) if l.strip() == END_MARK]
+    if starts and ends and ends[0] > starts[0]:
+        new = "".join(lines[:starts[0]]) + section + "".join(lines[ends[0] + 1:])
+    else:
+        new = text.rstrip("\n") + "\n\n" + section
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", metavar="PATH", help="replace the samplers section of this Markdown file")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 samples, 3 timing repeats")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the overhead timing (default 1: on a shared machine more threads "
+                             "make the timings mostly contention)")
+    args = parser.parse_args(argv)
+    args.samples = 64 if args.quick else 256
+    args.repeats = 3 if args.quick else 9
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+    except ImportError:
+        pass
+
+    t_all = time.perf_counter()
+    args.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    torch.set_num_threads(1)  # the accuracy runs are small ops: one thread is faster and load-proof
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr
+    log(f"reference solve for {args.samples} samples ...")
+    p = Problem(args.samples)
+    log(f"  {p.reference_nfe} evaluations, {p.reference_seconds:.1f}s; floor {p.floor:.2e}")
+    methods = build_methods(p)
+    log(f"{len(methods)} methods x NFE {NFES}")
+    run_methods(p, methods, log=log)
+    log(f"rk45 ... ({time.perf_counter() - t_all:.0f}s so far)")
+    rk45_rows = run_rk45(p)
+    log(f"overhead ... ({time.perf_counter() - t_all:.0f}s so far)")
+    torch.set_num_threads(args.threads)
+    args.load_timing = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    overhead, den_step = measure_overhead(args.repeats, log=log)
+    seconds = time.perf_counter() - t_all
+    section = report(p, methods, rk45_rows, overhead, den_step, args, seconds)
+    print(section)
+    if args.write:
+        write_section(Path(args.write), section)
+        log(f"wrote {args.write}")
+    log(f"total {seconds:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
