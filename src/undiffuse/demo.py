@@ -66,17 +66,17 @@ def run(out: str, steps: int = 5, count: int = 64, seed: int = 0, sampler: str =
     z = make_noise((count, 1, 8, 8), seed=seed, dtype=torch.float64)
     fixed = sample(gm, z, sampler=sampler, steps=steps, schedule="karras", sigma_min=smin, sigma_max=smax)
     cal = calibrate(gm, (1, 8, 8), steps, sigma_min=smin, sigma_max=smax, seed=seed + 10_000, iters=150,
-                    dtype=torch.float64)
+                    train_size=48, val_size=48, dtype=torch.float64)
     cal.save(os.path.join(out, f"calibrated_{steps}.json"))
     tuned = sample(gm, z, sigma_min=smin, sigma_max=smax, **cal.sample_kwargs())
     exact = reference_solution(gm, z * smax, smax, smin, rtol=1e-7)
-    true = gm.sample(2000, torch.Generator().manual_seed(seed)).numpy()
+    true = gm.sample(1000, torch.Generator().manual_seed(seed)).numpy()
     mu_d, c_d = gaussian_stats(data)
 
     def fd(x):
         return frechet_distance(*gaussian_stats(np.asarray(x).reshape(len(x), -1)), mu_d, c_d)
 
-    many = sample(gm, make_noise((2000, 1, 8, 8), seed=seed + 1, dtype=torch.float64), sigma_min=smin,
+    many = sample(gm, make_noise((1000, 1, 8, 8), seed=seed + 1, dtype=torch.float64), sigma_min=smin,
                   sigma_max=smax, **cal.sample_kwargs())
     scores = {
         "data": "scikit-learn digits (1797 images, 8x8), pixels in [-1, 1]",
@@ -84,7 +84,7 @@ def run(out: str, steps: int = 5, count: int = 64, seed: int = 0, sampler: str =
         "steps": steps, "count": count, "seed": seed,
         "rmse_vs_exact_ode": {f"{sampler}+karras": float(((fixed - exact) ** 2).mean().sqrt()),
                               f"calibrated": float(((tuned - exact) ** 2).mean().sqrt())},
-        "fd_pixels": {"calibrated_samples_2000": fd(many.numpy()), "exact_mixture_samples_2000": fd(true)},
+        "fd_pixels": {"calibrated_samples_1000": fd(many.numpy()), "exact_mixture_samples_1000": fd(true)},
         "seconds": round(time.time() - t0, 2),
     }
     save_grid(tuned.numpy(), os.path.join(out, "samples.png"))
