@@ -55,6 +55,13 @@ def test_round_trip_gives_the_same_samples(tmp_path, gm, fitted):
     assert undiffuse.sample(gm, z, sampler="heun", schedule=again.sigmas).shape == (3, 8)
 
 
+def test_loading_a_foreign_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"sigmas": [1.0, 0.0]}')
+    with pytest.raises(ValueError, match="is not a calibration file"):
+        Calibration.load(path)
+
+
 def test_calibration_errors(gm):
     with pytest.raises(ValueError, match="cannot be calibrated"):
         calibrate(gm, (8,), 4, sigma_min=0.02, sigma_max=20.0, sampler="ddpm")

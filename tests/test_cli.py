@@ -9,6 +9,14 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "undiffuse", *args], capture_output=True, text=True, timeout=600)
 
 
+def test_out_that_is_a_file_is_refused_and_kept(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    res = _run("demo", "--out", str(target))
+    assert res.returncode == 2 and "--out" in res.stderr and "not a folder" in res.stderr
+    assert target.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("args, message", [
     (["demo", "--steps", "0"], "--steps must be >= 1"),
     (["demo", "--sampler", "fast"], "--sampler 'fast' is unknown; allowed: "),

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from . import samplers as _samplers
 from . import schedules as _schedules
+from ._io import write_json
 from .sampling import noise as _noise
 from .samplers.calibrated import HISTORY
 
@@ -53,16 +52,15 @@ class Calibration:
         return {"sampler": self.sampler, "sigmas": torch.tensor(self.sigmas, dtype=torch.float64), **self.options}
 
     def save(self, path) -> None:
-        d = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-            json.dump(asdict(self), f, indent=1)
-            tmp = f.name
-        os.replace(tmp, path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path) -> "Calibration":
         with open(path) as f:
             data = json.load(f)
+        if not isinstance(data, dict) or not {"sampler", "sigmas"} <= set(data) or set(data) - set(cls.__dataclass_fields__):
+            raise ValueError(f"{path} is not a calibration file: expected a JSON object with keys "
+                             f"{', '.join(cls.__dataclass_fields__)} (at least sampler and sigmas)")
         cal = cls(**data)
         _schedules.validate(torch.tensor(cal.sigmas, dtype=torch.float64), f"sigmas in {path}")
         _samplers.info(cal.sampler)

@@ -25,6 +25,10 @@ def main(argv=None) -> int:
         from . import samplers
         from .demo import run
 
+        import os
+
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"--out {args.out!r} exists and is not a folder")
         if args.steps < 1:
             parser.error(f"--steps must be >= 1, got {args.steps}")
         if args.count < 1:

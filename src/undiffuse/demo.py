@@ -11,13 +11,13 @@ sampler and with a calibrated schedule, and writes a sample grid and its scores:
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 import torch
 
+from ._io import write_atomic, write_json
 from .analytic import GaussianMixture
 from .calibrate import calibrate, reference_solution
 from .metrics import frechet_distance, gaussian_stats
@@ -53,9 +53,7 @@ def save_grid(images: np.ndarray, path: str, nrow: int = 8, scale: int = 4) -> N
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (img[0] + 1) / 2
     pic = Image.fromarray((grid.clip(0, 1) * 255).round().astype(np.uint8)).resize(
         (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    tmp = path + ".tmp.png"
-    pic.save(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: pic.save(tmp, format="PNG"), suffix=".png")
 
 
 def run(out: str, steps: int = 5, count: int = 64, seed: int = 0, sampler: str = "dpmpp_2m") -> dict:
@@ -88,7 +86,5 @@ def run(out: str, steps: int = 5, count: int = 64, seed: int = 0, sampler: str =
         "seconds": round(time.time() - t0, 2),
     }
     save_grid(tuned.numpy(), os.path.join(out, "samples.png"))
-    with open(os.path.join(out, "scores.json.tmp"), "w") as f:
-        json.dump(scores, f, indent=1)
-    os.replace(os.path.join(out, "scores.json.tmp"), os.path.join(out, "scores.json"))
+    write_json(os.path.join(out, "scores.json"), scores)
     return scores

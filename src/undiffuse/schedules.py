@@ -153,16 +153,9 @@ def _custom(values) -> Tensor:
 
 def save(sigmas: Tensor, path, **meta) -> None:
     """Write a schedule as a plain JSON list (plus optional metadata) atomically."""
-    import json
-    import os
-    import tempfile
+    from ._io import write_json
 
-    data = {"sigmas": [float(v) for v in validate(sigmas)], **meta}
-    d = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=d, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=1)
-        tmp = f.name
-    os.replace(tmp, path)
+    write_json(path, {"sigmas": [float(v) for v in validate(sigmas)], **meta})
 
 
 def load(path) -> Tensor:
