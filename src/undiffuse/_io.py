@@ -28,3 +28,13 @@ def write_json(path, data, indent: int = 1) -> None:
             json.dump(data, f, indent=indent)
 
     write_atomic(path, _write)
+
+
+def write_text(path, text: str) -> None:
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomic(path, _write)

@@ -1,0 +1,301 @@
+"""Run configuration: one dataclass per group, presets that list only their differences,
+and the single place where a config becomes objects (network, process, denoiser).
+
+A resolved config is plain JSON (``RunConfig.to_dict``), saved as ``RUN/config.json`` and in
+every checkpoint, printed by ``undiffuse train --dry-run``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from . import nets, process as _process
+from .losses import NOISE_SAMPLING, WEIGHTINGS
+from .precond import PARAMETERIZATIONS, Denoiser
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"          # built-in dataset name, an image folder, or a .npy/.npz file
+    image_size: int | None = None  # resize + centre-crop side for image folders (None: first image's size)
+    channels: int | None = None   # 1 or 3 (None: decided from the images)
+    strict: bool = False          # a bad file is an error instead of a skipped warning
+    num_points: int = 20_000      # points drawn for the 2-D toys
+    hflip: bool = False           # random horizontal flips (augmentation)
+
+
+@dataclass
+class DiffusionConfig:
+    process: dict = field(default_factory=lambda: {"name": "edm"})  # process.get(name, **rest)
+    parameterization: str = "edm"  # eps | x0 | v | edm | flow
+    sigma_data: float = 0.5       # data standard deviation (EDM preconditioning and weighting)
+    noise_sampling: str = "lognormal"  # uniform_t | lognormal
+    p_mean: float = -1.2          # lognormal: mean of ln(sigma)
+    p_std: float = 1.2            # lognormal: std of ln(sigma)
+    weighting: str = "uniform"    # uniform | min_snr | edm (see losses)
+    min_snr_gamma: float = 5.0
+    time_scale: float = 1.0       # multiplies the network's noise label
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3              # peak learning rate (AdamW)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100       # linear warm-up from 0
+    schedule: str = "cosine"      # cosine | constant, after warm-up, over max_steps or the time budget
+    min_lr_ratio: float = 0.0     # cosine floor as a fraction of lr
+    grad_clip: float = 1.0        # max global gradient norm (0: off)
+    batch_size: int = 128         # samples per optimizer step
+    accumulation: int = 1         # micro-batches per step (batch_size must divide evenly)
+
+
+@dataclass
+class EMAConfig:
+    halflife_samples: float = 50_000  # EMA half-life in training samples (Karras et al. 2022)
+    rampup: float = 0.05              # warm-up: half-life at most rampup * samples seen (0: off)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int | None = None  # stop after this many optimizer steps
+    time_budget: float | None = None  # or after this many seconds of training (cumulative over resumes)
+    seed: int = 0
+    log_every: int = 50           # steps per JSONL/TensorBoard entry (loss averaged over them)
+    checkpoint_every: int = 1000  # steps between checkpoints (and one at the end)
+    keep: int = 3                 # complete checkpoints kept
+    sample_every: int = 0         # steps between sample grids (0: only at the end)
+    sample_count: int = 64        # images in each grid
+    max_bad_steps: int = 20       # consecutive non-finite losses before training stops
+    precision: str = "fp32"       # fp32 | bf16 (bf16 autocast, CUDA only)
+    device: str = "cpu"
+    tensorboard: bool = True      # also write TensorBoard events if the package is installed
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "heun"         # recommended sampler for this run
+    steps: int = 10
+    schedule: str = "karras"
+    sigma_min: float | None = None  # None: the process's own
+    sigma_max: float | None = None
+
+
+GROUPS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig, "ema": EMAConfig,
+          "train": TrainConfig, "sample": SampleConfig}
+
+
+@dataclass
+class RunConfig:
+    preset: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=dict)  # nets.build(model): {"kind": "unet", ...}
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        d = copy.deepcopy(d)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; allowed: {', '.join(f.name for f in fields(cls))}")
+        kw = {}
+        for name, group in GROUPS.items():
+            if name in d:
+                kw[name] = _group(group, d[name], name)
+        if "optim" in kw:
+            kw["optim"].betas = tuple(kw["optim"].betas)
+        cfg = cls(preset=d.get("preset", "custom"), model=d.get("model", {}), **kw)
+        validate(cfg)
+        return cfg
+
+
+def _group(group, values: dict, name: str):
+    allowed = {f.name for f in fields(group)}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ValueError(f"config section {name!r} has no key(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return group(**values)
+
+
+# ----------------------------------------------------------------------------- presets
+
+# Each preset lists only what differs from the dataclass defaults; ``model`` is complete.
+PRESETS: dict[str, dict] = {
+    # 8x8 digits on a laptop CPU: see BENCHMARKS.md for what each choice bought.
+    "digits": {
+        "model": {"kind": "unet", "channels": 64, "channel_mult": [1, 2], "num_res_blocks": 2,
+                  "attention_levels": [1], "head_channels": 32, "dropout": 0.0},
+        "diffusion": {"sigma_data": 0.6},
+        "optim": {"lr": 2e-3, "batch_size": 128, "warmup_steps": 200},
+        "ema": {"halflife_samples": 50_000},
+        "train": {"time_budget": 300.0, "checkpoint_every": 1000},
+        "sample": {"sampler": "heun", "steps": 10},
+    },
+    # 2-D toys and other vectors.
+    "toy": {
+        "model": {"kind": "mlp", "width": 256, "depth": 4},
+        "diffusion": {"sigma_data": 1.0},
+        "optim": {"lr": 1e-3, "batch_size": 512, "warmup_steps": 100},
+        "ema": {"halflife_samples": 100_000},
+        "train": {"max_steps": 3000, "checkpoint_every": 1000},
+        "sample": {"sampler": "heun", "steps": 20},
+    },
+    # Small images (up to ~32x32).
+    "small": {
+        "model": {"kind": "unet", "channels": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2,
+                  "attention_levels": [2], "head_channels": 32, "dropout": 0.1},
+        "optim": {"lr": 2e-4, "batch_size": 64, "warmup_steps": 500},
+        "ema": {"halflife_samples": 500_000},
+        "train": {"max_steps": 100_000, "checkpoint_every": 5000, "sample_every": 5000},
+        "sample": {"sampler": "heun", "steps": 18},
+    },
+    # Larger images (~64x64 and up).
+    "base": {
+        "model": {"kind": "unet", "channels": 128, "channel_mult": [1, 2, 2, 2], "num_res_blocks": 2,
+                  "attention_levels": [2], "head_channels": 64, "dropout": 0.1},
+        "optim": {"lr": 1e-4, "batch_size": 64, "warmup_steps": 1000},
+        "ema": {"halflife_samples": 500_000},
+        "train": {"max_steps": 400_000, "checkpoint_every": 10_000, "sample_every": 10_000},
+        "sample": {"sampler": "heun", "steps": 18},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def default_preset(dataset) -> str:
+    if dataset.kind == "vector":
+        return "toy"
+    if dataset.name == "digits":
+        return "digits"
+    return "small" if max(dataset.shape[1:]) <= 32 else "base"
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_value(text: str):
+    """``--set`` values: JSON when it parses (numbers, lists, true/null), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(d: dict, overrides: dict[str, object]) -> dict:
+    """Apply dotted overrides such as ``{"optim.lr": 1e-3, "model.channels": 32}``."""
+    d = copy.deepcopy(d)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) < 2 or parts[0] not in {f.name for f in fields(RunConfig)}:
+            raise ValueError(f"config key {key!r} must look like SECTION.KEY with SECTION one of "
+                             f"{', '.join(f.name for f in fields(RunConfig) if f.name != 'preset')}")
+        node = d
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"config key {key!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return d
+
+
+def resolve(preset: str, dataset, overrides: dict[str, object] | None = None) -> RunConfig:
+    """Preset + overrides, completed from the dataset (channels, dimension), validated."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    d = _merge(RunConfig(preset=preset).to_dict(), PRESETS[preset])
+    d = apply_overrides(d, overrides or {})
+    model = d["model"]
+    if model.get("kind") == "unet":
+        if dataset.kind != "image":
+            raise ValueError(f"preset {preset!r} uses a U-Net, which needs image data; {dataset.name!r} holds vectors "
+                             f"(use --preset toy)")
+        model.setdefault("in_channels", dataset.shape[0])
+    elif model.get("kind") == "mlp":
+        if dataset.kind != "vector":
+            raise ValueError(f"preset {preset!r} uses an MLP for vectors; {dataset.name!r} holds images")
+        model.setdefault("dim", dataset.shape[0])
+    return RunConfig.from_dict(d)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check names and ranges; each error names the config key and the allowed values."""
+    from . import samplers, schedules
+
+    dif, opt, tr, smp = cfg.diffusion, cfg.optim, cfg.train, cfg.sample
+    pname = dif.process.get("name")
+    if pname not in _process.names():
+        raise ValueError(f"diffusion.process name {pname!r} is unknown; allowed: {', '.join(_process.names())}")
+    checks = [
+        (dif.parameterization in PARAMETERIZATIONS, "diffusion.parameterization", dif.parameterization, PARAMETERIZATIONS),
+        (dif.noise_sampling in NOISE_SAMPLING, "diffusion.noise_sampling", dif.noise_sampling, NOISE_SAMPLING),
+        (dif.weighting in WEIGHTINGS, "diffusion.weighting", dif.weighting, WEIGHTINGS),
+        (opt.schedule in ("cosine", "constant"), "optim.schedule", opt.schedule, ("cosine", "constant")),
+        (tr.precision in ("fp32", "bf16"), "train.precision", tr.precision, ("fp32", "bf16")),
+        (smp.sampler in samplers.names(), "sample.sampler", smp.sampler, samplers.names()),
+        (smp.schedule in schedules.names(), "sample.schedule", smp.schedule, schedules.names()),
+    ]
+    for ok, key, value, allowed in checks:
+        if not ok:
+            raise ValueError(f"{key} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    positive = {"optim.lr": opt.lr, "optim.batch_size": opt.batch_size, "optim.accumulation": opt.accumulation,
+                "train.log_every": tr.log_every, "train.checkpoint_every": tr.checkpoint_every,
+                "train.sample_count": tr.sample_count, "train.max_bad_steps": tr.max_bad_steps,
+                "sample.steps": smp.steps, "diffusion.sigma_data": dif.sigma_data}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+    if opt.batch_size % opt.accumulation:
+        raise ValueError(f"optim.batch_size {opt.batch_size} must be divisible by optim.accumulation {opt.accumulation}")
+    if tr.max_steps is not None and tr.max_steps < 0:
+        raise ValueError(f"train.max_steps must be >= 0, got {tr.max_steps}")
+    if tr.time_budget is not None and tr.time_budget <= 0:
+        raise ValueError(f"train.time_budget must be > 0 seconds, got {tr.time_budget}")
+    if tr.max_steps is None and tr.time_budget is None:
+        raise ValueError("set train.max_steps (--max-steps) or train.time_budget (--time-budget)")
+    if dif.parameterization == "flow" and pname != "flow":
+        raise ValueError("diffusion.parameterization 'flow' needs diffusion.process name 'flow'")
+    nets.build(cfg.model)  # raises on bad network options
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``5m``, ``1.5h``, ``1h30m`` -> seconds."""
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        seconds = float(t)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", t).strip():
+            raise ValueError(f"duration {text!r} is not understood; use e.g. 90s, 5m, 1h30m or a number of seconds")
+        seconds = sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return seconds
+
+
+def build_denoiser(cfg: RunConfig) -> Denoiser:
+    net = nets.build(cfg.model)
+    proc = _process.from_config(cfg.diffusion.process)
+    return Denoiser(net, proc, cfg.diffusion.parameterization, sigma_data=cfg.diffusion.sigma_data,
+                    time_scale=cfg.diffusion.time_scale)

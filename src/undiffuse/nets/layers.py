@@ -1,0 +1,88 @@
+"""Building blocks shared by the networks: noise-level embeddings and the class embedding."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoidal embedding of a scalar noise label (Vaswani et al. 2017, used by DDPM).
+
+    ``max_period`` sets the slowest frequency: labels in [0, 1000] (DDPM timesteps) suit the
+    default 10,000; labels in roughly [-2, 2] (EDM's log(sigma)/4) suit a ``scale`` of ~250
+    applied by the caller or a Fourier embedding.
+    """
+
+    def __init__(self, dim: int, max_period: float = 10_000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding dim must be even, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, label: Tensor) -> Tensor:  # (B,) -> (B, dim)
+        arg = label.float()[:, None] * self.freqs[None]
+        return torch.cat([arg.cos(), arg.sin()], dim=1)
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features of the noise label (Tancik et al. 2020; Song et al. 2021 use
+    them for log(sigma)). The frequencies are a fixed buffer saved with the weights."""
+
+    def __init__(self, dim: int, scale: float = 16.0, seed: int = 0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding dim must be even, got {dim}")
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(dim // 2, generator=g) * scale * 2 * math.pi)
+
+    def forward(self, label: Tensor) -> Tensor:
+        arg = label.float()[:, None] * self.freqs[None]
+        return torch.cat([arg.cos(), arg.sin()], dim=1)
+
+
+def noise_embedding(kind: str, dim: int) -> nn.Module:
+    if kind == "positional":
+        return PositionalEmbedding(dim)
+    if kind == "fourier":
+        return FourierEmbedding(dim)
+    raise ValueError(f"unknown noise embedding {kind!r}; allowed: positional, fourier")
+
+
+class ClassEmbedding(nn.Module):
+    """Embedding of class labels with one extra *null* class (index ``num_classes``).
+
+    A label of -1 or ``None`` selects the null class, which is what classifier-free guidance
+    samples as "unconditional" and what condition dropout trains.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, labels: Tensor | None, batch: int, device) -> Tensor:
+        if labels is None:
+            labels = torch.full((batch,), -1, dtype=torch.long, device=device)
+        labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+        if labels.shape[0] == 1 and batch > 1:
+            labels = labels.expand(batch)
+        if labels.shape[0] != batch:
+            raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch}")
+        if ((labels < -1) | (labels >= self.num_classes)).any():
+            bad = labels[(labels < -1) | (labels >= self.num_classes)][0].item()
+            raise ValueError(f"class label {bad} out of range; allowed 0..{self.num_classes - 1} or -1 (unconditional)")
+        return self.table(torch.where(labels < 0, self.num_classes, labels))
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module

@@ -1,0 +1,348 @@
+"""The trainer: one loop, exact resume, atomic checkpoints.
+
+Everything random comes from state that is saved: a ``torch.Generator`` for noise levels and
+noise, torch's global generator (dropout), and the data order, which is a permutation drawn
+from ``(seed, epoch)`` plus a position in it. Learning rate and EMA decay are pure functions
+of the step (or, under a time budget, of the training time used), so a run stopped at any
+checkpoint and resumed reproduces the straight run bit for bit when it is step-bounded.
+A time-budget run's length depends on the machine's speed by design.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import RunConfig, build_denoiser
+from .losses import denoising_loss, sample_sigma
+
+Tensor = torch.Tensor
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def lr_factor(cfg: RunConfig, step: int, progress: float) -> float:
+    """Warm-up (linear, by step) then cosine or constant; ``progress`` in [0, 1] is the
+    fraction of the run done (by steps, or by time under a budget)."""
+    o = cfg.optim
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+    if o.schedule == "constant":
+        return warm
+    cos = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
+
+
+def ema_beta(cfg: RunConfig, samples_seen: int) -> float:
+    """Per-step EMA decay for a half-life in samples, with the half-life ramped up early."""
+    e, b = cfg.ema, cfg.optim.batch_size
+    half = e.halflife_samples
+    if e.rampup > 0:
+        half = min(half, e.rampup * samples_seen)
+    return 0.5 ** (b / max(half, 1e-8))
+
+
+@dataclass
+class DataOrder:
+    """Epoch-wise permutations from ``(seed, epoch)``; state is just two ints."""
+
+    n: int
+    seed: int
+    epoch: int = 0
+    pos: int = 0
+
+    def _perm(self) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def next(self, batch: int) -> Tensor:
+        out = []
+        while batch > 0:
+            perm = self._perm()
+            take = perm[self.pos:self.pos + batch]
+            out.append(take)
+            batch -= len(take)
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return torch.cat(out)
+
+
+class Trainer:
+    """Train ``cfg`` on ``dataset`` into the run folder ``run``.
+
+    ``resume``: None (fresh; refuses a folder that already has checkpoints), ``"auto"`` (the
+    latest complete checkpoint of ``run`` if any, else fresh) or a checkpoint/run path, which
+    must exist.
+    """
+
+    def __init__(self, cfg: RunConfig, dataset, run: str, *, resume: str | None = None, progress: bool = True,
+                 log=print):
+        self.cfg, self.data, self.run, self.progress, self.log = cfg, dataset, run, progress, log
+        self.device = torch.device(cfg.train.device)
+        if cfg.train.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError(f"train.precision 'bf16' needs a CUDA device; train.device is {cfg.train.device!r}")
+        start = self._resolve_resume(resume)
+        if start is not None:
+            cfg = self.cfg = _merged_for_resume(start["state_json"]["config"], cfg)
+        self.denoiser = build_denoiser(cfg).to(self.device)
+        self.net = self.denoiser.net
+        self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
+        self.ema.load_state_dict(self.net.state_dict())
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                     weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        self.order = DataOrder(len(dataset), cfg.train.seed)
+        self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
+        self.window = [0.0, 0]  # loss sum and count since the last log entry
+        os.makedirs(run, exist_ok=True)
+        if start is not None:
+            self._restore(start)
+        ckpt.write_config(run, cfg.to_dict())
+        self._truncate_log()
+        self.tb = self._tensorboard() if cfg.train.tensorboard else None
+
+    # ------------------------------------------------------------------ resume
+    def _resolve_resume(self, resume):
+        if resume is None:
+            if ckpt.complete_checkpoints(self.run):
+                raise TrainingError(f"{self.run!r} already holds checkpoints; pass --resume auto to continue it "
+                                    f"or choose another --out")
+            return None
+        if resume == "auto":
+            return ckpt.load_checkpoint(self.run) if ckpt.complete_checkpoints(self.run) else None
+        return ckpt.load_checkpoint(resume)  # raises CheckpointError if missing
+
+    def _restore(self, start: dict) -> None:
+        s = start["state_json"]
+        self.net.load_state_dict(start["model"])
+        self.ema.load_state_dict(start["ema"])
+        t = start["state"]
+        ckpt.optimizer_from_tensors(self.opt, t, s["optimizer"])
+        self.gen.set_state(t["rng.generator"])
+        torch.set_rng_state(t["rng.torch"])
+        self.order.epoch, self.order.pos = s["data_order"]["epoch"], s["data_order"]["pos"]
+        self.step, self.elapsed, self.samples_seen = s["step"], s["elapsed"], s["samples_seen"]
+        self.bad_in_row, self.window = s["bad_in_row"], list(s["window"])
+        self.log(f"resumed from {start['path']} at step {self.step}")
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (a killed run's tail)."""
+        path = os.path.join(self.run, "log.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [ln for ln in f if ln.strip()]
+        keep = []
+        for ln in lines:
+            try:
+                if json.loads(ln).get("step", 0) <= self.step:
+                    keep.append(ln)
+            except json.JSONDecodeError:  # a line cut by a kill
+                break
+        from ._io import write_text
+
+        write_text(path, "".join(keep))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is an optional extra
+            return None
+        return SummaryWriter(os.path.join(self.run, "tensorboard"), purge_step=self.step + 1)
+
+    # ------------------------------------------------------------------ checkpoint
+    def save(self) -> str:
+        tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
+        tensors["rng.generator"] = self.gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
+                 "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta,
+                 "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
+                 "config": self.cfg.to_dict(), "dataset": {"name": self.data.name, "size": len(self.data)}}
+        return ckpt.save_checkpoint(self.run, self.step, model=self.net.state_dict(), ema=self.ema.state_dict(),
+                                    state_tensors=tensors, state=state, keep=self.cfg.train.keep)
+
+    # ------------------------------------------------------------------ one step
+    def _progress(self) -> float:
+        tr = self.cfg.train
+        if tr.max_steps is not None:
+            return self.step / max(tr.max_steps, 1)
+        return self.elapsed / tr.time_budget
+
+    def train_step(self) -> float | None:
+        cfg, o = self.cfg, self.cfg.optim
+        lr = o.lr * lr_factor(cfg, self.step, self._progress())
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.net.train()
+        micro = o.batch_size // o.accumulation
+        total = 0.0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16" \
+            else contextlib.nullcontext()
+        for _ in range(o.accumulation):
+            idx = self.order.next(micro)
+            x0 = self.data.get(idx).to(self.device)
+            cond = {}
+            sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
+                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std).to(self.device)
+            eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
+            with autocast:
+                loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
+                                      min_snr_gamma=cfg.diffusion.min_snr_gamma, **cond).mean()
+            (loss / o.accumulation).backward()
+            total += loss.detach().item() / o.accumulation
+        self.samples_seen += o.batch_size
+        if not math.isfinite(total):
+            self.opt.zero_grad(set_to_none=True)
+            self.bad_in_row += 1
+            self._write_log({"step": self.step + 1, "skipped": "non-finite loss", "loss": str(total)})
+            self.log(f"step {self.step + 1}: non-finite loss ({total}); step skipped "
+                     f"({self.bad_in_row} in a row, limit {cfg.train.max_bad_steps})")
+            if self.bad_in_row >= cfg.train.max_bad_steps:
+                raise TrainingError(f"{self.bad_in_row} non-finite losses in a row at step {self.step + 1}; "
+                                    f"stopping (lower optim.lr or check the data)")
+            self.step += 1
+            return None
+        self.bad_in_row = 0
+        if o.grad_clip > 0:
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        beta = ema_beta(cfg, self.samples_seen)
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                pe.lerp_(p, 1 - beta)
+            for be, b in zip(self.ema.buffers(), self.net.buffers()):
+                be.copy_(b)
+        self.step += 1
+        self.lr = lr
+        return total
+
+    def _write_log(self, entry: dict) -> None:
+        with open(os.path.join(self.run, "log.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def done(self) -> bool:
+        tr = self.cfg.train
+        return ((tr.max_steps is not None and self.step >= tr.max_steps)
+                or (tr.time_budget is not None and self.elapsed >= tr.time_budget))
+
+    def fit(self, on_sample=None) -> dict:
+        tr = self.cfg.train
+        bar = _bar(self) if self.progress else None
+        stop = {"signal": None}
+
+        def _handler(signum, frame):
+            stop["signal"] = signum
+
+        old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)} \
+            if _main_thread() else {}
+        self.grad_norm, self.lr = float("nan"), 0.0
+        t_log, steps_log = time.perf_counter(), 0
+        try:
+            while not self.done() and stop["signal"] is None:
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                self.elapsed += time.perf_counter() - t0
+                steps_log += 1
+                if loss is not None:
+                    self.window[0] += loss
+                    self.window[1] += 1
+                if bar is not None:
+                    bar.update(self, loss)
+                if self.step % tr.log_every == 0 and self.window[1]:
+                    now = time.perf_counter()
+                    rate = steps_log / max(now - t_log, 1e-9)
+                    entry = {"step": self.step, "loss": self.window[0] / self.window[1], "lr": self.lr,
+                             "grad_norm": self.grad_norm, "steps_per_s": rate,
+                             "samples_per_s": rate * self.cfg.optim.batch_size, "elapsed": self.elapsed}
+                    self._write_log(entry)
+                    if self.tb is not None:
+                        for k in ("loss", "lr", "grad_norm", "samples_per_s"):
+                            self.tb.add_scalar(f"train/{k}", entry[k], self.step)
+                    self.window = [0.0, 0]
+                    t_log, steps_log = now, 0
+                if self.step % tr.checkpoint_every == 0:
+                    self.save()
+                if on_sample is not None and tr.sample_every and self.step % tr.sample_every == 0:
+                    on_sample(self)
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        path = self.save()
+        if self.tb is not None:
+            self.tb.flush()
+        if stop["signal"] is not None:
+            self.log(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint {path}")
+        return {"step": self.step, "elapsed": self.elapsed, "checkpoint": path,
+                "interrupted": stop["signal"] is not None}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _merged_for_resume(saved: dict, requested: RunConfig) -> RunConfig:
+    """The saved run config, with only the stopping rule taken from the new request
+    (so a run can be extended); anything else that differs is reported, not applied."""
+    cfg = RunConfig.from_dict(saved)
+    req = requested.to_dict()
+    for key in ("max_steps", "time_budget"):
+        setattr(cfg.train, key, req["train"][key])
+    if cfg.train.max_steps is None and cfg.train.time_budget is None:
+        cfg.train.max_steps = saved["train"]["max_steps"]
+        cfg.train.time_budget = saved["train"]["time_budget"]
+    differs = [f"{sec}.{k}" for sec in ("model", "diffusion", "optim", "ema") for k in req[sec]
+               if saved.get(sec, {}).get(k) != req[sec][k]]
+    if differs:
+        warnings.warn(f"resuming with the saved settings; ignoring requested changes to {', '.join(differs)}",
+                      stacklevel=3)
+    return cfg
+
+
+class _bar:
+    """tqdm bar with loss, it/s and an ETA by steps or by time budget."""
+
+    def __init__(self, trainer: Trainer):
+        from tqdm.auto import tqdm
+
+        tr = trainer.cfg.train
+        self.by_time = tr.max_steps is None
+        total = round(tr.time_budget) if self.by_time else tr.max_steps
+        initial = round(trainer.elapsed) if self.by_time else trainer.step
+        unit = "s" if self.by_time else "step"
+        self.bar = tqdm(total=total, initial=min(initial, total), unit=unit, desc="train", dynamic_ncols=True)
+        self.last = trainer.elapsed
+
+    def update(self, trainer: Trainer, loss) -> None:
+        if self.by_time:
+            whole = int(trainer.elapsed) - int(self.last)
+            if whole > 0:
+                self.bar.update(whole)
+                self.last = trainer.elapsed
+        else:
+            self.bar.update(1)
+        if trainer.step % 10 == 0:
+            rate = trainer.step / max(trainer.elapsed, 1e-9)
+            self.bar.set_postfix(step=trainer.step, loss=f"{loss:.4f}" if loss is not None else "nan",
+                                 steps_per_s=f"{rate:.1f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
