@@ -1,41 +1,242 @@
-"""Command line: ``undiffuse demo`` (more subcommands arrive with training)."""
+"""Command line: ``undiffuse train | sample | demo``. A thin shell over the library.
+
+Usage errors (bad option values, unknown names, missing files) exit with status 2 and name
+the option; errors during a run exit with status 1.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+import numpy as np
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors: status 2, message names the option
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    from .config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    from .config import parse_value
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), parse_value(v)
+
+
+# Direct options and the config key each one sets.
+TRAIN_OPTIONS = {
+    "max_steps": "train.max_steps", "time_budget": "train.time_budget", "seed": "train.seed",
+    "batch_size": "optim.batch_size", "lr": "optim.lr", "log_every": "train.log_every",
+    "checkpoint_every": "train.checkpoint_every", "keep": "train.keep", "sample_every": "train.sample_every",
+    "device": "train.device", "precision": "train.precision", "parameterization": "diffusion.parameterization",
+    "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="undiffuse", description="Diffusion models: train, sample, steer, measure.")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="sample the built-in digits model, write a grid and its scores")
-    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--steps", type=int, default=5, help="sampler steps (default: 5)")
-    d.add_argument("--count", type=int, default=64, help="images in the grid (default: 64)")
+    p = _Parser(prog="undiffuse", description="Diffusion models: train, sample, steer, measure.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
+                       "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
+                       "config is saved as RUN/config.json.")
+    t.add_argument("--data", default="digits", help="built-in name (digits, moons, swiss_roll, checkerboard, "
+                   "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits)")
+    t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
+    t.add_argument("--out", help="run folder (default: runs/<data name>)")
+    t.add_argument("--time-budget", type=_duration, help="stop after this much training time, e.g. 5m, 90s, 1h")
+    t.add_argument("--max-steps", type=_positive_int, help="stop after N optimizer steps")
+    t.add_argument("--resume", nargs="?", const="auto", help="'auto' (latest complete checkpoint in --out) or "
+                   "a checkpoint/run path, which must exist")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--parameterization", help="eps, x0, v, edm or flow")
+    t.add_argument("--image-size", type=_positive_int, help="resize + centre-crop images to this size")
+    t.add_argument("--channels", type=int, choices=(1, 3))
+    t.add_argument("--strict", action="store_true", default=None, help="a bad data file is an error, not a warning")
+    t.add_argument("--log-every", type=_positive_int)
+    t.add_argument("--checkpoint-every", type=_positive_int)
+    t.add_argument("--keep", type=_positive_int, help="complete checkpoints to keep")
+    t.add_argument("--sample-every", type=int, help="steps between sample grids (0: only at the end)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    t.add_argument("--precision", choices=("fp32", "bf16"))
+    t.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="sample a trained run", description="Sample a trained run with its EMA "
+                       "weights and recommended sampler unless told otherwise.")
+    s.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
+    s.add_argument("--num", type=_positive_int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
+    s.add_argument("--sampler", help="sampler name (default: the run's recommendation)")
+    s.add_argument("--steps", type=_positive_int, help="sampler steps (default: the run's recommendation)")
+    s.add_argument("--schedule", help="sigma schedule (default: the run's recommendation)")
+    s.add_argument("--format", choices=("png", "npz"), default="png",
+                   help="png: OUT/grid.png and one PNG per sample with metadata; npz: array 'samples' (N, C, H, W) "
+                        "in [0, 1]")
+    s.add_argument("--out", help="output folder (png) or file (npz) (default: samples or samples.npz)")
+    s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
+    d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
+    d.add_argument("--max-steps", type=_positive_int, help="train for N steps instead of a time budget")
+    d.add_argument("--num", type=_positive_int, default=1797, help="samples scored (default: 1797)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--sampler", default="dpmpp_2m", help="fixed-schedule sampler to compare with (default: dpmpp_2m)")
+    d.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--analytic", action="store_true",
+                   help="instead: sample an exact Gaussian-mixture model of digits with a calibrated 5-step solver")
     return p
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from . import samplers
-        from .demo import run
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    try:
+        return {"train": _train, "sample": _sample, "demo": _demo}[args.command](args, sub)
+    except KeyboardInterrupt:
+        return 130
 
-        import os
 
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            parser.error(f"--out {args.out!r} exists and is not a folder")
-        if args.steps < 1:
-            parser.error(f"--steps must be >= 1, got {args.steps}")
-        if args.count < 1:
-            parser.error(f"--count must be >= 1, got {args.count}")
-        if args.sampler not in samplers.names():
-            parser.error(f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
-        scores = run(args.out, steps=args.steps, count=args.count, seed=args.seed, sampler=args.sampler)
-        print(json.dumps(scores, indent=1))
-        print(f"wrote {args.out}/samples.png and {args.out}/scores.json", file=sys.stderr)
+def _usage(sub, message: str):
+    sub.error(message)
+
+
+def _train(args, sub) -> int:
+    from . import data as _data
+    from .checkpoint import CheckpointError
+    from .config import RunConfig, resolve
+    from .train import Trainer, TrainingError
+
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} exists and is not a folder")
+    if args.resume not in (None, "auto") and not os.path.exists(args.resume):
+        _usage(sub, f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
+    try:
+        dataset = _data.load(args.data, image_size=args.image_size, channels=args.channels,
+                             strict=bool(args.strict))
+    except _data.DataError as e:
+        _usage(sub, f"--data: {e}")
+    overrides = {key: getattr(args, name) for name, key in TRAIN_OPTIONS.items() if getattr(args, name) is not None}
+    if args.max_steps is not None and args.time_budget is None:
+        overrides["train.time_budget"] = None
+    overrides.update(dict(args.overrides))
+    overrides["data.name"] = args.data
+    try:
+        from .config import default_preset
+
+        cfg = resolve(args.preset or default_preset(dataset), dataset, overrides)
+    except ValueError as e:
+        _usage(sub, str(e))
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)).split(".")[0])
+    try:
+        trainer = Trainer(cfg, dataset, out, resume=args.resume, progress=not args.no_progress,
+                          log=lambda m: print(m, file=sys.stderr))
+    except (CheckpointError, TrainingError, ValueError) as e:
+        _usage(sub, str(e))
+    try:
+        result = trainer.fit()
+    except TrainingError as e:
+        print(f"undiffuse train: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({"run": out, **result}))
     return 0
+
+
+def _sample(args, sub) -> int:
+    from . import generate as gen
+    from . import samplers, schedules
+    from .checkpoint import CheckpointError
+
+    if args.sampler is not None and args.sampler not in samplers.names():
+        _usage(sub, f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
+    if args.schedule is not None and args.schedule not in schedules.names():
+        _usage(sub, f"--schedule {args.schedule!r} is unknown; allowed: {', '.join(schedules.names())}")
+    out = args.out or ("samples.npz" if args.format == "npz" else "samples")
+    if args.format == "npz" and os.path.isdir(out):
+        _usage(sub, f"--out {out!r} is a folder; --format npz writes a file")
+    if args.format == "png" and os.path.exists(out) and not os.path.isdir(out):
+        _usage(sub, f"--out {out!r} exists and is not a folder; --format png writes a folder")
+    try:
+        run = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
+    except CheckpointError as e:
+        _usage(sub, f"--checkpoint: {e}")
+    x = gen.generate(run, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, schedule=args.schedule,
+                     batch_size=args.batch_size, progress=not args.no_progress)
+    c = run.config.sample
+    params = {"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights,
+              "sampler": args.sampler or c.sampler, "steps": args.steps or c.steps,
+              "schedule": args.schedule or c.schedule}
+    if run.kind == "image":
+        x = gen.to_unit(x)
+    if args.format == "npz":
+        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": args.num})
+        print(f"wrote {out} ({args.num} samples)", file=sys.stderr)
+    elif run.kind == "image":
+        gen.save_images(out, x, params, seed=args.seed)
+        print(f"wrote {out}/grid.png and {args.num} images in {out}/", file=sys.stderr)
+    else:
+        os.makedirs(out, exist_ok=True)
+        gen.save_png(os.path.join(out, "scatter.png"), gen.scatter(x.numpy()),
+                     text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
+        print(f"wrote {out}/scatter.png", file=sys.stderr)
+    return 0
+
+
+def _demo(args, sub) -> int:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} exists and is not a folder")
+    if args.analytic:
+        from .analytic_demo import run as run_analytic
+
+        scores = run_analytic(args.out, seed=args.seed)
+        print(json.dumps(scores, indent=1))
+        return 0
+    from .demo import run
+
+    try:
+        scores = run(args.out, time_budget=None if args.max_steps else args.time_budget, max_steps=args.max_steps,
+                     num=args.num, seed=args.seed, overrides=dict(args.overrides), progress=not args.no_progress,
+                     log=lambda m: print(m, file=sys.stderr))
+    except ValueError as e:
+        _usage(sub, str(e))
+    print(json.dumps(scores, indent=1))
+    print(f"wrote {scores['grid']}, {args.out}/scores.json and checkpoints in {args.out}/checkpoints",
+          file=sys.stderr)
+    return 0
+

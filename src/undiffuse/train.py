@@ -94,6 +94,7 @@ class Trainer:
         start = self._resolve_resume(resume)
         if start is not None:
             cfg = self.cfg = _merged_for_resume(start["state_json"]["config"], cfg)
+        torch.manual_seed(cfg.train.seed)  # network initialisation and dropout
         self.denoiser = build_denoiser(cfg).to(self.device)
         self.net = self.denoiser.net
         self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
@@ -102,7 +103,6 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                      weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
-        torch.manual_seed(cfg.train.seed)
         self.order = DataOrder(len(dataset), cfg.train.seed)
         self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
         self.window = [0.0, 0]  # loss sum and count since the last log entry
@@ -170,7 +170,9 @@ class Trainer:
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
                  "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta,
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
-                 "config": self.cfg.to_dict(), "dataset": {"name": self.data.name, "size": len(self.data)}}
+                 "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
+                 "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
+                             "size": len(self.data), "class_names": list(self.data.class_names)}}
         return ckpt.save_checkpoint(self.run, self.step, model=self.net.state_dict(), ema=self.ema.state_dict(),
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
 
@@ -240,7 +242,34 @@ class Trainer:
         return ((tr.max_steps is not None and self.step >= tr.max_steps)
                 or (tr.time_budget is not None and self.elapsed >= tr.time_budget))
 
-    def fit(self, on_sample=None) -> dict:
+    def sample_grid(self) -> str:
+        """Write ``RUN/samples/step_XXXXXXXX.png`` from the EMA weights (fixed seeds, the run's
+        sampler); the training random state is untouched."""
+        from . import generate as gen
+        from .precond import Denoiser
+        from .sampling import noise as make_noise
+        from .sampling import sample
+
+        s, n = self.cfg.sample, self.cfg.train.sample_count
+        den = Denoiser(self.ema, self.denoiser.process, self.denoiser.parameterization,
+                       sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale)
+        rng = torch.get_rng_state()
+        z = make_noise((n, *self.data.shape), seed=list(range(n)), device=self.device)
+        x = sample(den, z, sampler=s.sampler, steps=s.steps, schedule=s.schedule, sigma_min=s.sigma_min,
+                   sigma_max=s.sigma_max, seed=list(range(n))).float().cpu()
+        torch.set_rng_state(rng)
+        folder = os.path.join(self.run, "samples")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"step_{self.step:08d}.png")
+        if self.data.kind == "image":
+            gen.save_png(path, gen.grid(gen.to_uint8(gen.to_unit(x))), scale=4)
+        else:
+            gen.save_png(path, gen.scatter(x.numpy()))
+        if self.tb is not None and self.data.kind == "image":
+            self.tb.add_images("samples", gen.to_unit(x[:64]), self.step)
+        return path
+
+    def fit(self) -> dict:
         tr = self.cfg.train
         bar = _bar(self) if self.progress else None
         stop = {"signal": None}
@@ -277,14 +306,16 @@ class Trainer:
                     t_log, steps_log = now, 0
                 if self.step % tr.checkpoint_every == 0:
                     self.save()
-                if on_sample is not None and tr.sample_every and self.step % tr.sample_every == 0:
-                    on_sample(self)
+                if tr.sample_every and self.step % tr.sample_every == 0:
+                    self.sample_grid()
         finally:
             if bar is not None:
                 bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
         path = self.save()
+        if stop["signal"] is None and tr.sample_count > 0:
+            self.sample_grid()
         if self.tb is not None:
             self.tb.flush()
         if stop["signal"] is not None:

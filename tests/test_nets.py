@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from undiffuse import nets
+from undiffuse.nets.unet import Attention, UNet
+
+
+def test_unet_shapes_non_square_and_odd():
+    net = UNet(in_channels=3, channels=16, channel_mult=(1, 2, 2), attention_levels=(1, 2), head_channels=8)
+    for h, w in [(8, 12), (7, 9), (16, 16)]:
+        x = torch.randn(2, 3, h, w)
+        assert net(x, torch.tensor([0.5, 900.0])).shape == (2, 3, h, w)
+
+
+def test_unet_starts_at_zero_output_and_is_trainable():
+    net = UNet(in_channels=1, channels=16, channel_mult=(1, 2), attention_levels=(1,), head_channels=8)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(net(x, torch.rand(4)), torch.zeros_like(x))  # zero-initialised output layer
+    net(x, torch.rand(4)).sum().backward()
+    assert net.out.weight.grad.abs().sum() > 0
+
+
+def test_attention_matches_explicit_softmax():
+    torch.manual_seed(0)
+    att = Attention(16, head_channels=8, groups=4)
+    torch.nn.init.normal_(att.proj.weight)
+    x = torch.randn(2, 16, 3, 5)
+    h = att.norm(x)
+    q, k, v = att.qkv(h).reshape(2, 3, 2, 8, 15).unbind(1)  # (B, heads, dim, HW)
+    w = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(8), dim=-1)
+    out = torch.einsum("bhij,bhdj->bhdi", w, v).reshape(2, 16, 3, 5)
+    torch.testing.assert_close(att(x), x + att.proj(out), rtol=1e-5, atol=1e-5)
+
+
+def test_class_embedding_null_class_and_errors():
+    net = UNet(in_channels=1, channels=16, channel_mult=(1,), attention_levels=(), num_classes=3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):  # undo the zero init of residual branches
+            torch.nn.init.normal_(m.weight, std=0.1)
+    x, t = torch.randn(3, 1, 4, 4), torch.full((3,), 10.0)
+    null = net(x, t, torch.tensor([-1, -1, -1]))
+    torch.testing.assert_close(net(x, t), null)  # no labels = the null class
+    assert not torch.allclose(net(x, t, torch.tensor([0, 1, 2])), null)
+    with pytest.raises(ValueError, match="out of range"):
+        net(x, t, torch.tensor([0, 3, 1]))
+    plain = UNet(in_channels=1, channels=16, channel_mult=(1,), attention_levels=())
+    with pytest.raises(ValueError, match="num_classes=0"):
+        plain(x, t, torch.tensor([0, 1, 2]))
+
+
+def test_dropout_only_in_training():
+    net = UNet(in_channels=1, channels=16, channel_mult=(1,), attention_levels=(), dropout=0.5)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.3)
+    x, t = torch.randn(2, 1, 6, 6), torch.ones(2)
+    net.eval()
+    assert torch.equal(net(x, t), net(x, t))
+    net.train()
+    assert not torch.equal(net(x, t), net(x, t))
+
+
+def test_mlp_and_build_registry():
+    net = nets.build({"kind": "mlp", "dim": 5, "width": 32, "depth": 2, "num_classes": 2})
+    assert net(torch.randn(7, 5), torch.rand(7), torch.zeros(7, dtype=torch.long)).shape == (7, 5)
+    with pytest.raises(ValueError, match="expects"):
+        net(torch.randn(7, 4), torch.rand(7))
+    with pytest.raises(ValueError, match="unknown network kind 'resnet'"):
+        nets.build({"kind": "resnet"})
+    with pytest.raises(ValueError, match=r"no option\(s\) \['chanels'\]"):
+        nets.build({"kind": "unet", "chanels": 3})
+    with pytest.raises(ValueError, match="attention_levels"):
+        nets.build({"kind": "unet", "channel_mult": [1, 2], "attention_levels": [2]})
