@@ -1,42 +1,189 @@
 import json
+import os
+import pickle
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from undiffuse.cli import main
+
+TINY = ["--set", "model.channels=16", "--set", "model.channel_mult=[1,2]", "--set", "model.num_res_blocks=1",
+        "--set", "model.head_channels=16", "--set", "optim.batch_size=16", "--set", "train.sample_count=4",
+        "--set", "sample.steps=3", "--set", "train.tensorboard=false", "--no-progress"]
+
+
+def _main(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "undiffuse", *args], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "undiffuse", *args], capture_output=True, text=True, timeout=600,
+                          env=env)
 
 
-def test_out_that_is_a_file_is_refused_and_kept(tmp_path):
-    target = tmp_path / "notes.txt"
-    target.write_text("keep me")
-    res = _run("demo", "--out", str(target))
-    assert res.returncode == 2 and "--out" in res.stderr and "not a folder" in res.stderr
-    assert target.read_text() == "keep me"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", "digits", "--max-steps", "4", "--out", str(out), *TINY]) == 0
+    return out
 
 
 @pytest.mark.parametrize("args, message", [
-    (["demo", "--steps", "0"], "--steps must be >= 1"),
-    (["demo", "--sampler", "fast"], "--sampler 'fast' is unknown; allowed: "),
-    (["demo", "--count", "x"], "invalid int value"),
+    (["train", "--time-budget", "abc"], "--time-budget: duration 'abc' is not understood"),
+    (["train", "--max-steps", "0"], "--max-steps: expected a positive integer"),
+    (["train", "--data", "/no/such/place"], "--data: "),
+    (["train", "--resume", "/no/such/run"], "--resume '/no/such/run' does not exist"),
+    (["train", "--set", "optim.lr"], "expected SECTION.KEY=VALUE"),
+    (["train", "--set", "optimiser.lr=1"], "SECTION.KEY with SECTION one of"),
+    (["train", "--set", "optim.lrr=1"], "no key(s) ['lrr']"),
+    (["train", "--parameterization", "score"], "diffusion.parameterization 'score' is not allowed; allowed: eps"),
+    (["train", "--preset", "huge"], "unknown preset 'huge'; allowed: digits, toy"),
+    (["train", "--data", "moons", "--preset", "digits"], "needs image data"),
+    (["sample", "--checkpoint", "/no/such/run"], "--checkpoint: checkpoint '/no/such/run' does not exist"),
+    (["sample", "--checkpoint", "x", "--sampler", "fast"], "--sampler 'fast' is unknown; allowed: "),
+    (["sample", "--checkpoint", "x", "--format", "gif"], "invalid choice: 'gif'"),
+    (["sample", "--checkpoint", "x", "--num", "-3"], "--num: expected a positive integer"),
     (["fly"], "invalid choice"),
 ])
-def test_usage_errors_exit_2_and_name_the_option(args, message, tmp_path):
-    res = _run(*args, "--out", str(tmp_path)) if args[0] == "demo" else _run(*args)
-    assert res.returncode == 2
-    assert message in res.stderr
+def test_usage_errors_exit_2_and_name_the_option(args, message, capsys):
+    code, _, err = _main(args, capsys)
+    assert code == 2, err
+    assert message in err
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "demo"])
+def test_help_everywhere(command, capsys):
+    code, out, _ = _main([command, "--help"], capsys)
+    assert code == 0 and "usage: undiffuse " + command in out
+
+
+def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path, capsys):
+    code, out, _ = _main(["train", "--out", str(tmp_path / "r"), "--dry-run", "--lr", "3e-4", "--max-steps", "7",
+                          "--set", "ema.halflife_samples=1234"], capsys)
+    assert code == 0
+    cfg = json.loads(out)
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["train"]["max_steps"] == 7 and cfg["train"]["time_budget"] is None
+    assert cfg["ema"]["halflife_samples"] == 1234 and cfg["model"]["in_channels"] == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    for cmd in (["demo", "--out", str(target)], ["train", "--out", str(target), "--max-steps", "1"]):
+        code, _, err = _main(cmd, capsys)
+        assert code == 2 and "--out" in err and "not a folder" in err
+    assert target.read_text() == "keep me"
+
+
+def test_bad_image_files_are_named(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(folder / f"ok{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "empty.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning) as rec:
+        code, out, _ = _main(["train", "--data", str(folder), "--dry-run"], capsys)
+    assert code == 0 and json.loads(out)["preset"] == "small"
+    named = " ".join(str(w.message) for w in rec)
+    assert "broken.png" in named and "empty.jpg" in named
+    code, _, err = _main(["train", "--data", str(folder), "--strict", "--dry-run"], capsys)
+    assert code == 2 and ("broken.png" in err or "empty.jpg" in err)
+
+
+def test_same_seed_gives_byte_identical_pngs_with_metadata(tiny_run, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert _main(["sample", "--checkpoint", str(tiny_run), "--num", "5", "--seed", "7", "--out", str(out),
+                      "--no-progress"], capsys)[0] == 0
+    names = sorted(os.listdir(a))
+    assert names == ["000000.png", "000001.png", "000002.png", "000003.png", "000004.png", "grid.png"]
+    for n in names:
+        assert (a / n).read_bytes() == (b / n).read_bytes()
+    img = Image.open(a / "000002.png")
+    assert img.size == (8, 8)
+    meta = json.loads(img.text["undiffuse"])
+    assert meta["seed"] == 9 and meta["sampler"] == "heun" and meta["steps"] == 3 and meta["step"] == 4
+    assert "seed: 9" in img.text["parameters"]
+
+
+def test_npz_format_and_image_i_equals_its_seed_alone(tiny_run, tmp_path, capsys):
+    batch, single = tmp_path / "batch.npz", tmp_path / "one.npz"
+    assert _main(["sample", "--checkpoint", str(tiny_run), "--num", "8", "--seed", "0", "--format", "npz",
+                  "--out", str(batch), "--no-progress"], capsys)[0] == 0
+    assert _main(["sample", "--checkpoint", str(tiny_run), "--num", "1", "--seed", "5", "--format", "npz",
+                  "--out", str(single), "--batch-size", "1", "--no-progress"], capsys)[0] == 0
+    with np.load(batch, allow_pickle=False) as f:
+        x = f["samples"]
+        params = json.loads(str(f["parameters"]))
+    assert x.shape == (8, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert params["count"] == 8 and params["seed"] == 0
+    with np.load(single, allow_pickle=False) as f:
+        one = f["samples"]
+    np.testing.assert_allclose(one[0], x[5], atol=1e-5)
+    assert np.array_equal((one[0] * 255).round(), (x[5] * 255).round())
+
+
+def test_sample_refuses_pickled_weights(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    latest = (run / "latest").read_text().strip()
+    with open(run / "checkpoints" / latest / "ema.safetensors", "wb") as f:
+        pickle.dump(Payload(), f)
+    code, _, err = _main(["sample", "--checkpoint", str(run), "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "ema.safetensors is not a safetensors file" in err and "pickle" in err
+    assert not marker.exists()
+
+
+def test_resume_requires_existing_or_refuses_overwrite(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, _, err = _main(["train", "--out", str(run), "--max-steps", "5", *TINY], capsys)
+    assert code == 2 and "--resume auto" in err
+    code, out, err = _main(["train", "--out", str(run), "--max-steps", "6", "--resume", "auto", *TINY], capsys)
+    assert code == 0 and "resumed from" in err and json.loads(out)["step"] == 6
+
+
+def test_console_script_and_module_entry():
+    res = _run("--help")
+    assert res.returncode == 0 and "train" in res.stdout
+    exe = shutil.which("undiffuse", path=os.path.dirname(sys.executable))
+    assert exe is not None
+    assert subprocess.run([exe, "sample", "--help"], capture_output=True).returncode == 0
 
 
 @pytest.mark.slow
-def test_demo_writes_grid_and_scores(tmp_path):
-    res = _run("demo", "--out", str(tmp_path), "--steps", "4", "--count", "16")
+def test_demo_trains_samples_and_scores(tmp_path):
+    res = _run("demo", "--out", str(tmp_path), "--max-steps", "40", "--num", "200", "--no-progress", *TINY[:-1])
     assert res.returncode == 0, res.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
-    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert scores["steps_trained"] == 40 and scores["protocol"]["samples"] == 200
+    assert 0 < scores["fd_digits"] < 200 and 0 <= scores["copy_rate"] <= 1
+    assert Image.open(tmp_path / "samples" / "grid.png").size[0] > 8
+    assert (tmp_path / "closest_pairs.png").exists()
+
+
+@pytest.mark.slow
+def test_analytic_demo(tmp_path):
+    res = _run("demo", "--analytic", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
     rm = scores["rmse_vs_exact_ode"]
     assert rm["calibrated"] < rm["dpmpp_2m+karras"]
-    from PIL import Image
-
-    assert Image.open(tmp_path / "samples.png").size[0] > 8

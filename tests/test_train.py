@@ -228,3 +228,19 @@ def test_non_finite_loss_skips_then_stops(tmp_path, monkeypatch):
     assert skipped == [3, 4, 7, 8, 9]
     assert all(torch.isfinite(v).all() for v in t.net.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in t.net.state_dict().items())
+
+
+def test_tensorboard_scalars_match_jsonl(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = _trainer(tmp_path / "r", 6, **{"train.tensorboard": True, "train.log_every": 2})
+    t.fit()
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    logged = _losses(tmp_path / "r")
+    assert [s for s, _ in tb] == [2, 4, 6] == [s for s, _ in logged]
+    for (_, a), (_, b) in zip(tb, logged):
+        assert a == pytest.approx(b, rel=1e-6)
+    assert "samples" in acc.Tags()["images"]
