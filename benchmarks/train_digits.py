@@ -13,10 +13,9 @@ and checkpoint writing are outside it. Every evaluation samples N = 1797 images 
 ``--quick``) from the EMA weights with fixed seeds and scores them with
 ``undiffuse.metrics.fd_digits`` (Frechet distance in the digits classifier's feature space,
 samples clamped to [0, 1]) and ``nearest_copies`` against all 1797 digits / 16 (near-copies
-out of N). NFE per sample is counted with a forward hook on the network, not assumed. Peak
-memory is the child's ``ru_maxrss`` at its end (it includes Python, torch and the evaluation
-feature net). ``features.calibration_scores(seed=0)`` gives the feature space's reference
-points (two halves of the real data; real + noise; uniform noise).
+out of N). NFE per sample is counted with a forward hook on the network. Peak memory is the
+child's ``ru_maxrss`` at its end (Python, torch and the evaluation net included).
+``features.calibration_scores(seed=0)`` gives the feature space's reference points.
 
 (a) undiffuse: ``resolve("digits", ...)`` with ``train.time_budget = --budget`` (default
 300 s), one training of exactly that budget (its cosine learning rate spans the budget, so an
@@ -35,8 +34,9 @@ power=3/4)`` stepped after every optimizer step; shuffled epochs, last batch par
 Choices for digits (the example is for 64x64 RGB): the network is the smaller
 ``UNet2DModel(sample_size=8, in/out_channels=1, layers_per_block=2, block_out_channels=
 (64, 128, 128), Down/AttnDown/AttnDown, AttnUp/AttnUp/Up)`` (6.8M parameters); one channel, no
-resize or crop; **no horizontal flip** (a flipped digit is another glyph; the current example's
-``--random_flip`` defaults to off, older versions always flipped). The example's cosine horizon
+resize or crop; **no horizontal flip** (a flipped digit is another glyph; ``--random_flip`` is off
+by default in the 0.36.0.dev0 script, early versions always flipped); plain torch in one process
+instead of accelerate (fp32, no accumulation: the same updates). The example's cosine horizon
 is num_epochs * steps_per_epoch; under a time budget the horizon is the number of steps the
 budget allows, estimated from the step rate measured during the warm-up (first 400 steps or
 15 % of the budget, whichever ends first; during warm-up the learning rate does not depend on

@@ -11,7 +11,7 @@ from PIL import Image
 
 from undiffuse.cli import main
 
-TINY = ["--set", "model.channels=16", "--set", "model.channel_mult=[1,2]", "--set", "model.num_res_blocks=1",
+TINY = ["--set", "model.channels=16", "--set", "model.channel_mult=[1,2]", "--set", "model.attention_levels=[1]", "--set", "model.num_res_blocks=1",
         "--set", "model.head_channels=16", "--set", "optim.batch_size=16", "--set", "train.sample_count=4",
         "--set", "sample.steps=3", "--set", "train.tensorboard=false", "--no-progress"]
 
@@ -187,3 +187,15 @@ def test_analytic_demo(tmp_path):
     scores = json.loads((tmp_path / "scores.json").read_text())
     rm = scores["rmse_vs_exact_ode"]
     assert rm["calibrated"] < rm["dpmpp_2m+karras"]
+
+
+def test_resume_reuses_the_runs_own_data(tmp_path, capsys):
+    arr = np.random.default_rng(0).random((40, 1, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    run = tmp_path / "run"
+    assert _main(["train", "--data", str(tmp_path / "x.npy"), "--max-steps", "2", "--out", str(run),
+                  "--preset", "small", *TINY], capsys)[0] == 0
+    code, out, err = _main(["train", "--out", str(run), "--resume", "auto", "--max-steps", "3", *TINY], capsys)
+    assert code == 0, err
+    assert json.loads(out)["step"] == 3
+    assert json.loads((run / "config.json").read_text())["data"]["name"] == str(tmp_path / "x.npy")

@@ -207,6 +207,12 @@ def load_checkpoint(path: str, device: str = "cpu") -> dict:
     return out
 
 
+def load_checkpoint_config(path: str) -> dict:
+    """The run config stored with a checkpoint (run folder or checkpoint folder), JSON only."""
+    with open(os.path.join(find_checkpoint(path), "state.json")) as f:
+        return json.load(f)["config"]
+
+
 def write_config(run: str, config: dict) -> None:
     os.makedirs(run, exist_ok=True)
     write_json(os.path.join(run, "config.json"), config)

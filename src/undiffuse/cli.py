@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                        "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                        "config is saved as RUN/config.json.")
-    t.add_argument("--data", default="digits", help="built-in name (digits, moons, swiss_roll, checkerboard, "
-                   "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits)")
+    t.add_argument("--data", help="built-in name (digits, moons, swiss_roll, checkerboard, "
+                   "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits, or the "
+                   "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
     t.add_argument("--out", help="run folder (default: runs/<data name>)")
     t.add_argument("--time-budget", type=_duration, help="stop after this much training time, e.g. 5m, 90s, 1h")
@@ -144,6 +145,12 @@ def _train(args, sub) -> int:
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
     if args.resume not in (None, "auto") and not os.path.exists(args.resume):
         _usage(sub, f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
+    saved = _resumed_data(args) if args.resume else None
+    if saved:  # resuming: the run's own data settings unless given again
+        args.data = args.data or saved.get("name")
+        args.image_size = args.image_size or saved.get("image_size")
+        args.channels = args.channels or saved.get("channels")
+    args.data = args.data or "digits"
     try:
         dataset = _data.load(args.data, image_size=args.image_size, channels=args.channels,
                              strict=bool(args.strict))
@@ -176,6 +183,19 @@ def _train(args, sub) -> int:
         return 1
     print(json.dumps({"run": out, **result}))
     return 0
+
+
+def _resumed_data(args) -> dict | None:
+    """The data settings saved in the run being resumed, if any."""
+    from . import checkpoint as ckpt
+
+    path = args.out if args.resume == "auto" else args.resume
+    if not path:
+        return None
+    try:
+        return ckpt.load_checkpoint_config(path)["data"]
+    except (ckpt.CheckpointError, KeyError):
+        return None
 
 
 def _sample(args, sub) -> int:

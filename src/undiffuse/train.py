@@ -195,7 +195,11 @@ class Trainer:
             else contextlib.nullcontext()
         for _ in range(o.accumulation):
             idx = self.order.next(micro)
-            x0 = self.data.get(idx).to(self.device)
+            x0 = self.data.get(idx)
+            if cfg.data.hflip and self.data.kind == "image":
+                flip = torch.rand(micro, generator=self.gen) < 0.5
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            x0 = x0.to(self.device)
             cond = {}
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
                                  p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std).to(self.device)
