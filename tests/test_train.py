@@ -244,3 +244,11 @@ def test_tensorboard_scalars_match_jsonl(tmp_path):
     for (_, a), (_, b) in zip(tb, logged):
         assert a == pytest.approx(b, rel=1e-6)
     assert "samples" in acc.Tags()["images"]
+
+
+def test_resume_with_other_data_shape_is_refused(tmp_path):
+    _trainer(tmp_path / "r", 2).fit()
+    ds = data.load("digits", image_size=6)
+    cfg = resolve("digits", ds, {**TINY, "train.max_steps": 4, "train.time_budget": None})
+    with pytest.raises(TrainingError, match=r"shape \(1, 8, 8\).*\(1, 6, 6\)"):
+        Trainer(cfg, ds, str(tmp_path / "r"), resume="auto", progress=False, log=lambda m: None)

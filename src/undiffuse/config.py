@@ -135,9 +135,9 @@ def _group(group, values: dict, name: str):
 PRESETS: dict[str, dict] = {
     # 8x8 digits on a laptop CPU: see BENCHMARKS.md for what each choice bought.
     "digits": {
-        "model": {"kind": "unet", "channels": 64, "channel_mult": [1, 2], "num_res_blocks": 2,
+        "model": {"kind": "unet", "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
                   "attention_levels": [1], "head_channels": 32, "dropout": 0.0},
-        "diffusion": {"sigma_data": 0.6},
+        "diffusion": {"sigma_data": 0.75},  # the std of the digits pixels in [-1, 1]
         "optim": {"lr": 2e-3, "batch_size": 128, "warmup_steps": 200},
         "ema": {"halflife_samples": 50_000},
         "train": {"time_budget": 300.0, "checkpoint_every": 1000},

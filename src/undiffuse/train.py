@@ -93,6 +93,10 @@ class Trainer:
             raise ValueError(f"train.precision 'bf16' needs a CUDA device; train.device is {cfg.train.device!r}")
         start = self._resolve_resume(resume)
         if start is not None:
+            saved_shape = start["state_json"].get("dataset", {}).get("shape")
+            if saved_shape is not None and tuple(saved_shape) != tuple(dataset.shape):
+                raise TrainingError(f"cannot resume {start['path']}: it was trained on items of shape "
+                                    f"{tuple(saved_shape)}, the data given has {tuple(dataset.shape)}")
             cfg = self.cfg = _merged_for_resume(start["state_json"]["config"], cfg)
         torch.manual_seed(cfg.train.seed)  # network initialisation and dropout
         self.denoiser = build_denoiser(cfg).to(self.device)
