@@ -61,8 +61,11 @@ class DataOrder:
     pos: int = 0
 
     def _perm(self) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g)
+        cached = getattr(self, "_cache", None)
+        if cached is None or cached[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._cache = (self.epoch, torch.randperm(self.n, generator=g))
+        return self._cache[1]
 
     def next(self, batch: int) -> Tensor:
         out = []
