@@ -5,9 +5,10 @@
                                        [--out runs/bench_recipe] [--write BENCHMARKS.md] [--quick]
 
 Each variant changes one thing in the preset. Variants are compared at equal *training
-time*, not equal steps: the step rate of every variant is measured first (one process at a
-time, one thread, 5 warm-up then 30 timed steps), and a variant trains for
-``base_steps * its_rate / preset_rate`` steps. Step-bounded runs make the comparison immune
+time*: a variant that leaves the cost of a step unchanged (objective, EMA, learning rate,
+dropout) trains for ``base_steps``; one that changes it (width, batch size) trains for
+``base_steps * its_rate / preset_rate`` steps, with both step rates measured first (one
+thread, one process at a time, alternating with the preset three times, median of each). Step-bounded runs make the comparison immune
 to the machine's load, so ``--jobs`` runs may share the machine (each with one thread).
 Every run is ``undiffuse demo --max-steps N --set ...`` in a fresh process; its EMA weights
 are sampled with the run's sampler (Heun, 10 steps, 19 evaluations) for ``--seeds`` sampling
@@ -29,6 +30,8 @@ from pathlib import Path
 
 START, END = "<!-- digits-recipe:start -->", "<!-- digits-recipe:end -->"
 
+# Variants whose step costs differ from the preset's (their steps are scaled by step rate).
+COST_CHANGING = ("width64", "batch32")
 VARIANTS: dict[str, tuple[str, dict]] = {
     "preset": ("the `digits` preset as shipped", {}),
     "width64": ("U-Net width 64 instead of 32 (4x parameters, fewer steps)", {"model.channels": 64}),
@@ -145,10 +148,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    rates = {}
-    for name in dict.fromkeys(["preset", *names]):
-        rates[name] = step_rate(VARIANTS[name][1])
-        print(f"{name}: {rates[name]:.2f} steps/s", file=sys.stderr, flush=True)
+    samples: dict[str, list[float]] = {"preset": []}
+    for _ in range(3):  # alternate so that drifts in machine speed hit both alike
+        for name in ["preset", *[n for n in names if n in COST_CHANGING]]:
+            samples.setdefault(name, []).append(step_rate(VARIANTS[name][1]))
+    rates = {n: sorted(v)[len(v) // 2] for n, v in samples.items()}
+    for n in names:
+        rates.setdefault(n, rates["preset"])
+    print(f"step rates (median of 3): {rates}", file=sys.stderr, flush=True)
     results = {}
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         futs = {pool.submit(run_variant, n, VARIANTS[n][1], max(1, round(args.base_steps * rates[n] / rates["preset"])),
