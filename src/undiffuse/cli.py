@@ -108,6 +108,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
 
+    e = sub.add_parser("evaluate", help="score samples against a reference set (FD, KID, precision/recall, copies)",
+                       description="Score samples against a reference set. Every number comes with its protocol.")
+    e.add_argument("samples", help="samples: .npz (array 'samples' in [0, 1], as `sample --format npz` writes), "
+                   ".npy, an image folder, or a built-in dataset name")
+    e.add_argument("--reference", default="digits", help="built-in dataset, image folder or .npz/.npy (default: digits)")
+    e.add_argument("--train", help="set searched for near-copies (default: the reference)")
+    e.add_argument("--features", default="auto", help="feature space: auto, digits, pixels (default: auto = digits "
+                   "for 1x8x8 images, else pixels)")
+    e.add_argument("--k", type=_positive_int, default=5, help="neighbours for precision/recall/density/coverage")
+    e.add_argument("--kid-subsets", type=_positive_int, default=100)
+    e.add_argument("--kid-subset-size", type=_positive_int, default=1000)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--out", help="also write the JSON to this file")
+    e.add_argument("--pairs", help="write a PNG of the closest sample/training pairs (images only)")
+
     d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
@@ -126,7 +141,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        return {"train": _train, "sample": _sample, "demo": _demo}[args.command](args, sub)
+        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "demo": _demo}[args.command](args, sub)
     except KeyboardInterrupt:
         return 130
 
@@ -235,6 +250,45 @@ def _sample(args, sub) -> int:
         gen.save_png(os.path.join(out, "scatter.png"), gen.scatter(x.numpy()),
                      text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
         print(f"wrote {out}/scatter.png", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args, sub) -> int:
+    from .metrics import evaluate as ev
+
+    if args.features not in ev.FEATURE_SPACES:
+        _usage(sub, f"--features {args.features!r} is unknown; allowed: {', '.join(ev.FEATURE_SPACES)}")
+    for opt, path in (("--out", args.out), ("--pairs", args.pairs)):
+        if path and os.path.isdir(path):
+            _usage(sub, f"{opt} {path!r} is a folder; give a file name")
+    try:
+        samples, _ = ev.load_set(args.samples, what="samples")
+        reference, ref_desc = ev.load_set(args.reference, what="--reference")
+        train = ev.load_set(args.train, what="--train")[0] if args.train else None
+        result = ev.evaluate(samples, reference, feature_space=args.features, train=train, k=args.k,
+                             kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+                             reference_name=f"{args.reference}: {ref_desc}")
+    except ValueError as e:
+        _usage(sub, str(e))
+    out = ev.to_json(result)
+    out["protocol"]["samples_file"] = args.samples
+    if args.out:
+        from ._io import write_json
+
+        write_json(args.out, out)
+    if args.pairs:
+        if samples.ndim != 4:
+            _usage(sub, "--pairs needs image samples")
+        from . import generate as gen
+        from .metrics.copies import copy_pairs_grid
+
+        pairs = copy_pairs_grid(samples, train if train is not None else reference, result["_copies"], k=16)
+        gen.save_png(args.pairs, (np.asarray(pairs).reshape(*pairs.shape[:2], -1) * 255).round().astype(np.uint8),
+                     scale=4)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("\n".join(ev.summary_lines(result)))
     return 0
 
 
