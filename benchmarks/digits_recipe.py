@@ -82,7 +82,7 @@ def run_variant(name: str, over: dict, steps: int, out: Path, seeds: int, num: i
     t0 = time.time()
     subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=True)
     scores = json.loads((run / "scores.json").read_text())
-    fds = [scores["fd_digits"]]
+    fds = [scores["fd"]]
     code = f"""
 import sys, torch
 torch.set_num_threads(1)

@@ -175,7 +175,8 @@ def test_demo_trains_samples_and_scores(tmp_path):
     assert res.returncode == 0, res.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["steps_trained"] == 40 and scores["protocol"]["samples"] == 200
-    assert 0 < scores["fd_digits"] < 200 and 0 <= scores["copy_rate"] <= 1
+    assert 0 < scores["fd"] < 200 and 0 <= scores["copy_rate"] <= 1
+    assert scores["protocol"]["feature_space"] == "digits" and "kid" in scores and "recall" in scores
     assert Image.open(tmp_path / "samples" / "grid.png").size[0] > 8
     assert (tmp_path / "closest_pairs.png").exists()
 

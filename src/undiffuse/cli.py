@@ -54,6 +54,7 @@ TRAIN_OPTIONS = {
     "checkpoint_every": "train.checkpoint_every", "keep": "train.keep", "sample_every": "train.sample_every",
     "device": "train.device", "precision": "train.precision", "parameterization": "diffusion.parameterization",
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
+    "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
 }
 
 
@@ -85,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_positive_int)
     t.add_argument("--keep", type=_positive_int, help="complete checkpoints to keep")
     t.add_argument("--sample-every", type=int, help="steps between sample grids (0: only at the end)")
+    t.add_argument("--eval-every", type=int, help="steps between evaluations of the EMA model (FD, KID, "
+                   "precision/recall, copies vs the training data; logged to JSONL and TensorBoard)")
+    t.add_argument("--eval-samples", type=_positive_int, help="samples per evaluation (default: 500)")
+    t.add_argument("--keep-best", action="store_true", default=None,
+                   help="keep the checkpoint with the lowest evaluation FD as RUN/best")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     t.add_argument("--precision", choices=("fp32", "bf16"))
     t.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",

@@ -1,8 +1,11 @@
-"""Measurements: the Frechet distance between Gaussian fits of two feature sets, the digits
-evaluation feature space (``fd_digits``) and a memorisation (near-copy) check."""
+"""Measurements: Frechet distance, KID, precision/recall/density/coverage, the digits
+evaluation feature space (``fd_digits``), a memorisation (near-copy) check, and the
+evaluation suite that runs them all with their protocol (``evaluate``)."""
 from .copies import copy_pairs_grid, nearest_copies
 from .features import digits_classifier, digits_features, fd_digits
 from .frechet import frechet_distance, gaussian_stats
+from .kid import kid, mmd2_unbiased
+from .prdc import prdc
 
 __all__ = ["frechet_distance", "gaussian_stats", "digits_features", "digits_classifier", "fd_digits",
-           "nearest_copies", "copy_pairs_grid"]
+           "nearest_copies", "copy_pairs_grid", "kid", "mmd2_unbiased", "prdc"]
