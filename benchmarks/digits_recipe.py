@@ -38,8 +38,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ddpm_eps": ("DDPM objective: VP linear betas, eps target, uniform timesteps (instead of EDM)",
                  {"diffusion.process": {"name": "vp"}, "diffusion.parameterization": "eps",
                   "diffusion.noise_sampling": "uniform_t"}),
-    "ema_short": ("EMA half-life 10k samples (instead of 50k)", {"ema.halflife_samples": 10_000}),
-    "ema_long": ("EMA half-life 200k samples", {"ema.halflife_samples": 200_000}),
+    # In runs this short the EMA half-life is set by the ramp (rampup x samples seen, 5% in the
+    # preset; the 50k-sample cap only binds after 1M samples), so the ramp is what is varied.
+    "ema_ramp_2pct": ("EMA half-life 2% of the samples seen (instead of 5%)", {"ema.rampup": 0.02}),
+    "ema_ramp_20pct": ("EMA half-life 20% of the samples seen", {"ema.rampup": 0.2}),
+    "no_ema": ("no EMA (the raw weights)", {"ema.rampup": 0.0, "ema.halflife_samples": 1e-3}),
     "lr_low": ("learning rate 5e-4 (instead of 2e-3)", {"optim.lr": 5e-4}),
     "batch32": ("batch 32 (instead of 128), more steps", {"optim.batch_size": 32}),
     "dropout": ("dropout 0.1", {"model.dropout": 0.1}),
@@ -82,7 +85,7 @@ def run_variant(name: str, over: dict, steps: int, out: Path, seeds: int, num: i
     t0 = time.time()
     subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=True)
     scores = json.loads((run / "scores.json").read_text())
-    fds = [scores["fd_digits"]]
+    fds = [scores["fd"]]
     code = f"""
 import sys, torch
 torch.set_num_threads(1)
@@ -116,7 +119,8 @@ def markdown(res: dict) -> str:
         r = res["results"].get(name)
         if r is None:
             continue
-        lines.append(f"| {name} | {what} | {res['rates'][name]:.2f} | {r['steps']} | {r['fd_mean']:.3f} | "
+        rate = r.get("rate", res["rates"].get(name, res["rates"]["preset"]))
+        lines.append(f"| {name} | {what} | {rate:.2f} | {r['steps']} | {r['fd_mean']:.3f} | "
                      f"{r['fd_spread']:.3f} | {r['fd_mean'] / base:.2f}x | {r['copies']} |")
     lines += ["", END]
     return "\n".join(lines)
@@ -157,11 +161,15 @@ def main() -> None:
         rates.setdefault(n, rates["preset"])
     print(f"step rates (median of 3): {rates}", file=sys.stderr, flush=True)
     results = {}
+    previous = out / "results.json"
+    if previous.exists():  # runs of earlier invocations (e.g. with --only) are kept, unless rerun
+        results = {k: v for k, v in json.loads(previous.read_text())["results"].items() if k in VARIANTS}
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         futs = {pool.submit(run_variant, n, VARIANTS[n][1], max(1, round(args.base_steps * rates[n] / rates["preset"])),
                             out, args.seeds, args.num): n for n in names}
         for f in cf.as_completed(futs):
             r = f.result()
+            r["rate"] = rates[r["name"]]
             results[r["name"]] = r
             print(json.dumps(r), file=sys.stderr, flush=True)
     import platform

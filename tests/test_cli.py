@@ -175,7 +175,8 @@ def test_demo_trains_samples_and_scores(tmp_path):
     assert res.returncode == 0, res.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["steps_trained"] == 40 and scores["protocol"]["samples"] == 200
-    assert 0 < scores["fd_digits"] < 200 and 0 <= scores["copy_rate"] <= 1
+    assert 0 < scores["fd"] < 200 and 0 <= scores["copy_rate"] <= 1
+    assert scores["protocol"]["feature_space"] == "digits" and "kid" in scores and "recall" in scores
     assert Image.open(tmp_path / "samples" / "grid.png").size[0] > 8
     assert (tmp_path / "closest_pairs.png").exists()
 
@@ -199,3 +200,26 @@ def test_resume_reuses_the_runs_own_data(tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out)["step"] == 3
     assert json.loads((run / "config.json").read_text())["data"]["name"] == str(tmp_path / "x.npy")
+
+
+def test_calibrate_then_sample_with_it(tiny_run, tmp_path, capsys):
+    cal = tmp_path / "cal3.json"
+    code, out, err = _main(["calibrate", "--checkpoint", str(tiny_run), "--steps", "3", "--iters", "5",
+                            "--train-size", "8", "--val-size", "8", "--out", str(cal)], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["steps"] == 3 and np.isfinite(res["val_rmse"])
+    saved = json.loads(cal.read_text())
+    assert saved["sampler"] == "calibrated" and len(saved["sigmas"]) == 4 and saved["meta"]["step"] == 4
+    npz = tmp_path / "s.npz"
+    assert _main(["sample", "--checkpoint", str(tiny_run), "--calibration", str(cal), "--num", "3", "--format",
+                  "npz", "--out", str(npz), "--no-progress"], capsys)[0] == 0
+    with np.load(npz, allow_pickle=False) as f:
+        assert f["samples"].shape == (3, 1, 8, 8)
+        assert json.loads(str(f["parameters"]))["sampler"] == "calibrated"
+    code, _, err = _main(["sample", "--checkpoint", str(tiny_run), "--calibration", str(cal), "--steps", "4"], capsys)
+    assert code == 2 and "--calibration replaces" in err
+    (tmp_path / "bad.json").write_text('{"hello": 1}')
+    code, _, err = _main(["sample", "--checkpoint", str(tiny_run), "--calibration", str(tmp_path / "bad.json")],
+                         capsys)
+    assert code == 2 and "not a calibration file" in err

@@ -44,3 +44,11 @@ def test_overrides_and_errors():
         resolve("digits", ds, {"sample.sampler": "fast"})
     with pytest.raises(ValueError, match="SECTION.KEY"):
         apply_overrides({}, {"lr": 1})
+
+
+def test_evaluation_options_are_checked():
+    ds = data.load("digits")
+    with pytest.raises(ValueError, match="keep_best needs train.eval_every"):
+        resolve("digits", ds, {"train.keep_best": True})
+    with pytest.raises(ValueError, match="eval_samples >= 10"):
+        resolve("digits", ds, {"train.eval_every": 10, "train.eval_samples": 3})

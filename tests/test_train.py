@@ -252,3 +252,23 @@ def test_resume_with_other_data_shape_is_refused(tmp_path):
     cfg = resolve("digits", ds, {**TINY, "train.max_steps": 4, "train.time_budget": None})
     with pytest.raises(TrainingError, match=r"shape \(1, 8, 8\).*\(1, 6, 6\)"):
         Trainer(cfg, ds, str(tmp_path / "r"), resume="auto", progress=False, log=lambda m: None)
+
+
+def test_evaluation_during_training_logs_and_keeps_best(tmp_path):
+    t = _trainer(tmp_path / "r", 12, **{"train.eval_every": 4, "train.eval_samples": 40, "train.keep_best": True,
+                                        "train.checkpoint_every": 2, "train.keep": 1})
+    t.fit()
+    run = str(tmp_path / "r")
+    with open(os.path.join(run, "log.jsonl")) as f:
+        evals = [e for e in map(json.loads, f) if "eval" in e]
+    assert [e["step"] for e in evals] == [4, 8, 12]
+    fds = [e["eval"]["fd"] for e in evals]
+    assert all(k in evals[0]["eval"] for k in ("fd", "kid", "precision", "recall", "copy_rate"))
+    best_step = [4, 8, 12][fds.index(min(fds))]
+    assert ckpt.read_pointer(run, "best") == ckpt.checkpoint_name(best_step)
+    kept = ckpt.complete_checkpoints(run)
+    assert ckpt.checkpoint_name(best_step) in kept and ckpt.checkpoint_name(12) in kept
+    assert len(kept) <= 2  # keep=1 plus the protected best
+    assert ckpt.find_checkpoint(os.path.join(run, "best")).endswith(ckpt.checkpoint_name(best_step))
+    state = ckpt.load_checkpoint(run)["state_json"]
+    assert state["best"] == {"fd": min(fds), "step": best_step}

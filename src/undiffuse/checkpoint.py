@@ -32,6 +32,7 @@ from ._io import write_atomic, write_json, write_text
 Tensor = torch.Tensor
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"
 FILES = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
 
 
@@ -153,10 +154,11 @@ def complete_checkpoints(run: str) -> list[str]:
 
 
 def prune(run: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints; never the latest or the best."""
     names = complete_checkpoints(run)
-    latest = read_latest(run)
+    protected = {read_latest(run), read_pointer(run, BEST)}
     for name in names[:-keep] if keep > 0 else []:
-        if name != latest:
+        if name not in protected:
             shutil.rmtree(os.path.join(run, CHECKPOINTS, name), ignore_errors=True)
     root = os.path.join(run, CHECKPOINTS)
     for n in os.listdir(root):  # temporary folders left by a crashed writer of another process
@@ -164,13 +166,22 @@ def prune(run: str, keep: int) -> None:
             shutil.rmtree(os.path.join(root, n), ignore_errors=True)
 
 
-def read_latest(run: str) -> str | None:
+def read_pointer(run: str, pointer: str) -> str | None:
     try:
-        with open(os.path.join(run, LATEST)) as f:
+        with open(os.path.join(run, pointer)) as f:
             name = f.read().strip()
     except OSError:
         return None
     return name or None
+
+
+def read_latest(run: str) -> str | None:
+    return read_pointer(run, LATEST)
+
+
+def mark_best(run: str, name: str) -> None:
+    """Point ``RUN/best`` at a complete checkpoint (kept by ``prune`` from then on)."""
+    write_text(os.path.join(run, BEST), name + "\n")
 
 
 def find_checkpoint(path: str) -> str:
@@ -179,6 +190,12 @@ def find_checkpoint(path: str) -> str:
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     if all(os.path.isfile(os.path.join(path, f)) for f in FILES):
         return path
+    parent = os.path.dirname(os.path.normpath(path))
+    if os.path.basename(os.path.normpath(path)) == BEST and os.path.isfile(path):  # RUN/best
+        name = read_pointer(parent, BEST)
+        if name in complete_checkpoints(parent):
+            return os.path.join(parent, CHECKPOINTS, name)
+        raise CheckpointError(f"{path!r} points at {name!r}, which is not a complete checkpoint")
     if os.path.isdir(os.path.join(path, CHECKPOINTS)) or os.path.isfile(os.path.join(path, "config.json")):
         latest = read_latest(path)
         names = complete_checkpoints(path)

@@ -54,6 +54,7 @@ TRAIN_OPTIONS = {
     "checkpoint_every": "train.checkpoint_every", "keep": "train.keep", "sample_every": "train.sample_every",
     "device": "train.device", "precision": "train.precision", "parameterization": "diffusion.parameterization",
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
+    "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
 }
 
 
@@ -85,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_positive_int)
     t.add_argument("--keep", type=_positive_int, help="complete checkpoints to keep")
     t.add_argument("--sample-every", type=int, help="steps between sample grids (0: only at the end)")
+    t.add_argument("--eval-every", type=int, help="steps between evaluations of the EMA model (FD, KID, "
+                   "precision/recall, copies vs the training data; logged to JSONL and TensorBoard)")
+    t.add_argument("--eval-samples", type=_positive_int, help="samples per evaluation (default: 500)")
+    t.add_argument("--keep-best", action="store_true", default=None,
+                   help="keep the checkpoint with the lowest evaluation FD as RUN/best")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     t.add_argument("--precision", choices=("fp32", "bf16"))
     t.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
@@ -99,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="sampler name (default: the run's recommendation)")
     s.add_argument("--steps", type=_positive_int, help="sampler steps (default: the run's recommendation)")
     s.add_argument("--schedule", help="sigma schedule (default: the run's recommendation)")
+    s.add_argument("--calibration", help="a calibration JSON from `undiffuse calibrate` (replaces --sampler, "
+                   "--steps and --schedule)")
     s.add_argument("--format", choices=("png", "npz"), default="png",
                    help="png: OUT/grid.png and one PNG per sample with metadata; npz: array 'samples' (N, C, H, W) "
                         "in [0, 1]")
@@ -107,6 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("calibrate", help="fit a few-step sampler to a trained run (step positions and solver "
+                       "weights against an accurate ODE solve)",
+                       description="Fit step positions, multistep weights and noise-level shifts for STEPS network "
+                       "evaluations to a trained run, against an accurate solve of its probability-flow ODE on "
+                       "other noises; validated on held-out noises. Use the result with `sample --calibration`.")
+    c.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
+    c.add_argument("--steps", type=_positive_int, required=True, help="network evaluations per sample")
+    c.add_argument("--out", help="calibration JSON (default: RUN/calibration_STEPS.json)")
+    c.add_argument("--iters", type=_positive_int, default=150, help="optimizer iterations (default: 150)")
+    c.add_argument("--train-size", type=_positive_int, default=64, help="noises fitted (default: 64)")
+    c.add_argument("--val-size", type=_positive_int, default=64, help="held-out noises (default: 64)")
+    c.add_argument("--seed", type=int, default=500_000, help="first noise seed (default: 500000, away from the "
+                   "seeds `sample` uses by default)")
+    c.add_argument("--weights", choices=("ema", "model"), default="ema")
 
     e = sub.add_parser("evaluate", help="score samples against a reference set (FD, KID, precision/recall, copies)",
                        description="Score samples against a reference set. Every number comes with its protocol.")
@@ -141,7 +164,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "demo": _demo}[args.command](args, sub)
+        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate,
+                "demo": _demo}[args.command](args, sub)
     except KeyboardInterrupt:
         return 130
 
@@ -231,12 +255,24 @@ def _sample(args, sub) -> int:
         run = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
     except CheckpointError as e:
         _usage(sub, f"--checkpoint: {e}")
+    cal = None
+    if args.calibration:
+        from .calibrate import Calibration
+
+        if any(v is not None for v in (args.sampler, args.steps, args.schedule)):
+            _usage(sub, "--calibration replaces --sampler, --steps and --schedule; give one or the other")
+        try:
+            cal = Calibration.load(args.calibration)
+        except (OSError, ValueError) as e:
+            _usage(sub, f"--calibration: {e}")
     x = gen.generate(run, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, schedule=args.schedule,
-                     batch_size=args.batch_size, progress=not args.no_progress)
+                     batch_size=args.batch_size, progress=not args.no_progress, calibration=cal)
     c = run.config.sample
     params = {"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights,
               "sampler": args.sampler or c.sampler, "steps": args.steps or c.steps,
               "schedule": args.schedule or c.schedule}
+    if cal is not None:
+        params.update(sampler=cal.sampler, steps=cal.steps, schedule=f"calibration {os.path.abspath(args.calibration)}")
     if run.kind == "image":
         x = gen.to_unit(x)
     if args.format == "npz":
@@ -250,6 +286,32 @@ def _sample(args, sub) -> int:
         gen.save_png(os.path.join(out, "scatter.png"), gen.scatter(x.numpy()),
                      text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
         print(f"wrote {out}/scatter.png", file=sys.stderr)
+    return 0
+
+
+def _calibrate(args, sub) -> int:
+    from . import generate as gen
+    from .calibrate import calibrate
+    from .checkpoint import CheckpointError
+
+    if args.out and os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} is a folder; give a file name")
+    try:
+        run = gen.load_run(args.checkpoint, weights=args.weights)
+    except CheckpointError as e:
+        _usage(sub, f"--checkpoint: {e}")
+    s = run.config.sample
+    cal = calibrate(run.denoiser, run.shape, args.steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
+                    train_size=args.train_size, val_size=args.val_size, seed=args.seed, iters=args.iters,
+                    reference_rtol=1e-5)
+    cal.meta.update({"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights})
+    out = args.out or os.path.join(os.path.dirname(os.path.dirname(run.checkpoint)), f"calibration_{args.steps}.json")
+    cal.save(out)
+    best = min(cal.baseline.items(), key=lambda kv: kv[1])
+    print(json.dumps({"calibration": out, "steps": args.steps, "val_rmse": cal.val_rmse,
+                      "best_fixed_schedule": {best[0]: best[1]}}))
+    print(f"wrote {out}; sample with: undiffuse sample --checkpoint {args.checkpoint} --calibration {out}",
+          file=sys.stderr)
     return 0
 
 

@@ -69,6 +69,9 @@ class TrainConfig:
     keep: int = 3                 # complete checkpoints kept
     sample_every: int = 0         # steps between sample grids (0: only at the end)
     sample_count: int = 64        # images in each grid
+    eval_every: int = 0           # steps between evaluations of the EMA model (0: never)
+    eval_samples: int = 500       # samples per evaluation, scored against the training data
+    keep_best: bool = False       # keep the checkpoint with the lowest evaluation FD (RUN/best)
     max_bad_steps: int = 20       # consecutive non-finite losses before training stops
     precision: str = "fp32"       # fp32 | bf16 (bf16 autocast, CUDA only)
     device: str = "cpu"
@@ -268,6 +271,11 @@ def validate(cfg: RunConfig) -> None:
             raise ValueError(f"{key} must be > 0, got {value}")
     if opt.batch_size % opt.accumulation:
         raise ValueError(f"optim.batch_size {opt.batch_size} must be divisible by optim.accumulation {opt.accumulation}")
+    if tr.eval_every < 0 or (tr.eval_every and tr.eval_samples < 10):
+        raise ValueError(f"train.eval_every must be >= 0 and train.eval_samples >= 10; got {tr.eval_every}, "
+                         f"{tr.eval_samples}")
+    if tr.keep_best and not tr.eval_every:
+        raise ValueError("train.keep_best needs train.eval_every > 0 (the best is judged by those evaluations)")
     if tr.max_steps is not None and tr.max_steps < 0:
         raise ValueError(f"train.max_steps must be >= 0, got {tr.max_steps}")
     if tr.time_budget is not None and tr.time_budget <= 0:

@@ -1,14 +1,10 @@
 """The README's main job: train the default digits preset on this machine, sample a grid with
 a fast sampler, and score the samples honestly.
 
-Scores (``scores.json``):
-
-* ``fd_digits``: Frechet distance between ``num`` samples and the 1,797 real digits in the
-  features of a small digits classifier (``metrics.fd_digits``), next to two reference points
-  of the same feature space: the real set split in two halves (the floor) and the real images
-  with Gaussian pixel noise of sd 0.15;
-* ``copy_rate``: share of samples that are near-copies of a training image (nearest training
-  distance below a third of that image's own nearest-neighbour spacing).
+Scores (``scores.json``) come from the evaluation suite (``metrics.evaluate``) on ``num``
+samples against the 1,797 real digits, in the features of the in-project digits classifier:
+Frechet distance, KID, precision/recall, density/coverage and the share of near-copies of
+training images, each with its protocol; plus the training and sampling facts.
 """
 from __future__ import annotations
 
@@ -21,20 +17,10 @@ import torch
 from . import data as _data
 from . import generate as gen
 from .config import resolve
-from .metrics import fd_digits, nearest_copies
 from .metrics.copies import copy_pairs_grid
+from .metrics.evaluate import evaluate, summary_lines, to_json
 from .train import Trainer
 from ._io import write_json
-
-
-def score_digits(x01: torch.Tensor, dataset) -> dict:
-    real = dataset.to_unit(dataset.get(torch.arange(len(dataset))))
-    copies = nearest_copies(x01.reshape(len(x01), -1), real.reshape(len(real), -1))
-    return {"fd_digits": fd_digits(x01.numpy()), "copy_rate": copies["copy_rate"], "copies": copies["copies"],
-            "protocol": {"samples": len(x01), "reference": f"scikit-learn digits ({len(real)} images)",
-                         "features": "undiffuse digits classifier, 64-d penultimate layer",
-                         "copy_rule": f"nearest training distance < {copies['threshold']:.3g} x that image's "
-                                      "nearest-neighbour spacing (pixels)"}}, copies
 
 
 def run(out: str, *, time_budget: float | None = 300.0, max_steps: int | None = None, num: int = 1797,
@@ -55,9 +41,12 @@ def run(out: str, *, time_budget: float | None = 300.0, max_steps: int | None = 
     params = {"checkpoint": os.path.abspath(loaded.checkpoint), "step": loaded.step, "weights": "ema",
               "sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "schedule": cfg.sample.schedule}
     gen.save_images(os.path.join(out, "samples"), x01[:64], params, seed=seed, individual=False)
-    scores, copies = score_digits(x01, dataset)
     real = dataset.to_unit(dataset.get(torch.arange(len(dataset))))
-    pairs = copy_pairs_grid(x01, real, copies, k=16)
+    suite = evaluate(x01.numpy(), real.numpy(), reference_name="scikit-learn digits (all 1797)")
+    for line in summary_lines(suite):
+        log(line)
+    scores = to_json(suite)
+    pairs = copy_pairs_grid(x01, real, suite["_copies"], k=16)
     gen.save_png(os.path.join(out, "closest_pairs.png"),
                  (np.asarray(pairs).reshape(*pairs.shape[:2], -1) * 255).round().astype(np.uint8), scale=4)
     info = loaded.denoiser.net

@@ -54,15 +54,23 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedR
 
 
 def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
-             schedule: str | None = None, batch_size: int = 256, progress: bool = False, **options) -> torch.Tensor:
-    """``num`` samples in model space (images in [-1, 1]), float32 on the CPU."""
+             schedule: str | None = None, batch_size: int = 256, progress: bool = False, calibration=None,
+             **options) -> torch.Tensor:
+    """``num`` samples in model space (images in [-1, 1]), float32 on the CPU.
+
+    ``calibration`` (a ``calibrate.Calibration``) replaces sampler, steps and schedule by its
+    fitted solver and sigmas.
+    """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     s = run.config.sample
-    kw = dict(sampler=sampler or s.sampler, steps=steps or s.steps, schedule=schedule or s.schedule,
-              sigma_min=s.sigma_min, sigma_max=s.sigma_max, **options)
+    if calibration is not None:
+        kw = {**calibration.sample_kwargs(), **options}
+    else:
+        kw = dict(sampler=sampler or s.sampler, steps=steps or s.steps, schedule=schedule or s.schedule,
+                  sigma_min=s.sigma_min, sigma_max=s.sigma_max, **options)
     device = next(run.denoiser.net.parameters()).device
     out = []
     bar = None

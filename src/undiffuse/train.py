@@ -113,6 +113,7 @@ class Trainer:
         self.order = DataOrder(len(dataset), cfg.train.seed)
         self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
         self.window = [0.0, 0]  # loss sum and count since the last log entry
+        self.best: dict | None = None  # lowest evaluation FD so far and its step
         os.makedirs(run, exist_ok=True)
         if start is not None:
             self._restore(start)
@@ -142,6 +143,7 @@ class Trainer:
         self.order.epoch, self.order.pos = s["data_order"]["epoch"], s["data_order"]["pos"]
         self.step, self.elapsed, self.samples_seen = s["step"], s["elapsed"], s["samples_seen"]
         self.bad_in_row, self.window = s["bad_in_row"], list(s["window"])
+        self.best = s.get("best")
         self.log(f"resumed from {start['path']} at step {self.step}")
 
     def _truncate_log(self) -> None:
@@ -175,7 +177,7 @@ class Trainer:
         tensors["rng.generator"] = self.gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
-                 "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta,
+                 "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta, "best": self.best,
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
                  "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
@@ -253,22 +255,60 @@ class Trainer:
         return ((tr.max_steps is not None and self.step >= tr.max_steps)
                 or (tr.time_budget is not None and self.elapsed >= tr.time_budget))
 
-    def sample_grid(self) -> str:
-        """Write ``RUN/samples/step_XXXXXXXX.png`` from the EMA weights (fixed seeds, the run's
-        sampler); the training random state is untouched."""
-        from . import generate as gen
+    def ema_samples(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` samples of the EMA model with the run's sampler (seeds ``seed + i``), in model
+        space on the CPU; the training random state is untouched."""
         from .precond import Denoiser
         from .sampling import noise as make_noise
         from .sampling import sample
 
-        s, n = self.cfg.sample, self.cfg.train.sample_count
+        s = self.cfg.sample
         den = Denoiser(self.ema, self.denoiser.process, self.denoiser.parameterization,
                        sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale)
         rng = torch.get_rng_state()
-        z = make_noise((n, *self.data.shape), seed=list(range(n)), device=self.device)
-        x = sample(den, z, sampler=s.sampler, steps=s.steps, schedule=s.schedule, sigma_min=s.sigma_min,
-                   sigma_max=s.sigma_max, seed=list(range(n))).float().cpu()
+        out = []
+        for start in range(0, n, 256):
+            seeds = list(range(seed + start, seed + min(start + 256, n)))
+            z = make_noise((len(seeds), *self.data.shape), seed=seeds, device=self.device)
+            out.append(sample(den, z, sampler=s.sampler, steps=s.steps, schedule=s.schedule, sigma_min=s.sigma_min,
+                              sigma_max=s.sigma_max, seed=seeds).float().cpu())
         torch.set_rng_state(rng)
+        return torch.cat(out)
+
+    def evaluate(self) -> dict:
+        """Score ``eval_samples`` EMA samples against the training data with the evaluation
+        suite; log them; with ``keep_best``, checkpoint and mark a new best (lowest FD)."""
+        from .metrics.evaluate import evaluate, to_json
+
+        tr = self.cfg.train
+        x = self.ema_samples(tr.eval_samples, seed=1_000_000)
+        real = self.data.get(torch.arange(len(self.data)))
+        if self.data.kind == "image":
+            x, real = self.data.to_unit(x), self.data.to_unit(real)
+        res = to_json(evaluate(x.numpy(), real.numpy(), kid_subsets=20, kid_subset_size=min(500, tr.eval_samples),
+                               reference_name=f"training data ({self.data.name})"))
+        scores = {k: res[k] for k in ("fd", "kid", "precision", "recall", "density", "coverage", "copy_rate")}
+        self._write_log({"step": self.step, "eval": scores, "eval_samples": tr.eval_samples,
+                         "eval_features": res["protocol"]["features"]})
+        if self.tb is not None:
+            for k, v in scores.items():
+                self.tb.add_scalar(f"eval/{k}", v, self.step)
+        if tr.keep_best and (self.best is None or scores["fd"] < self.best["fd"]):
+            self.best = {"fd": scores["fd"], "step": self.step}
+            path = self.save()  # the state must record the new best, so save even if saved
+            ckpt.mark_best(self.run, os.path.basename(path))
+            self.log(f"step {self.step}: new best FD {scores['fd']:.4g}; {path}")
+        return scores
+
+    def _saved_now(self) -> bool:
+        return ckpt.read_latest(self.run) == ckpt.checkpoint_name(self.step)
+
+    def sample_grid(self) -> str:
+        """Write ``RUN/samples/step_XXXXXXXX.png`` from the EMA weights (fixed seeds, the run's
+        sampler); the training random state is untouched."""
+        from . import generate as gen
+
+        x = self.ema_samples(self.cfg.train.sample_count)
         folder = os.path.join(self.run, "samples")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{self.step:08d}.png")
@@ -315,7 +355,9 @@ class Trainer:
                             self.tb.add_scalar(f"train/{k}", entry[k], self.step)
                     self.window = [0.0, 0]
                     t_log, steps_log = now, 0
-                if self.step % tr.checkpoint_every == 0:
+                if tr.eval_every and self.step % tr.eval_every == 0:
+                    self.evaluate()  # before the checkpoint, so that it records the best so far
+                if self.step % tr.checkpoint_every == 0 and not self._saved_now():
                     self.save()
                 if tr.sample_every and self.step % tr.sample_every == 0:
                     self.sample_grid()
