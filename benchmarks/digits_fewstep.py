@@ -11,8 +11,8 @@ On a trained digits run (by default the one ``benchmarks/train_digits.py`` leave
   shifts against an accurate DOP853 solve of the model's own probability-flow ODE on 64 noises
   (seeds 500000+), validated on 64 others; its fitting time is reported;
 * the fixed-schedule samplers at the same NFE (Karras schedule): DPM-Solver++ 2M and 3M,
-  UniPC, iPNDM, and Heun with (NFE + 1) // 2 steps (NFE - 1 evaluations... rounded up, see the
-  table's NFE column, counted);
+  UniPC, iPNDM, and Heun with (NFE + 1) // 2 steps (Heun's last step is a single evaluation,
+  so it uses 2 * steps - 1; the NFE column is counted, not assumed);
 
 each scored by ``metrics.fd_digits`` on 1,797 samples from seeds 0..1796 (the same starting
 noise for every method), plus the run's recommended sampler (Heun, 10 steps) as the reference.
