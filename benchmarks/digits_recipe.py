@@ -104,12 +104,14 @@ for seed in range(1, {seeds}):
 
 def markdown(res: dict) -> str:
     base = res["results"]["preset"]["fd_mean"]
+    preset_rate = res["results"]["preset"].get("rate", res["rates"]["preset"])
     lines = [START, "## Digits recipe: what each choice buys (equal training time)", "",
              f"Produced on {res['date']} by `{res['command']}` in {res['minutes']:.0f} min. Machine: "
              f"{res['machine']}. Runs use one thread each, {res['jobs']} at a time; step-bounded, so load "
              "does not change their result. Preset step rate (1 thread): "
-             f"{res['rates']['preset']:.2f} steps/s; base {res['base_steps']} steps = "
-             f"{res['base_steps'] / res['rates']['preset']:.0f} s of one-thread training.", "",
+             f"{preset_rate:.2f} steps/s; base {res['base_steps']} steps = "
+             f"{res['base_steps'] / preset_rate:.0f} s of one-thread training. Step rates are measured in the "
+             "invocation that ran the row (rows may come from several invocations, see results.json).", "",
              f"FD: `metrics.fd_digits` of {res['num']} samples (Heun 10 steps, 19 evaluations), mean over "
              f"{res['seeds']} sampling seeds, with the spread (max - min) over those seeds. Copies: near-copies "
              f"of training images among the first seed's {res['num']} samples. One training seed per row.", "",
@@ -145,7 +147,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_recipe")
     p.add_argument("--write")
     p.add_argument("--quick", action="store_true", help="plumbing check: 20 steps, 200 samples, 2 seeds")
+    p.add_argument("--render", action="store_true", help="only rewrite the --write section from OUT/results.json")
     args = p.parse_args()
+    if args.render:
+        write_section(args.write, markdown(json.loads((Path(args.out) / "results.json").read_text())))
+        return
     if args.quick:
         args.base_steps, args.num, args.seeds = 20, 200, 2
     names = args.only or list(VARIANTS)
