@@ -223,3 +223,20 @@ def test_calibrate_then_sample_with_it(tiny_run, tmp_path, capsys):
     code, _, err = _main(["sample", "--checkpoint", str(tiny_run), "--calibration", str(tmp_path / "bad.json")],
                          capsys)
     assert code == 2 and "not a calibration file" in err
+
+
+def test_sweep_writes_table_plots_and_report(tiny_run, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, err = _main(["sweep", "--checkpoint", str(tiny_run), "--samplers", "heun", "euler", "--nfe", "2", "3",
+                               "--num", "24", "--out", str(out)], capsys)
+    assert code == 0, err
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [(r["sampler"], r["nfe_budget"]) for r in rows] == [("heun", 2), ("heun", 3), ("euler", 2), ("euler", 3)]
+    assert all(r["nfe"] <= r["nfe_budget"] for r in rows)
+    assert [r["nfe"] for r in rows] == [1, 3, 2, 3]  # counted: Heun 1 step = 1 evaluation, 2 steps = 3
+    for name in ("fd_vs_nfe.png", "fd_vs_seconds.png", "grid_heun_3.png"):
+        assert Image.open(out / name).size[0] > 10
+    md = (out / "report.md").read_text()
+    assert "| euler | 3 | 3 | 3 |" in md and "fd_vs_nfe.png" in md
+    code, _, err = _main(["sweep", "--checkpoint", str(tiny_run), "--samplers", "fast"], capsys)
+    assert code == 2 and "--samplers: unknown fast" in err

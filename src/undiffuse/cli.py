@@ -146,6 +146,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the JSON to this file")
     e.add_argument("--pairs", help="write a PNG of the closest sample/training pairs (images only)")
 
+    w = sub.add_parser("sweep", help="quality against network evaluations and wall time for several samplers",
+                       description="Sample a trained run with each sampler at each NFE budget, score every point "
+                       "with the evaluation suite, and write sweep.json, FD plots and a Markdown report.")
+    w.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
+    w.add_argument("--reference", default=None, help="reference set (default: the run's own data)")
+    w.add_argument("--samplers", nargs="+", default=["heun", "dpmpp_2m", "unipc", "euler"])
+    w.add_argument("--nfe", nargs="+", type=_positive_int, default=[5, 10, 20], help="NFE budgets per sample")
+    w.add_argument("--num", type=_positive_int, default=500, help="samples per point (default: 500)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--features", default="auto")
+    w.add_argument("--out", default="sweep", help="output folder (default: sweep)")
+
     d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
@@ -164,7 +176,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate,
+        return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
                 "demo": _demo}[args.command](args, sub)
     except KeyboardInterrupt:
         return 130
@@ -312,6 +324,38 @@ def _calibrate(args, sub) -> int:
                       "best_fixed_schedule": {best[0]: best[1]}}))
     print(f"wrote {out}; sample with: undiffuse sample --checkpoint {args.checkpoint} --calibration {out}",
           file=sys.stderr)
+    return 0
+
+
+def _sweep(args, sub) -> int:
+    from . import generate as gen
+    from . import samplers
+    from .checkpoint import CheckpointError
+    from .metrics import evaluate as ev
+    from .metrics.sweep import report, sweep
+
+    bad = [n for n in args.samplers if n not in samplers.names()]
+    if bad:
+        _usage(sub, f"--samplers: unknown {', '.join(bad)}; allowed: {', '.join(samplers.names())}")
+    if args.features not in ev.FEATURE_SPACES:
+        _usage(sub, f"--features {args.features!r} is unknown; allowed: {', '.join(ev.FEATURE_SPACES)}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} exists and is not a folder")
+    try:
+        run = gen.load_run(args.checkpoint)
+    except CheckpointError as e:
+        _usage(sub, f"--checkpoint: {e}")
+    spec = args.reference or run.config.data.name
+    try:
+        reference, _ = ev.load_set(spec, what="--reference")
+    except ValueError as e:
+        _usage(sub, str(e))
+    rows = sweep(run, reference, samplers=args.samplers, nfes=args.nfe, num=args.num, seed=args.seed,
+                 feature_space=args.features,
+                 progress=lambda r: print(f"{r['sampler']} NFE {r['nfe']}: FD {r['fd']:.4g} ({r['seconds']:.1f} s)",
+                                          file=sys.stderr))
+    path = report(rows, args.out, title=f"Sampler sweep: {run.checkpoint}")
+    print(json.dumps({"report": path, "points": len(rows)}))
     return 0
 
 
