@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _sections import write_section
 
 START, END = "<!-- digits-fewstep:start -->", "<!-- digits-fewstep:end -->"
 
@@ -105,12 +106,7 @@ def main() -> None:
             lines += ["", f"For scale: the diffusers recipe after 12 minutes of training scored FD {diffusers['fd']:.2f} "
                       f"with {diffusers['nfe']:g} evaluations in the training benchmark above."]
         lines += ["", END]
-        path = Path(args.write)
-        old = path.read_text()
-        text = "\n".join(lines)
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END):] if START in old else \
-            old.rstrip() + "\n\n" + text + "\n"
-        path.write_text(new)
+        write_section(args.write, "\n".join(lines), START, END)
 
 
 if __name__ == "__main__":

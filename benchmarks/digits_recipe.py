@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from _sections import write_section as _write_section
+
 START, END = "<!-- digits-recipe:start -->", "<!-- digits-recipe:end -->"
 
 # Variants whose step costs differ from the preset's (their steps are scaled by step rate).
@@ -129,12 +131,7 @@ def markdown(res: dict) -> str:
 
 
 def write_section(path: str, text: str) -> None:
-    old = Path(path).read_text() if Path(path).exists() else ""
-    if START in old and END in old:
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + text + "\n"
-    Path(path).write_text(new)
+    _write_section(path, text, START, END)
 
 
 def main() -> None:

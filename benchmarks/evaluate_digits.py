@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+
 
 import numpy as np
+from _sections import write_section
 
 START, END = "<!-- evaluate-digits:start -->", "<!-- evaluate-digits:end -->"
 
@@ -70,10 +71,7 @@ def main() -> None:
             f"({', '.join(f'{t:.1f}' for t in times)} s); the metrics themselves (features, FD, KID 100x1000, "
             f"PRDC k=5, near-copies) took {result['inner_seconds']:.1f} s of it in the last run. "
             "Goal (issue 6): under 30 s. No peer tool is installed here to compare with.", "", END])
-        old = Path(args.write).read_text()
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END):] if START in old else \
-            old.rstrip() + "\n\n" + text + "\n"
-        Path(args.write).write_text(new)
+        write_section(args.write, text, START, END)
 
 
 if __name__ == "__main__":

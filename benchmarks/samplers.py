@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from _sections import write_section as _write_section
 
 import undiffuse
 from undiffuse import samplers as S
@@ -569,17 +570,7 @@ def report(p: Problem, methods: list[Method], rk45_rows, overhead, den_step, arg
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    starts = [i for i, l in enumerate(lines) if l.strip() == START_MARK]
-    ends = [i for i, l in enumerate(lines) if l.strip() == END_MARK]
-    if starts and ends and ends[0] > starts[0]:
-        new = "".join(lines[:starts[0]]) + section + "".join(lines[ends[0] + 1:])
-    else:
-        new = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    _write_section(path, section, START_MARK, END_MARK)
 
 
 def main(argv=None) -> int:

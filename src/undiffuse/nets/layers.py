@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Tensor = torch.Tensor
@@ -86,3 +87,17 @@ def zero_(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def condition_embedding(net: nn.Module, x: Tensor, noise_label, class_labels) -> Tensor:
+    """The per-sample conditioning vector of a network with ``noise_emb``, ``emb_mlp`` and an
+    optional ``class_emb``: SiLU(MLP(embed(noise label)) + class embedding), shape (B, width)."""
+    noise_label = torch.as_tensor(noise_label, device=x.device)
+    if noise_label.dim() == 0:
+        noise_label = noise_label.expand(x.shape[0])
+    emb = net.emb_mlp(net.noise_emb(noise_label).to(x.dtype))
+    if net.class_emb is not None:
+        emb = emb + net.class_emb(class_labels, x.shape[0], x.device)
+    elif class_labels is not None:
+        raise ValueError("this network was built without classes (num_classes=0) but got class_labels")
+    return F.silu(emb)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ClassEmbedding, noise_embedding, zero_
+from .layers import ClassEmbedding, condition_embedding, noise_embedding, zero_
 
 Tensor = torch.Tensor
 
@@ -61,15 +61,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.config.dim:
             raise ValueError(f"MLP expects (batch, {self.config.dim}) input, got {tuple(x.shape)}")
-        noise_label = torch.as_tensor(noise_label, device=x.device)
-        if noise_label.dim() == 0:
-            noise_label = noise_label.expand(x.shape[0])
-        emb = self.emb_mlp(self.noise_emb(noise_label).to(x.dtype))
-        if self.class_emb is not None:
-            emb = emb + self.class_emb(class_labels, x.shape[0], x.device)
-        elif class_labels is not None:
-            raise ValueError("this network was built without classes (num_classes=0) but got class_labels")
-        emb = F.silu(emb)
+        emb = condition_embedding(self, x, noise_label, class_labels)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

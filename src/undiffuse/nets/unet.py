@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ClassEmbedding, noise_embedding, zero_
+from .layers import ClassEmbedding, condition_embedding, noise_embedding, zero_
 
 Tensor = torch.Tensor
 
@@ -149,15 +149,7 @@ class UNet(nn.Module):
         self.out = zero_(nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1))
 
     def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        noise_label = torch.as_tensor(noise_label, device=x.device)
-        if noise_label.dim() == 0:
-            noise_label = noise_label.expand(x.shape[0])
-        emb = self.emb_mlp(self.noise_emb(noise_label).to(x.dtype))
-        if self.class_emb is not None:
-            emb = emb + self.class_emb(class_labels, x.shape[0], x.device)
-        elif class_labels is not None:
-            raise ValueError("this network was built without classes (num_classes=0) but got class_labels")
-        emb = F.silu(emb)
+        emb = condition_embedding(self, x, noise_label, class_labels)
 
         h = self.stem(x)
         hs = [h]
