@@ -74,3 +74,46 @@ def test_mlp_and_build_registry():
         nets.build({"kind": "unet", "chanels": 3})
     with pytest.raises(ValueError, match="attention_levels"):
         nets.build({"kind": "unet", "channel_mult": [1, 2], "attention_levels": [2]})
+
+
+def _text_unet(**kw):
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+               head_channels=8, context_dim=12, **kw)
+    for p in net.parameters():  # leave the zero init so the output depends on everything
+        torch.nn.init.normal_(p, std=0.1)
+    return net
+
+
+def test_cross_attention_reads_unmasked_tokens_only():
+    net = _text_unet()
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    ctx = torch.randn(2, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    out = net(x, t, context=ctx, context_mask=mask)
+    changed = ctx.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), 12) * 10
+    torch.testing.assert_close(net(x, t, context=changed, context_mask=mask), out)
+    changed[0, 0] += 1.0  # an attended token does change the output
+    assert not torch.allclose(net(x, t, context=changed, context_mask=mask)[0], out[0])
+    # one context row is shared by the whole batch
+    torch.testing.assert_close(net(x, t, context=ctx[:1], context_mask=mask[:1])[0], out[0])
+
+
+def test_image_condition_is_concatenated_and_checked():
+    net = _text_unet(cond_channels=1)
+    x, t, ctx = torch.randn(2, 1, 8, 8), torch.rand(2), torch.randn(2, 3, 12)
+    a = net(x, t, context=ctx, cond_image=torch.zeros(2, 1, 8, 8))
+    b = net(x, t, context=ctx, cond_image=torch.ones(2, 1, 8, 8))
+    assert a.shape == (2, 1, 8, 8) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="cond_image"):
+        net(x, t, context=ctx)
+    with pytest.raises(ValueError, match="cond_image must have shape"):
+        net(x, t, context=ctx, cond_image=torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="needs a context"):
+        net(x, t, cond_image=torch.zeros(2, 1, 8, 8))
+    plain = UNet(in_channels=1, channels=16, channel_mult=(1,), num_res_blocks=1, attention_levels=())
+    with pytest.raises(ValueError, match="without text conditioning"):
+        plain(x, t, context=ctx)
+    with pytest.raises(ValueError, match="without an image condition"):
+        plain(x, t, cond_image=x)

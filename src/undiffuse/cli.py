@@ -55,6 +55,7 @@ TRAIN_OPTIONS = {
     "device": "train.device", "precision": "train.precision", "parameterization": "diffusion.parameterization",
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
     "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
+    "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout",
 }
 
 
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const="auto", help="'auto' (latest complete checkpoint in --out) or "
                    "a checkpoint/run path, which must exist")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--conditioning", choices=("none", "class", "text", "lowres"),
+                   help="condition the model on the class label, a caption written from it (text), or a "
+                        "low-resolution copy of the image (lowres: super-resolution); default: none")
+    t.add_argument("--cond-dropout", type=float, help="share of training samples shown the null class or empty "
+                   "caption, for classifier-free guidance (default: 0.1)")
     t.add_argument("--seed", type=int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=float)
@@ -107,6 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", help="sigma schedule (default: the run's recommendation)")
     s.add_argument("--calibration", help="a calibration JSON from `undiffuse calibrate` (replaces --sampler, "
                    "--steps and --schedule)")
+    s.add_argument("--class", dest="class_", metavar="CLASS", help="class name or index, a comma list, or 'all' "
+                   "(the count spread evenly over the classes, in order); needs a class-conditional run or "
+                   "--classifier")
+    s.add_argument("--prompt", help="text prompt (text-conditioned runs)")
+    s.add_argument("--negative-prompt", help="prompt of the unconditional branch of classifier-free guidance "
+                   "(default: the empty prompt)")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none, the "
+                   "conditional model; 0: unconditional), or the autoguidance scale with --autoguide (default: 1)")
+    s.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="apply guidance only at noise levels sigma in [LO, HI]")
+    s.add_argument("--autoguide", metavar="RUN", help="guide with this weaker run of the same task (an earlier or "
+                   "smaller model) instead of the unconditional branch")
+    s.add_argument("--classifier", metavar="DIR", help="noise-aware classifier (`undiffuse train-classifier`) for "
+                   "classifier guidance towards --class")
+    s.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
     s.add_argument("--format", choices=("png", "npz"), default="png",
                    help="png: OUT/grid.png and one PNG per sample with metadata; npz: array 'samples' (N, C, H, W) "
                         "in [0, 1]")
@@ -277,12 +298,14 @@ def _sample(args, sub) -> int:
             cal = Calibration.load(args.calibration)
         except (OSError, ValueError) as e:
             _usage(sub, f"--calibration: {e}")
+    condition, den, steer = _steering(args, sub, run)
     x = gen.generate(run, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, schedule=args.schedule,
-                     batch_size=args.batch_size, progress=not args.no_progress, calibration=cal)
+                     batch_size=args.batch_size, progress=not args.no_progress, calibration=cal,
+                     condition=condition, denoiser=den)
     c = run.config.sample
     params = {"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights,
               "sampler": args.sampler or c.sampler, "steps": args.steps or c.steps,
-              "schedule": args.schedule or c.schedule}
+              "schedule": args.schedule or c.schedule, **steer}
     if cal is not None:
         params.update(sampler=cal.sampler, steps=cal.steps, schedule=f"calibration {os.path.abspath(args.calibration)}")
     if run.kind == "image":
@@ -299,6 +322,68 @@ def _sample(args, sub) -> int:
                      text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
         print(f"wrote {out}/scatter.png", file=sys.stderr)
     return 0
+
+
+def _steering(args, sub, run):
+    """Condition, guided denoiser and metadata from the sample options (usage errors exit 2)."""
+    from . import generate as gen
+    from .checkpoint import CheckpointError
+
+    kind, steer, condition = run.conditioning, {}, {}
+    if args.prompt is not None and kind != "text":
+        _usage(sub, f"--prompt needs a text-conditioned run (train --conditioning text); {args.checkpoint!r} is "
+                    f"conditioned on {kind!r}")
+    if args.negative_prompt is not None and kind != "text":
+        _usage(sub, "--negative-prompt needs a text-conditioned run")
+    if kind == "text" and args.prompt is None:
+        _usage(sub, "this run is text-conditioned: give --prompt (use --prompt '' for the unconditional model)")
+    if kind == "lowres":
+        _usage(sub, "this run is a super-resolution model: use `undiffuse upscale --checkpoint RUN --image LOW`")
+    if args.classifier is None and args.class_ is not None and kind != "class":
+        _usage(sub, f"--class needs a class-conditional run (train --conditioning class) or --classifier; "
+                    f"{args.checkpoint!r} is conditioned on {kind!r}")
+    if args.classifier is not None and args.class_ is None:
+        _usage(sub, "--classifier needs --class (the class to guide towards)")
+    if args.guidance_interval is not None:
+        lo, hi = args.guidance_interval
+        if not 0 <= lo < hi:
+            _usage(sub, f"--guidance-interval needs 0 <= LO < HI, got {lo} {hi}")
+        steer["guidance_interval"] = [lo, hi]
+    weak = classifier = None
+    if args.autoguide:
+        try:
+            weak = gen.load_run(args.autoguide, weights=args.weights, device=args.device)
+        except CheckpointError as e:
+            _usage(sub, f"--autoguide: {e}")
+        steer["autoguide"] = os.path.abspath(weak.checkpoint)
+    if args.classifier:
+        from .classifier import load_classifier
+
+        try:
+            classifier = load_classifier(args.classifier, device=args.device)
+        except (OSError, ValueError) as e:
+            _usage(sub, f"--classifier: {e}")
+        names = list(getattr(classifier, "class_names", []) or [])
+        if not run.class_names and names:
+            run.class_names = tuple(names)
+        steer.update(classifier=os.path.abspath(args.classifier), classifier_scale=args.classifier_scale)
+    try:
+        if args.class_ is not None:
+            condition["class_labels"] = gen.class_labels(run, args.class_, args.num)
+            steer["class"] = args.class_
+        if args.prompt is not None:
+            condition.update(gen.prompt_condition(run, args.prompt))
+            steer["prompt"] = args.prompt
+            if args.negative_prompt is not None:
+                steer["negative_prompt"] = args.negative_prompt
+        den = gen.guided(run, guidance=args.guidance, interval=args.guidance_interval,
+                         negative_prompt=args.negative_prompt, weak=weak, classifier=classifier,
+                         classifier_scale=args.classifier_scale if classifier is not None else 0.0)
+    except ValueError as e:
+        _usage(sub, str(e))
+    if args.guidance != 1 or weak is not None:
+        steer["guidance"] = args.guidance
+    return condition, den, steer
 
 
 def _calibrate(args, sub) -> int:

@@ -78,6 +78,18 @@ class TrainConfig:
     tensorboard: bool = True      # also write TensorBoard events if the package is installed
 
 
+CONDITIONING = ("none", "class", "text", "lowres")
+TEXT_EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 token embeddings (undiffuse.text)
+
+
+@dataclass
+class ConditioningConfig:
+    kind: str = "none"            # none | class | text | lowres (super-resolution from a low-res copy)
+    dropout: float = 0.1          # class/text: share of training samples shown the null condition
+    max_tokens: int = 16          # text: tokens per caption (padded/truncated)
+    factor: int = 4               # lowres: down-sampling factor of the conditioning image
+
+
 @dataclass
 class SampleConfig:
     sampler: str = "heun"         # recommended sampler for this run
@@ -88,7 +100,7 @@ class SampleConfig:
 
 
 GROUPS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig, "ema": EMAConfig,
-          "train": TrainConfig, "sample": SampleConfig}
+          "train": TrainConfig, "sample": SampleConfig, "conditioning": ConditioningConfig}
 
 
 @dataclass
@@ -101,6 +113,7 @@ class RunConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -239,7 +252,32 @@ def resolve(preset: str, dataset, overrides: dict[str, object] | None = None) ->
         if dataset.kind != "vector":
             raise ValueError(f"preset {preset!r} uses an MLP for vectors; {dataset.name!r} holds images")
         model.setdefault("dim", dataset.shape[0])
+    _condition_model(d, dataset)
     return RunConfig.from_dict(d)
+
+
+def _condition_model(d: dict, dataset) -> None:
+    """Give the network what the chosen conditioning needs, checked against the data."""
+    cond, model = d.get("conditioning", {}), d["model"]
+    kind = cond.get("kind", "none")
+    if kind not in CONDITIONING:
+        raise ValueError(f"conditioning {kind!r} is not allowed; allowed: {', '.join(CONDITIONING)}")
+    if kind in ("class", "text") and dataset.labels is None:
+        raise ValueError(f"conditioning {kind!r} needs labelled data; {dataset.name!r} has no labels "
+                         f"(image folders get labels from class sub-folders, .npz files from a 'labels' array)")
+    if kind == "class":
+        model.setdefault("num_classes", dataset.num_classes)
+    elif kind == "text":
+        if model.get("kind") != "unet":
+            raise ValueError("conditioning 'text' needs a U-Net (image data)")
+        model.setdefault("context_dim", TEXT_EMBEDDING_DIM)
+    elif kind == "lowres":
+        if model.get("kind") != "unet":
+            raise ValueError("conditioning 'lowres' needs a U-Net (image data)")
+        f = int(cond.get("factor", ConditioningConfig.factor))
+        if f < 2 or any(side % f for side in dataset.shape[1:]):
+            raise ValueError(f"conditioning.factor {f} must be >= 2 and divide the image size {tuple(dataset.shape[1:])}")
+        model.setdefault("cond_channels", dataset.shape[0])
 
 
 def validate(cfg: RunConfig) -> None:
@@ -259,6 +297,8 @@ def validate(cfg: RunConfig) -> None:
         (smp.sampler in samplers.names(), "sample.sampler", smp.sampler, samplers.names()),
         (smp.schedule in schedules.names(), "sample.schedule", smp.schedule, schedules.names()),
     ]
+    con = cfg.conditioning
+    checks.append((con.kind in CONDITIONING, "conditioning.kind", con.kind, CONDITIONING))
     for ok, key, value, allowed in checks:
         if not ok:
             raise ValueError(f"{key} {value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -269,6 +309,10 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ValueError(f"{key} must be > 0, got {value}")
+    if not 0 <= con.dropout < 1:
+        raise ValueError(f"conditioning.dropout must be in [0, 1), got {con.dropout}")
+    if con.max_tokens < 2:
+        raise ValueError(f"conditioning.max_tokens must be >= 2, got {con.max_tokens}")
     if opt.batch_size % opt.accumulation:
         raise ValueError(f"optim.batch_size {opt.batch_size} must be divisible by optim.accumulation {opt.accumulation}")
     if tr.eval_every < 0 or (tr.eval_every and tr.eval_samples < 10):

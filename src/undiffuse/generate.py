@@ -4,6 +4,11 @@ generation parameters in PNG text metadata, or an ``.npz`` array).
 Image ``i`` of a call with ``seed`` uses the starting noise and (for stochastic samplers)
 the fresh noise of seed ``seed + i``, so it is the same image whatever the batch size or
 the number of images requested.
+
+Conditional runs take their condition per image (``condition``: batch-aligned keyword
+arguments from :func:`class_condition` or :func:`prompt_condition`) and optional guidance
+(classifier-free with an interval, autoguidance with a weaker run, or a classifier's
+gradient); see ``undiffuse.guidance``.
 """
 from __future__ import annotations
 
@@ -33,6 +38,11 @@ class LoadedRun:
     weights: str          # "ema" or "model"
     shape: tuple          # per-sample shape (C, H, W) or (D,)
     kind: str             # "image" or "vector"
+    class_names: tuple = ()  # the training data's class names (index = label)
+
+    @property
+    def conditioning(self) -> str:
+        return self.config.conditioning.kind
 
 
 def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedRun:
@@ -50,16 +60,90 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedR
         shape, kind = (m["dim"],), "vector"
     else:
         shape, kind = (m["in_channels"], *state["sample_size"]), "image"
-    return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind)
+    names = tuple(state.get("dataset", {}).get("class_names", ()))
+    return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names)
+
+
+def class_labels(run: LoadedRun, spec, num: int) -> torch.Tensor:
+    """Labels for ``num`` images from a class name or index, a list of them, or ``"all"``
+    (the count spread evenly over the classes, in order)."""
+    names = list(run.class_names)
+    if not names:
+        raise ValueError("this run's training data has no classes; --class needs a class-conditional run "
+                         "(train --conditioning class) or a classifier")
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return torch.arange(num) * len(names) // num
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    labels = []
+    for item in items:
+        item = str(item).strip()
+        if item in names:
+            labels.append(names.index(item))
+        elif item.lstrip("-").isdigit() and 0 <= int(item) < len(names):
+            labels.append(int(item))
+        else:
+            raise ValueError(f"unknown class {item!r}; allowed: {', '.join(names)} (or an index 0..{len(names) - 1}, "
+                             f"or 'all')")
+    return torch.tensor(labels).repeat((num + len(labels) - 1) // len(labels))[:num]
+
+
+def prompt_condition(run: LoadedRun, prompts, num: int | None = None) -> dict:
+    """``context``/``context_mask`` for one prompt (shared) or one per image."""
+    if run.conditioning != "text":
+        raise ValueError(f"a prompt needs a text-conditioned run (train --conditioning text); this run's "
+                         f"conditioning is {run.conditioning!r}")
+    from .conditioning import text_condition
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    device = next(run.denoiser.net.parameters()).device
+    return text_condition(prompts, run.config.conditioning.max_tokens, device)
+
+
+def guided(run: LoadedRun, *, guidance: float = 1.0, interval=None, negative_prompt: str | None = None,
+           weak: "LoadedRun | None" = None, classifier=None, classifier_scale: float = 0.0):
+    """The run's denoiser wrapped for guidance (unchanged when no guidance is asked for).
+
+    ``guidance`` is the classifier-free scale, or the autoguidance scale when a ``weak`` run
+    is given; ``negative_prompt`` replaces the empty prompt of the unconditional branch;
+    ``classifier`` (with ``log_prob(x, sigma, labels)``) adds classifier guidance.
+    """
+    from . import guidance as g
+
+    den = _guided_by_model(run, guidance, interval, negative_prompt, weak)
+    if classifier is not None and classifier_scale != 0:
+        den = g.ClassifierGuidance(den, classifier.log_prob, classifier_scale, interval=interval,
+                                   forward_labels=run.conditioning == "class")
+    return den
+
+
+def _guided_by_model(run: LoadedRun, guidance, interval, negative_prompt, weak):
+    from . import guidance as g
+
+    if weak is not None:
+        if weak.conditioning != run.conditioning or weak.shape != run.shape:
+            raise ValueError("the autoguidance model must have the same conditioning and sample shape as the main "
+                             f"model; got {weak.conditioning!r} {weak.shape} vs {run.conditioning!r} {run.shape}")
+        return g.Autoguidance(run.denoiser, weak.denoiser, guidance, interval=interval)
+    if guidance == 1 and negative_prompt is None:
+        return run.denoiser
+    if run.conditioning == "class":
+        return g.ClassifierFree(run.denoiser, guidance, interval=interval)
+    if run.conditioning == "text":
+        return g.ClassifierFree(run.denoiser, guidance, interval=interval,
+                                uncond=prompt_condition(run, negative_prompt or ""))
+    raise ValueError(f"classifier-free guidance needs a class- or text-conditioned run; this run's conditioning is "
+                     f"{run.conditioning!r} (use a classifier or an autoguidance model instead)")
 
 
 def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
              schedule: str | None = None, batch_size: int = 256, progress: bool = False, calibration=None,
-             **options) -> torch.Tensor:
+             condition: dict | None = None, denoiser=None, **options) -> torch.Tensor:
     """``num`` samples in model space (images in [-1, 1]), float32 on the CPU.
 
     ``calibration`` (a ``calibrate.Calibration``) replaces sampler, steps and schedule by its
-    fitted solver and sigmas.
+    fitted solver and sigmas. ``condition`` holds the network's conditioning keyword
+    arguments, each with ``num`` rows or one shared row; ``denoiser`` replaces the run's own
+    (e.g. by :func:`guided`).
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -72,6 +156,8 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
         kw = dict(sampler=sampler or s.sampler, steps=steps or s.steps, schedule=schedule or s.schedule,
                   sigma_min=s.sigma_min, sigma_max=s.sigma_max, **options)
     device = next(run.denoiser.net.parameters()).device
+    den = denoiser or run.denoiser
+    condition = _check_condition(run, condition or {}, num)
     out = []
     bar = None
     if progress:
@@ -81,13 +167,31 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     for start in range(0, num, batch_size):
         seeds = list(range(seed + start, seed + min(start + batch_size, num)))
         z = make_noise((len(seeds), *run.shape), seed=seeds, device=device)
-        x = sample(run.denoiser, z, seed=seeds, **kw)
+        extra = {k: v if v.shape[0] == 1 else v[start:start + len(seeds)] for k, v in condition.items()}
+        x = sample(den, z, seed=seeds, extra=extra, **kw)
         out.append(x.float().cpu())
         if bar is not None:
             bar.update(len(seeds))
     if bar is not None:
         bar.close()
     return torch.cat(out)
+
+
+def _check_condition(run: LoadedRun, condition: dict, num: int) -> dict:
+    needs = {"class": (), "text": ("context",), "lowres": ("cond_image",), "none": ()}[run.conditioning]
+    missing = [k for k in needs if k not in condition]
+    if missing:
+        raise ValueError(f"this run is conditioned on {run.conditioning!r}; give {', '.join(missing)} "
+                         f"(e.g. a prompt)")
+    out = {}
+    for k, v in condition.items():
+        v = torch.as_tensor(v)
+        if v.dim() == 0:
+            v = v.reshape(1)
+        if v.shape[0] not in (1, num):
+            raise ValueError(f"condition {k!r} has {v.shape[0]} rows for {num} samples (give 1 or {num})")
+        out[k] = v
+    return out
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checkpoint as ckpt
+from .conditioning import TrainingConditions
 from .config import RunConfig, build_denoiser
 from .losses import denoising_loss, sample_sigma
 
@@ -111,6 +112,7 @@ class Trainer:
                                      weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
         self.order = DataOrder(len(dataset), cfg.train.seed)
+        self.conditions = TrainingConditions(cfg.conditioning, dataset)
         self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
         self.window = [0.0, 0]  # loss sum and count since the last log entry
         self.best: dict | None = None  # lowest evaluation FD so far and its step
@@ -209,7 +211,7 @@ class Trainer:
                 flip = torch.rand(micro, generator=self.gen) < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             x0 = x0.to(self.device)
-            cond = {}
+            cond = self.conditions(idx, x0, self.gen)
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
                                  p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std).to(self.device)
             eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
@@ -267,13 +269,30 @@ class Trainer:
                        sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale)
         rng = torch.get_rng_state()
         out = []
+        cond = self._sampling_conditions(n)
         for start in range(0, n, 256):
             seeds = list(range(seed + start, seed + min(start + 256, n)))
             z = make_noise((len(seeds), *self.data.shape), seed=seeds, device=self.device)
+            extra = {k: v[start:start + len(seeds)] for k, v in cond.items()}
             out.append(sample(den, z, sampler=s.sampler, steps=s.steps, schedule=s.schedule, sigma_min=s.sigma_min,
-                              sigma_max=s.sigma_max, seed=seeds).float().cpu())
+                              sigma_max=s.sigma_max, seed=seeds, extra=extra).float().cpu())
         torch.set_rng_state(rng)
         return torch.cat(out)
+
+    def _sampling_conditions(self, n: int) -> dict:
+        """Conditions for ``n`` progress samples: classes (or each class's first caption) in
+        turn, or the low-resolution copies of the first ``n`` training images (no guidance)."""
+        kind = self.cfg.conditioning.kind
+        if kind == "none":
+            return {}
+        if kind == "lowres":
+            x0 = self.data.get(torch.arange(n) % len(self.data)).to(self.device)
+            return self.conditions(torch.arange(n), x0, torch.Generator())
+        labels = torch.arange(n) % self.data.num_classes
+        if kind == "class":
+            return {"class_labels": labels.to(self.device)}
+        table = self.conditions.text
+        return table.rows(torch.stack([table.by_label[k][0] for k in labels.tolist()]), self.device)
 
     def evaluate(self) -> dict:
         """Score ``eval_samples`` EMA samples against the training data with the evaluation

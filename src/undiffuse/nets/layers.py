@@ -89,9 +89,10 @@ def zero_(module: nn.Module) -> nn.Module:
     return module
 
 
-def condition_embedding(net: nn.Module, x: Tensor, noise_label, class_labels) -> Tensor:
+def condition_embedding(net: nn.Module, x: Tensor, noise_label, class_labels, extra: Tensor | None = None) -> Tensor:
     """The per-sample conditioning vector of a network with ``noise_emb``, ``emb_mlp`` and an
-    optional ``class_emb``: SiLU(MLP(embed(noise label)) + class embedding), shape (B, width)."""
+    optional ``class_emb``: SiLU(MLP(embed(noise label)) + class embedding [+ extra]), shape
+    (B, width). ``extra`` is any other per-sample embedding (e.g. a pooled text embedding)."""
     noise_label = torch.as_tensor(noise_label, device=x.device)
     if noise_label.dim() == 0:
         noise_label = noise_label.expand(x.shape[0])
@@ -100,4 +101,6 @@ def condition_embedding(net: nn.Module, x: Tensor, noise_label, class_labels) ->
         emb = emb + net.class_emb(class_labels, x.shape[0], x.device)
     elif class_labels is not None:
         raise ValueError("this network was built without classes (num_classes=0) but got class_labels")
+    if extra is not None:
+        emb = emb + extra
     return F.silu(emb)

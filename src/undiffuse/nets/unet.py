@@ -11,7 +11,17 @@
 * output layer and every residual branch's last layer initialised to zero, so the
   untrained network is the identity on its skips and outputs zero.
 
-No diffusion maths lives here: ``forward(x, noise_label, class_labels=None)`` maps the
+Conditioning, each optional:
+
+* ``class_labels``: a class embedding added to the noise embedding (null class -1);
+* ``context`` (B, L, context_dim) with ``context_mask`` (B, L) bool: token embeddings of a
+  text encoder, read by cross-attention after each self-attention layer (Rombach et al.
+  2022), and their masked mean added to the noise embedding (as Imagen does with a pooled
+  text embedding; it lets a small network pick up the global content quickly);
+* ``cond_image`` (B, cond_channels, H, W): an image at the input's size concatenated to the
+  input channels (SR3, Saharia et al. 2022: the up-sampled low-resolution image).
+
+No diffusion maths lives here: ``forward(x, noise_label, **conditioning)`` maps the
 preconditioned input and the noise label to the raw output; ``precond.Denoiser`` does the rest.
 """
 from __future__ import annotations
@@ -42,6 +52,8 @@ class UNetConfig:
     embedding: str = "positional"  # noise-label embedding: positional | fourier
     emb_mult: int = 4             # embedding width = emb_mult * channels
     groups: int = 32              # GroupNorm groups (reduced to divide the channel count)
+    context_dim: int = 0          # > 0: cross-attention to (B, L, context_dim) token embeddings
+    cond_channels: int = 0        # > 0: channels of an image condition concatenated to the input
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -54,6 +66,10 @@ class UNetConfig:
             raise ValueError(f"attention_levels {bad} out of range; levels are 0..{levels - 1}")
         if self.channels < 1 or self.num_res_blocks < 1:
             raise ValueError("channels and num_res_blocks must be >= 1")
+        if self.context_dim and not self.attention_levels:
+            raise ValueError("context_dim > 0 needs at least one attention level for cross-attention")
+        if self.context_dim < 0 or self.cond_channels < 0:
+            raise ValueError("context_dim and cond_channels must be >= 0")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -73,7 +89,7 @@ class ResBlock(nn.Module):
         self.conv2 = zero_(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, ctx=None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
         h = self.norm2(h) * (1 + scale) + shift
@@ -89,7 +105,7 @@ class Attention(nn.Module):
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = zero_(nn.Conv2d(ch, ch, 1))
 
-    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None, ctx=None) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, head_dim) each
@@ -98,12 +114,33 @@ class Attention(nn.Module):
         return x + self.proj(out)
 
 
+class CrossAttention(nn.Module):
+    """Queries from the image, keys and values from the context tokens; masked tokens
+    (``mask`` False) are ignored."""
+
+    def __init__(self, ch: int, context_dim: int, head_channels: int, groups: int):
+        super().__init__()
+        self.heads = max(1, ch // head_channels)
+        self.norm = _norm(ch, groups)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = zero_(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x: Tensor, emb: Tensor | None = None, ctx=None) -> Tensor:
+        context, mask = ctx
+        b, c, h, w = x.shape
+        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        k, v = self.kv(context).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
 class Downsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
 
-    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None, ctx=None) -> Tensor:
         return self.conv(x)
 
 
@@ -117,8 +154,15 @@ class UNet(nn.Module):
         self.noise_emb = noise_embedding(cfg.embedding, ch0)
         self.emb_mlp = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = ClassEmbedding(cfg.num_classes, emb_dim) if cfg.num_classes > 0 else None
+        self.context_pool = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
-        self.stem = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+        def attention(ch: int) -> list[nn.Module]:
+            layers = [Attention(ch, cfg.head_channels, g)]
+            if cfg.context_dim:
+                layers.append(CrossAttention(ch, cfg.context_dim, cfg.head_channels, g))
+            return layers
+
+        self.stem = nn.Conv2d(cfg.in_channels + cfg.cond_channels, ch0, 3, padding=1)
         self.down = nn.ModuleList()
         skips, ch = [ch0], ch0
         for level, mult in enumerate(cfg.channel_mult):
@@ -126,13 +170,13 @@ class UNet(nn.Module):
                 block = nn.ModuleList([ResBlock(ch, ch0 * mult, emb_dim, cfg.dropout, g)])
                 ch = ch0 * mult
                 if level in cfg.attention_levels:
-                    block.append(Attention(ch, cfg.head_channels, g))
+                    block.extend(attention(ch))
                 self.down.append(block)
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g), Attention(ch, cfg.head_channels, g),
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g), *attention(ch),
                                   ResBlock(ch, ch, emb_dim, cfg.dropout, g)])
         self.up = nn.ModuleList()
         self.up_levels: list[bool] = []  # whether an up-sampling precedes this block
@@ -142,30 +186,67 @@ class UNet(nn.Module):
                 block = nn.ModuleList([ResBlock(ch + skips.pop(), ch0 * mult, emb_dim, cfg.dropout, g)])
                 ch = ch0 * mult
                 if level in cfg.attention_levels:
-                    block.append(Attention(ch, cfg.head_channels, g))
+                    block.extend(attention(ch))
                 self.up.append(block)
                 self.up_levels.append(i == 0 and level < len(cfg.channel_mult) - 1)
         self.out_norm = _norm(ch, g)
         self.out = zero_(nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        emb = condition_embedding(self, x, noise_label, class_labels)
-
-        h = self.stem(x)
+    def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                cond_image: Tensor | None = None) -> Tensor:
+        ctx, pooled = self._context(x, context, context_mask)
+        emb = condition_embedding(self, x, noise_label, class_labels, pooled)
+        h = self.stem(self._with_image(x, cond_image))
         hs = [h]
         for block in self.down:
             for layer in block:
-                h = layer(h, emb)
+                h = layer(h, emb, ctx)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = layer(h, emb, ctx)
         for block, upsample in zip(self.up, self.up_levels):
             if upsample:
                 h = F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest")
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in block:
-                h = layer(h, emb)
+                h = layer(h, emb, ctx)
         return self.out(F.silu(self.out_norm(h)))
+
+    def _context(self, x: Tensor, context, mask):
+        dim = self.config.context_dim
+        if not dim:
+            if context is not None:
+                raise ValueError("this network was built without text conditioning (context_dim=0) but got a context")
+            return None, None
+        if context is None:
+            raise ValueError(f"this network needs a context of token embeddings (B, L, {dim}); none was given")
+        context = _rows(context.to(x.dtype), x.shape[0])
+        if context.dim() != 3 or context.shape[-1] != dim:
+            raise ValueError(f"context must have shape ({x.shape[0]}, L, {dim}), got {tuple(context.shape)}")
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=x.device) if mask is None \
+            else _rows(mask.to(device=x.device, dtype=torch.bool), x.shape[0])
+        weights = mask.to(x.dtype)[..., None]
+        pooled = (context * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return (context, mask), self.context_pool(pooled)
+
+    def _with_image(self, x: Tensor, cond_image) -> Tensor:
+        c = self.config.cond_channels
+        if not c:
+            if cond_image is not None:
+                raise ValueError("this network was built without an image condition (cond_channels=0) but got cond_image")
+            return x
+        if cond_image is None:
+            raise ValueError(f"this network needs cond_image with {c} channels at the input's size; none was given")
+        cond_image = _rows(cond_image.to(x.dtype), x.shape[0])
+        if cond_image.shape != (x.shape[0], c, *x.shape[2:]):
+            raise ValueError(f"cond_image must have shape {(x.shape[0], c, *x.shape[2:])}, got {tuple(cond_image.shape)}")
+        return torch.cat([x, cond_image], dim=1)
 
     def config_dict(self) -> dict:
         return {"kind": "unet", **asdict(self.config)}
+
+
+def _rows(t: Tensor, batch: int) -> Tensor:
+    """A single conditioning row broadcast over the batch."""
+    return t.expand(batch, *t.shape[1:]) if t.shape[0] == 1 and batch > 1 else t
