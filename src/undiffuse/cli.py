@@ -310,11 +310,14 @@ def _sample(args, sub) -> int:
         params.update(sampler=cal.sampler, steps=cal.steps, schedule=f"calibration {os.path.abspath(args.calibration)}")
     if run.kind == "image":
         x = gen.to_unit(x)
+    labels = condition.get("class_labels")
+    per_image = None if labels is None else [{"class": run.class_names[k]} for k in labels.tolist()]
     if args.format == "npz":
-        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": args.num})
+        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": args.num},
+                     labels=None if labels is None else labels.numpy())
         print(f"wrote {out} ({args.num} samples)", file=sys.stderr)
     elif run.kind == "image":
-        gen.save_images(out, x, params, seed=args.seed)
+        gen.save_images(out, x, params, seed=args.seed, per_image=per_image)
         print(f"wrote {out}/grid.png and {args.num} images in {out}/", file=sys.stderr)
     else:
         os.makedirs(out, exist_ok=True)
@@ -458,7 +461,7 @@ def _evaluate(args, sub) -> int:
         train = ev.load_set(args.train, what="--train")[0] if args.train else None
         result = ev.evaluate(samples, reference, feature_space=args.features, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                             reference_name=f"{args.reference}: {ref_desc}")
+                             reference_name=f"{args.reference}: {ref_desc}", labels=ev.requested_labels(args.samples))
     except ValueError as e:
         _usage(sub, str(e))
     out = ev.to_json(result)

@@ -242,8 +242,9 @@ def parameters_text(params: dict) -> str:
 
 
 def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individual: bool = True,
-                grid_scale: int = 4) -> list[str]:
-    """Write ``out/grid.png`` and ``out/000000.png``...; each image's PNG carries its own seed."""
+                grid_scale: int = 4, per_image: list[dict] | None = None) -> list[str]:
+    """Write ``out/grid.png`` and ``out/000000.png``...; each image's PNG carries its own seed
+    (and its entry of ``per_image``, e.g. its class)."""
     os.makedirs(out, exist_ok=True)
     u8 = to_uint8(x01)
     meta = {"parameters": parameters_text({**params, "seed": f"{seed}..{seed + len(u8) - 1}"}),
@@ -252,18 +253,23 @@ def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individ
     save_png(paths[0], grid(u8), text=meta, scale=grid_scale)
     if individual:
         for i, img in enumerate(u8):
-            p = {**params, "seed": seed + i}
+            p = {**params, **(per_image[i] if per_image else {}), "seed": seed + i}
             path = os.path.join(out, f"{i:06d}.png")
             save_png(path, img, text={"parameters": parameters_text(p), "undiffuse": json.dumps(p)})
             paths.append(path)
     return paths
 
 
-def save_npz(path: str, samples: np.ndarray, params: dict) -> None:
-    """``samples`` array plus a JSON string ``parameters``; written atomically."""
+def save_npz(path: str, samples: np.ndarray, params: dict, *, labels: np.ndarray | None = None) -> None:
+    """``samples`` array plus a JSON string ``parameters`` (and the requested class of each
+    sample as ``labels`` when given); written atomically."""
+    arrays = {"samples": samples, "parameters": np.array(json.dumps(params))}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int64)
+
     def _write(tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, samples=samples, parameters=np.array(json.dumps(params)))
+            np.savez(f, **arrays)
 
     write_atomic(path, _write, suffix=".npz")
 

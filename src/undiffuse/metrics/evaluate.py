@@ -59,6 +59,15 @@ def load_set(spec: str, *, what: str = "samples") -> tuple[np.ndarray, str]:
     return _check(arr, what, spec), ds.source
 
 
+def requested_labels(spec: str) -> np.ndarray | None:
+    """The ``labels`` array (the class each sample was asked to be) of a samples ``.npz``,
+    as ``undiffuse sample --class ... --format npz`` writes it, or None."""
+    if not (spec.endswith(".npz") and os.path.isfile(spec)):
+        return None
+    with np.load(spec, allow_pickle=False) as f:
+        return np.asarray(f["labels"]) if "labels" in f.files and "samples" in f.files else None
+
+
 def _check(arr: np.ndarray, what: str, spec: str) -> np.ndarray:
     if arr.ndim not in (2, 4):
         raise EvaluationError(f"{what} {spec}: expected images (N, C, H, W) or vectors (N, D), got shape {arr.shape}")
@@ -87,10 +96,12 @@ def describe(space: str, dim: int) -> str:
 
 def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: int = 5,
              kid_subsets: int = 100, kid_subset_size: int = 1000, copy_threshold: float = 1 / 3,
-             reference_name: str = "reference", seed: int = 0) -> dict:
+             reference_name: str = "reference", seed: int = 0, labels=None) -> dict:
     """Score ``samples`` against ``reference`` (arrays as in the module docstring).
 
     ``train`` (default: the reference) is the set that near-copies are searched in.
+    ``labels``: the class each sample was asked to be; adds ``adherence`` (the share the
+    digits classifier reads as requested; 1x8x8 images only).
     """
     from .kid import kid as _kid
     from .prdc import prdc as _prdc
@@ -131,6 +142,13 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
                      f"nearest-neighbour spacing ({len(train)} training items)",
         "seconds": round(time.perf_counter() - t0, 2), "notes": notes,
     }
+    if labels is not None:
+        from .adherence import class_adherence
+
+        adh = class_adherence(samples, labels)
+        out["adherence"], out["adherence_per_class"] = adh["adherence"], adh["per_class"]
+        out["protocol"]["adherence"] = f"{adh['protocol']['reader']} reads the requested class " \
+                                       f"({adh['protocol']['classes_requested']} classes requested)"
     out["_copies"] = cp  # for the closest-pairs picture; dropped by to_json
     return out
 
@@ -148,5 +166,7 @@ def summary_lines(result: dict) -> list[str]:
              f"  precision  {result['precision']:.3f}   recall {result['recall']:.3f}   (k = {p['prdc_k']})",
              f"  density    {result['density']:.3f}   coverage {result['coverage']:.3f}",
              f"  copies     {result['copies']} of {p['samples']} ({result['copy_rate']:.2%}); {p['copy_rule']}"]
+    if "adherence" in result:
+        lines.append(f"  adherence  {result['adherence']:.1%}  ({p['adherence']})")
     lines += [f"  note: {n}" for n in p["notes"]]
     return lines
