@@ -179,6 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--features", default="auto")
     w.add_argument("--out", default="sweep", help="output folder (default: sweep)")
 
+    from .cli_inverse import add_parsers as _inverse_parsers
+
+    _inverse_parsers(sub, _positive_int)
+
     d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
@@ -197,8 +201,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
+        from . import cli_inverse
+
         return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
-                "demo": _demo}[args.command](args, sub)
+                "demo": _demo, "inpaint": cli_inverse.run, "img2img": cli_inverse.run, "upscale": cli_inverse.run,
+                "restore": cli_inverse.run}[args.command](args, sub)
     except KeyboardInterrupt:
         return 130
 
