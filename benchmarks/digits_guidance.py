@@ -37,13 +37,15 @@ from _sections import write_section
 START, END = "<!-- digits-guidance:start -->", "<!-- digits-guidance:end -->"
 ROOT = "runs/bench_guidance"
 
-CFG_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+CFG_SCALES = (0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
 def rows(args) -> dict[str, dict]:
     out = {f"cfg {w:g}": {"guidance": w} for w in CFG_SCALES}
     out["cfg 3, interval [0.2, 3]"] = {"guidance": 3.0, "interval": (0.2, 3.0)}
     out["cfg 6, interval [0.2, 3]"] = {"guidance": 6.0, "interval": (0.2, 3.0)}
+    out["cfg 3, interval [1, 80] (high noise only)"] = {"guidance": 3.0, "interval": (1.0, 80.0)}
+    out["cfg 3, interval [0, 1] (low noise only)"] = {"guidance": 3.0, "interval": (0.0, 1.0)}
     out["autoguidance 2 (weak: early checkpoint)"] = {"guidance": 2.0, "weak": "early"}
     out["autoguidance 3 (weak: early checkpoint)"] = {"guidance": 3.0, "weak": "early"}
     if args.classifier:
