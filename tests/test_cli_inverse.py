@@ -98,3 +98,24 @@ def test_bad_input_is_a_usage_error_naming_the_value(run, tmp_path, capsys, args
     code, _, err = _main([args[0], "--checkpoint", str(run), "--image", "digits", "--index", "0", "--steps", "2",
                           "--out", str(tmp_path / "o"), *args[1:]], capsys)
     assert code == 2 and message in err, err
+
+
+def test_upscale_with_a_model_trained_on_low_resolution_copies(tmp_path, capsys):
+    sr = tmp_path / "sr"
+    assert main(["train", "--data", "digits", "--conditioning", "lowres", "--set", "conditioning.factor=2",
+                 "--max-steps", "2", "--out", str(sr), *TINY]) == 0
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images[:3, None] / 16.0
+    np.save(tmp_path / "low.npy", x.reshape(3, 1, 4, 2, 4, 2).mean((3, 5)))
+    out = tmp_path / "up"
+    code, _, err = _main(["upscale", "--checkpoint", str(sr), "--image", str(tmp_path / "low.npy"), "--out",
+                          str(out), "--steps", "3"], capsys)
+    assert code == 0, err
+    meta = json.loads(Image.open(out / "000002.png").text["undiffuse"])
+    assert meta["method"] == "conditioned (SR3)" and meta["factor"] == 2
+    code, _, err = _main(["upscale", "--checkpoint", str(sr), "--image", str(tmp_path / "low.npy"), "--factor", "4",
+                          "--out", str(out)], capsys)
+    assert code == 2 and "trained for factor 2" in err
+    code, _, err = _main(["sample", "--checkpoint", str(sr), "--num", "2"], capsys)
+    assert code == 2 and "super-resolution model" in err
