@@ -128,3 +128,23 @@ def test_evaluate_reports_adherence_for_labelled_samples(tmp_path, capsys):
     np.savez(path, samples=x, labels=(data.labels[:300].numpy() + 1) % 10)  # every request wrong
     res = json.loads(_main(["evaluate", str(path), "--json", "--kid-subset-size", "100"], capsys)[1])
     assert res["adherence"] < 0.05
+
+
+def test_guidance_sweep_writes_table_plots_and_report(class_run, tmp_path, capsys):
+    out = tmp_path / "gs"
+    code, stdout, err = _main(["sweep", "--checkpoint", str(class_run), "--guidance", "1", "2", "--num", "40",
+                               "--out", str(out)], capsys)
+    assert code == 0, err
+    rows = json.loads((out / "guidance.json").read_text())
+    assert [r["guidance"] for r in rows] == [1.0, 2.0]
+    assert rows[0]["nfe"] == 5 and rows[1]["nfe"] == 10  # Heun, 3 steps; guidance doubles the network rows
+    assert all(0 <= r["adherence"] <= 1 for r in rows)
+    for name in ("adherence_vs_fd.png", "diversity_vs_guidance.png", "report.md", "grid_guidance_2.png"):
+        assert (out / name).exists(), name
+
+
+def test_guidance_sweep_refuses_unconditional_runs(tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert main(["train", "--data", "digits", "--max-steps", "2", "--out", str(out), *TINY]) == 0
+    code, _, err = _main(["sweep", "--checkpoint", str(out), "--guidance", "1", "2", "--num", "20"], capsys)
+    assert code == 2 and "needs a class- or text-conditioned run" in err

@@ -178,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--features", default="auto")
     w.add_argument("--out", default="sweep", help="output folder (default: sweep)")
+    w.add_argument("--guidance", nargs="+", type=float, metavar="SCALE",
+                   help="instead: sweep these guidance scales on a class- or text-conditioned run with its own "
+                        "sampler (adherence, FD, precision, recall, coverage; plots and report)")
+    w.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"))
+    w.add_argument("--autoguide", metavar="RUN", help="with --guidance: autoguidance scales with this weak run")
 
     from .cli_inverse import add_parsers as _inverse_parsers
 
@@ -445,11 +450,37 @@ def _sweep(args, sub) -> int:
         reference, _ = ev.load_set(spec, what="--reference")
     except ValueError as e:
         _usage(sub, str(e))
+    if args.guidance:
+        return _guidance_sweep(args, sub, run, reference)
     rows = sweep(run, reference, samplers=args.samplers, nfes=args.nfe, num=args.num, seed=args.seed,
                  feature_space=args.features,
                  progress=lambda r: print(f"{r['sampler']} NFE {r['nfe']}: FD {r['fd']:.4g} ({r['seconds']:.1f} s)",
                                           file=sys.stderr))
     path = report(rows, args.out, title=f"Sampler sweep: {run.checkpoint}")
+    print(json.dumps({"report": path, "points": len(rows)}))
+    return 0
+
+
+def _guidance_sweep(args, sub, run, reference) -> int:
+    from . import generate as gen
+    from .checkpoint import CheckpointError
+    from .metrics.guidance_sweep import guidance_report, guidance_sweep
+
+    weak = None
+    if args.autoguide:
+        try:
+            weak = gen.load_run(args.autoguide)
+        except CheckpointError as e:
+            _usage(sub, f"--autoguide: {e}")
+    try:
+        rows = guidance_sweep(run, reference, scales=args.guidance, num=args.num, seed=args.seed,
+                              interval=args.guidance_interval, weak=weak, feature_space=args.features,
+                              progress=lambda r: print(f"guidance {r['guidance']:g}: FD {r['fd']:.4g}"
+                                                       + ("" if r["adherence"] is None
+                                                          else f", adherence {r['adherence']:.1%}"), file=sys.stderr))
+    except ValueError as e:
+        _usage(sub, str(e))
+    path = guidance_report(rows, args.out, title=f"Guidance sweep: {run.checkpoint}")
     print(json.dumps({"report": path, "points": len(rows)}))
     return 0
 
