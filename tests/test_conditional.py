@@ -148,3 +148,22 @@ def test_guidance_sweep_refuses_unconditional_runs(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--max-steps", "2", "--out", str(out), *TINY]) == 0
     code, _, err = _main(["sweep", "--checkpoint", str(out), "--guidance", "1", "2", "--num", "20"], capsys)
     assert code == 2 and "needs a class- or text-conditioned run" in err
+
+
+def test_train_classifier_then_guide_an_unconditional_run(tmp_path, capsys):
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", "digits", "--max-steps", "2", "--out", str(plain), *TINY]) == 0
+    capsys.readouterr()
+    clf = tmp_path / "clf"
+    code, out, err = _main(["train-classifier", "--data", "digits", "--out", str(clf), "--max-steps", "5",
+                            "--no-progress"], capsys)
+    assert code == 0, err
+    assert (clf / "model.safetensors").exists() and json.loads(out)["classifier"] == str(clf)
+    folder = tmp_path / "s"
+    code, _, err = _main(["sample", "--checkpoint", str(plain), "--classifier", str(clf), "--class", "4",
+                          "--classifier-scale", "2", "--num", "3", "--out", str(folder), "--no-progress"], capsys)
+    assert code == 0, err
+    meta = json.loads(Image.open(folder / "000001.png").text["undiffuse"])
+    assert meta["class"] == "4" and meta["classifier_scale"] == 2.0
+    code, _, err = _main(["train-classifier", "--data", "moons", "--out", str(tmp_path / "c2")], capsys)
+    assert code == 2 and "needs labelled images" in err
