@@ -68,6 +68,9 @@ def tasks():
     for name, m in masks.items():
         out[f"inpaint {name}, plain"] = {"kind": "inpaint", "mask": m, "jump_count": 0}
         out[f"inpaint {name}, resampled (j=5, r=5)"] = {"kind": "inpaint", "mask": m, "jump_count": 4}
+    out["inpaint bottom, resampled (j=10, r=10), 100 steps"] = {"kind": "inpaint", "mask": masks["bottom"],
+                                                                "jump_count": 9, "jump_length": 10, "steps": 100}
+    out["inpaint bottom, posterior guidance (mask operator, Heun 18)"] = {"kind": "guided_mask", "mask": masks["bottom"]}
     out["upscale 4x4 -> 8x8, zero-shot"] = {"kind": "upscale", "factor": 2}
     out["upscale 4x4 -> 8x8, SR3 model (--conditioning lowres)"] = {"kind": "sr3", "factor": 2}
     out["deblur (1 px) + noise 0.1"] = {"kind": "blur"}
@@ -85,11 +88,18 @@ def measure(name, spec, run, x_held, labels, read) -> dict:
     t0 = time.perf_counter()
     if spec["kind"] == "inpaint":
         mask = spec["mask"].expand(n, 1, 8, 8)
-        sig = schedules.get_sigmas("karras", 50, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
-        y = inverse.inpaint(den, x_held, mask, sig, generator=per_sample_generators(seeds), jump_length=5,
-                            jump_count=spec["jump_count"])
+        steps = spec.get("steps", 50)
+        sig = schedules.get_sigmas("karras", steps, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+        y = inverse.inpaint(den, x_held, mask, sig, generator=per_sample_generators(seeds),
+                            jump_length=spec.get("jump_length", 5), jump_count=spec["jump_count"])
         degraded = torch.where(mask > 0, x_held, torch.full_like(x_held, -1.0))
-        nfe = 50 * (1 + spec["jump_count"])
+        nfe = steps * (1 + spec["jump_count"])
+    elif spec["kind"] == "guided_mask":
+        mask = spec["mask"].expand(n, 1, 8, 8)
+        op = degradations.get("mask", mask=mask)
+        y = inverse.restore(den, op(x_held), op, sampler="heun", steps=18, seed=seeds, project=True)
+        degraded = torch.where(mask > 0, x_held, torch.full_like(x_held, -1.0))
+        nfe = 35
     elif spec["kind"] == "sr3":
         from undiffuse import generate as gen
         from undiffuse.conditioning import upsample_condition
