@@ -46,7 +46,9 @@ def test_pixels_space_for_vectors_and_bad_input():
         evaluate(x, rng.normal(size=(300, 3)))
     with pytest.raises(EvaluationError, match="at least 2 items"):
         evaluate(x[:1], y)
-    with pytest.raises(EvaluationError, match="unknown feature space 'inception'"):
+    with pytest.raises(EvaluationError, match="unknown feature space 'clip'"):
+        evaluate(x, y, feature_space="clip")
+    with pytest.raises(EvaluationError, match="feature space .inception. needs images"):
         evaluate(x, y, feature_space="inception")
     res = evaluate(rng.normal(size=(10, 20)), rng.normal(size=(10, 20)), kid_subsets=2, kid_subset_size=5)
     assert "singular" in res["protocol"]["notes"][0]

@@ -158,8 +158,11 @@ def _parser() -> argparse.ArgumentParser:
                    ".npy, an image folder, or a built-in dataset name")
     e.add_argument("--reference", default="digits", help="built-in dataset, image folder or .npz/.npy (default: digits)")
     e.add_argument("--train", help="set searched for near-copies (default: the reference)")
-    e.add_argument("--features", default="auto", help="feature space: auto, digits, pixels (default: auto = digits "
+    e.add_argument("--features", default="auto", help="feature space: auto, digits, pixels, inception (FID "
+                   "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS) (default: auto = digits "
                    "for 1x8x8 images, else pixels)")
+    e.add_argument("--inception-weights", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth (checked by "
+                   "SHA-256, loaded without unpickling code) or its safetensors copy; never downloaded")
     e.add_argument("--k", type=_positive_int, default=5, help="neighbours for precision/recall/density/coverage")
     e.add_argument("--kid-subsets", type=_positive_int, default=100)
     e.add_argument("--kid-subset-size", type=_positive_int, default=1000)
@@ -526,6 +529,8 @@ def _evaluate(args, sub) -> int:
 
     if args.features not in ev.FEATURE_SPACES:
         _usage(sub, f"--features {args.features!r} is unknown; allowed: {', '.join(ev.FEATURE_SPACES)}")
+    if args.inception_weights:
+        os.environ["UNDIFFUSE_INCEPTION_WEIGHTS"] = args.inception_weights
     for opt, path in (("--out", args.out), ("--pairs", args.pairs)):
         if path and os.path.isdir(path):
             _usage(sub, f"{opt} {path!r} is a folder; give a file name")

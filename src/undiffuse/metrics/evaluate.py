@@ -27,7 +27,7 @@ import numpy as np
 from .copies import nearest_copies
 from .frechet import frechet_distance, gaussian_stats
 
-FEATURE_SPACES = ("auto", "digits", "pixels")
+FEATURE_SPACES = ("auto", "digits", "pixels", "inception")  # "auto" never picks inception (needs weights)
 
 
 class EvaluationError(ValueError):
@@ -86,12 +86,20 @@ def features(x: np.ndarray, space: str) -> np.ndarray:
         return digits_features(x)
     if space == "pixels":
         return x.reshape(len(x), -1).astype(np.float64)
+    if space == "inception":
+        from .inception import inception_features
+
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise EvaluationError(f"feature space 'inception' needs images (N, 1 or 3, H, W), got shape {x.shape}")
+        return inception_features(x)
     raise EvaluationError(f"unknown feature space {space!r}; allowed: {', '.join(FEATURE_SPACES)}")
 
 
 def describe(space: str, dim: int) -> str:
     return {"digits": f"undiffuse digits classifier, {dim}-d penultimate layer",
-            "pixels": f"raw values, {dim}-d"}[space]
+            "pixels": f"raw values, {dim}-d",
+            "inception": f"FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth, pytorch-fid pipeline), "
+                         f"{dim}-d pool3"}[space]
 
 
 def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: int = 5,
