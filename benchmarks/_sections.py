@@ -1,6 +1,7 @@
 """Shared by the benchmark scripts: replace one marked section of BENCHMARKS.md."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,3 +22,29 @@ def write_section(path, section: str, start: str, end: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(new)
     os.replace(tmp, path)
+
+
+def load_results(path) -> dict:
+    """A benchmark's merged results (row name -> numbers, plus ``_meta``), or {}."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(path, results: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def table_section(start: str, end: str, title: str, intro: str, header: list[str], results: dict, row) -> str:
+    """A marked Markdown section: title, intro, a table with one ``row(name, numbers)`` list of
+    cells per result (``_``-prefixed keys skipped), then ``_meta["notes"]``."""
+    lines = [start, title, "", intro, "", "| " + " | ".join(header) + " |",
+             "| --- |" + " ---: |" * (len(header) - 1)]
+    for name, r in results.items():
+        if not name.startswith("_"):
+            lines.append("| " + " | ".join([name, *row(r)]) + " |")
+    lines += ["", results.get("_meta", {}).get("notes", ""), end]
+    return "\n".join(lines) + "\n"

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from _sections import write_section
+from _sections import load_results, save_results, table_section, write_section
 
 START, END = "<!-- digits-guidance:start -->", "<!-- digits-guidance:end -->"
 ROOT = "runs/bench_guidance"
@@ -128,22 +128,17 @@ def measure(name: str, spec: dict, args, run, real: np.ndarray) -> dict:
 
 def render(results: dict) -> str:
     meta = results.get("_meta", {})
-    lines = [START, "## Class-conditional digits: guidance, adherence and diversity (issue 5)", "",
-             f"`python benchmarks/digits_guidance.py` ({meta.get('date', '?')}; model: digits preset with "
+    intro = (f"`python benchmarks/digits_guidance.py` ({meta.get('date', '?')}; model: digits preset with "
              f"`--conditioning class`, {meta.get('steps', '?')} steps (the preset's 5-minute budget unloaded); "
              f"{meta.get('num', '?')} samples per row spread evenly over the 10 classes, seeds 0..N-1, Heun 10 "
              "steps; adherence read by the in-project digits classifier; FD / precision / recall / coverage "
-             "against the 1,797 digits in its feature space).", "",
-             "| row | adherence | worst class | FD | precision | recall | coverage | NFE / image | time (s) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        lines.append(f"| {name} | {r['adherence']:.1%} | {r['worst_class']:.1%} | {r['fd']:.3g} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['coverage']:.3f} | {r['nfe']:g} | "
-                     f"{r['seconds']:.1f} |")
-    lines += ["", meta.get("notes", ""), END]
-    return "\n".join(lines) + "\n"
+             "against the 1,797 digits in its feature space).")
+    header = ["row", "adherence", "worst class", "FD", "precision", "recall", "coverage", "NFE / image", "time (s)"]
+    return table_section(START, END, "## Class-conditional digits: guidance, adherence and diversity (issue 5)",
+                         intro, header, results,
+                         lambda r: [f"{r['adherence']:.1%}", f"{r['worst_class']:.1%}", f"{r['fd']:.3g}",
+                                    f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['coverage']:.3f}",
+                                    f"{r['nfe']:g}", f"{r['seconds']:.1f}"])
 
 
 def main() -> None:
@@ -159,7 +154,7 @@ def main() -> None:
     p.add_argument("--write")
     args = p.parse_args()
     path = os.path.join(ROOT, "results.json")
-    results = json.load(open(path)) if os.path.exists(path) else {}
+    results = load_results(path)
     if not args.render:
         if not os.path.isdir(os.path.join(args.run, "checkpoints")):
             train(args.run, args.train_steps)
@@ -175,10 +170,7 @@ def main() -> None:
             results[name] = measure(name, spec, args, run, real)
         results["_meta"] = {**results.get("_meta", {}), "date": _dt.date.today().isoformat(), "steps": run.step,
                             "num": args.num}
-        os.makedirs(ROOT, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
+        save_results(path, results)
     if args.write:
         write_section(args.write, render(results), START, END)
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import torch
-from _sections import write_section
+from _sections import load_results, save_results, table_section, write_section
 
 START, END = "<!-- digits-inverse:start -->", "<!-- digits-inverse:end -->"
 ROOT = "runs/bench_inverse"
@@ -133,22 +133,16 @@ def measure(name, spec, run, x_held, labels, read) -> dict:
 
 def render(results: dict) -> str:
     meta = results.get("_meta", {})
-    lines = [START, "## Inverse problems on held-out digits (issue 5)", "",
-             f"`python benchmarks/digits_inverse.py` ({meta.get('date', '?')}): an unconditional digits model "
+    intro = (f"`python benchmarks/digits_inverse.py` ({meta.get('date', '?')}): an unconditional digits model "
              f"({meta.get('steps', '?')} steps of the `digits` preset) trained on 85% of the digits is the prior; "
              f"the other {meta.get('num', '?')} digits are degraded and restored (one result per digit, seeds "
              "0..N-1). *Read as original*: share the in-project digits classifier reads as the original digit; "
              "*input read*: the same for the degraded input (missing pixels at background, low resolution "
-             "up-sampled), the floor. RMSE in [0, 1] pixels against the original.", "",
-             "| task | read as original | input read | RMSE | input RMSE | NFE / image | time (s) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        lines.append(f"| {name} | {r['read_as_original']:.1%} | {r['input_read']:.1%} | {r['rmse']:.3f} | "
-                     f"{r['input_rmse']:.3f} | {r['nfe']} | {r['seconds']:.1f} |")
-    lines += ["", meta.get("notes", ""), END]
-    return "\n".join(lines) + "\n"
+             "up-sampled), the floor. RMSE in [0, 1] pixels against the original.")
+    header = ["task", "read as original", "input read", "RMSE", "input RMSE", "NFE / image", "time (s)"]
+    return table_section(START, END, "## Inverse problems on held-out digits (issue 5)", intro, header, results,
+                         lambda r: [f"{r['read_as_original']:.1%}", f"{r['input_read']:.1%}", f"{r['rmse']:.3f}",
+                                    f"{r['input_rmse']:.3f}", f"{r['nfe']}", f"{r['seconds']:.1f}"])
 
 
 def main() -> None:
@@ -159,7 +153,7 @@ def main() -> None:
     p.add_argument("--write")
     args = p.parse_args()
     path = os.path.join(ROOT, "results.json")
-    results = json.load(open(path)) if os.path.exists(path) else {}
+    results = load_results(path)
     if not args.render:
         from sklearn.datasets import load_digits
 
@@ -179,10 +173,9 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             results[name] = measure(name, spec, run, x_held, labels, read)
-        results["_meta"] = {"date": _dt.date.today().isoformat(), "steps": run.step, "num": len(held)}
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
+        results["_meta"] = {**results.get("_meta", {}), "date": _dt.date.today().isoformat(), "steps": run.step,
+                            "num": len(held)}
+        save_results(path, results)
     if args.write:
         write_section(args.write, render(results), START, END)
 

@@ -5,22 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _cli import TINY
+from _cli import run_main as _main
 from undiffuse.cli import main
-
-TINY = ["--set", "model.channels=16", "--set", "model.channel_mult=[1,2]", "--set", "model.attention_levels=[1]",
-        "--set", "model.num_res_blocks=1", "--set", "model.head_channels=16", "--set", "optim.batch_size=16",
-        "--set", "train.sample_count=4", "--set", "sample.steps=3", "--set", "train.tensorboard=false",
-        "--no-progress"]
-
-
-def _main(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import condition_embedding, noise_embedding
+from .layers import check_levels, condition_embedding, noise_embedding
 from .unet import Attention, Downsample, ResBlock, _norm
 
 Tensor = torch.Tensor
@@ -54,16 +54,8 @@ class ClassifierConfig:
     groups: int = 32              # GroupNorm groups (reduced to divide the channel count)
 
     def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        self.attention_levels = tuple(self.attention_levels)
-        levels = len(self.channel_mult)
-        if levels < 1 or any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {self.channel_mult}")
-        bad = [a for a in self.attention_levels if not 0 <= a < levels]
-        if bad:
-            raise ValueError(f"attention_levels {bad} out of range; levels are 0..{levels - 1}")
-        if self.channels < 1 or self.num_res_blocks < 1:
-            raise ValueError("channels and num_res_blocks must be >= 1")
+        self.channel_mult, self.attention_levels = check_levels(self.channel_mult, self.attention_levels,
+                                                                self.channels, self.num_res_blocks)
         if self.num_classes < 2:
             raise ValueError(f"a classifier needs num_classes >= 2, got {self.num_classes}")
         if not 0 <= self.dropout < 1:

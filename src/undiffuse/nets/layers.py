@@ -82,6 +82,20 @@ class ClassEmbedding(nn.Module):
         return self.table(torch.where(labels < 0, self.num_classes, labels))
 
 
+def check_levels(channel_mult, attention_levels, channels: int, num_res_blocks: int) -> tuple[tuple, tuple]:
+    """Validate a multi-level (U-Net-like) layout; returns both lists as tuples."""
+    channel_mult, attention_levels = tuple(channel_mult), tuple(attention_levels)
+    levels = len(channel_mult)
+    if levels < 1 or any(m < 1 for m in channel_mult):
+        raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {channel_mult}")
+    bad = [a for a in attention_levels if not 0 <= a < levels]
+    if bad:
+        raise ValueError(f"attention_levels {bad} out of range; levels are 0..{levels - 1}")
+    if channels < 1 or num_res_blocks < 1:
+        raise ValueError("channels and num_res_blocks must be >= 1")
+    return channel_mult, attention_levels
+
+
 def zero_(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters so a residual branch starts as the identity."""
     for p in module.parameters():

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ClassEmbedding, condition_embedding, noise_embedding, zero_
+from .layers import ClassEmbedding, check_levels, condition_embedding, noise_embedding, zero_
 
 Tensor = torch.Tensor
 
@@ -56,16 +56,8 @@ class UNetConfig:
     cond_channels: int = 0        # > 0: channels of an image condition concatenated to the input
 
     def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        self.attention_levels = tuple(self.attention_levels)
-        levels = len(self.channel_mult)
-        if levels < 1 or any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {self.channel_mult}")
-        bad = [a for a in self.attention_levels if not 0 <= a < levels]
-        if bad:
-            raise ValueError(f"attention_levels {bad} out of range; levels are 0..{levels - 1}")
-        if self.channels < 1 or self.num_res_blocks < 1:
-            raise ValueError("channels and num_res_blocks must be >= 1")
+        self.channel_mult, self.attention_levels = check_levels(self.channel_mult, self.attention_levels,
+                                                                self.channels, self.num_res_blocks)
         if self.context_dim and not self.attention_levels:
             raise ValueError("context_dim > 0 needs at least one attention level for cross-attention")
         if self.context_dim < 0 or self.cond_channels < 0:
