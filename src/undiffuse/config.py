@@ -186,6 +186,18 @@ PRESETS: dict[str, dict] = {
         "train": {"max_steps": 400_000, "checkpoint_every": 10_000, "sample_every": 10_000},
         "sample": {"sampler": "heun", "steps": 18},
     },
+    # 8x8 digits with a diffusion transformer (Peebles & Xie 2023), 1.85M parameters. Experimental:
+    # with the U-Net's optimizer settings it reached FD 10.3 after 600 steps where the digits
+    # U-Net reached 1.27 (one seed, not tuned for the DiT).
+    "digits-dit": {
+        "model": {"kind": "dit", "patch_size": 2, "width": 128, "depth": 6, "heads": 4, "mlp_ratio": 4.0,
+                  "dropout": 0.0},
+        "diffusion": {"sigma_data": 0.75},
+        "optim": {"lr": 2e-3, "batch_size": 128, "warmup_steps": 200},
+        "ema": {"halflife_samples": 50_000},
+        "train": {"time_budget": 300.0, "checkpoint_every": 1000},
+        "sample": {"sampler": "heun", "steps": 10},
+    },
 }
 
 
@@ -243,10 +255,10 @@ def resolve(preset: str, dataset, overrides: dict[str, object] | None = None) ->
     d = _merge(RunConfig(preset=preset).to_dict(), PRESETS[preset])
     d = apply_overrides(d, overrides or {})
     model = d["model"]
-    if model.get("kind") == "unet":
+    if model.get("kind") in nets.IMAGE_KINDS:
         if dataset.kind != "image":
-            raise ValueError(f"preset {preset!r} uses a U-Net, which needs image data; {dataset.name!r} holds vectors "
-                             f"(use --preset toy)")
+            raise ValueError(f"preset {preset!r} uses an image network ({model['kind']}), which needs image data; "
+                             f"{dataset.name!r} holds vectors (use --preset toy)")
         model.setdefault("in_channels", dataset.shape[0])
     elif model.get("kind") == "mlp":
         if dataset.kind != "vector":
@@ -268,12 +280,12 @@ def _condition_model(d: dict, dataset) -> None:
     if kind == "class":
         model.setdefault("num_classes", dataset.num_classes)
     elif kind == "text":
-        if model.get("kind") != "unet":
-            raise ValueError("conditioning 'text' needs a U-Net (image data)")
+        if model.get("kind") not in nets.IMAGE_KINDS:
+            raise ValueError("conditioning 'text' needs an image network (unet or dit)")
         model.setdefault("context_dim", TEXT_EMBEDDING_DIM)
     elif kind == "lowres":
-        if model.get("kind") != "unet":
-            raise ValueError("conditioning 'lowres' needs a U-Net (image data)")
+        if model.get("kind") not in nets.IMAGE_KINDS:
+            raise ValueError("conditioning 'lowres' needs an image network (unet or dit)")
         f = int(cond.get("factor", ConditioningConfig.factor))
         if f < 2 or any(side % f for side in dataset.shape[1:]):
             raise ValueError(f"conditioning.factor {f} must be >= 2 and divide the image size {tuple(dataset.shape[1:])}")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from .dit import DiT, DiTConfig
 from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
 
-KINDS = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig)}
+KINDS = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig), "dit": (DiT, DiTConfig)}
+IMAGE_KINDS = ("unet", "dit")
 
 
 def build(config: dict) -> nn.Module:
@@ -29,4 +31,5 @@ def num_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "build", "num_parameters", "KINDS"]
+__all__ = ["DiT", "DiTConfig", "MLP", "MLPConfig", "UNet", "UNetConfig", "build", "num_parameters", "KINDS",
+           "IMAGE_KINDS"]

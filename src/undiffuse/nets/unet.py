@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ClassEmbedding, check_levels, condition_embedding, noise_embedding, zero_
+from .layers import (ClassEmbedding, check_levels, condition_embedding, context_inputs, image_input,
+                     noise_embedding, zero_)
 
 Tensor = torch.Tensor
 
@@ -206,39 +207,11 @@ class UNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
     def _context(self, x: Tensor, context, mask):
-        dim = self.config.context_dim
-        if not dim:
-            if context is not None:
-                raise ValueError("this network was built without text conditioning (context_dim=0) but got a context")
-            return None, None
-        if context is None:
-            raise ValueError(f"this network needs a context of token embeddings (B, L, {dim}); none was given")
-        context = _rows(context.to(x.dtype), x.shape[0])
-        if context.dim() != 3 or context.shape[-1] != dim:
-            raise ValueError(f"context must have shape ({x.shape[0]}, L, {dim}), got {tuple(context.shape)}")
-        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=x.device) if mask is None \
-            else _rows(mask.to(device=x.device, dtype=torch.bool), x.shape[0])
-        weights = mask.to(x.dtype)[..., None]
-        pooled = (context * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return (context, mask), self.context_pool(pooled)
+        return context_inputs(self, x, context, mask)
 
     def _with_image(self, x: Tensor, cond_image) -> Tensor:
-        c = self.config.cond_channels
-        if not c:
-            if cond_image is not None:
-                raise ValueError("this network was built without an image condition (cond_channels=0) but got cond_image")
-            return x
-        if cond_image is None:
-            raise ValueError(f"this network needs cond_image with {c} channels at the input's size; none was given")
-        cond_image = _rows(cond_image.to(x.dtype), x.shape[0])
-        if cond_image.shape != (x.shape[0], c, *x.shape[2:]):
-            raise ValueError(f"cond_image must have shape {(x.shape[0], c, *x.shape[2:])}, got {tuple(cond_image.shape)}")
-        return torch.cat([x, cond_image], dim=1)
+        return image_input(self, x, cond_image)
 
     def config_dict(self) -> dict:
         return {"kind": "unet", **asdict(self.config)}
 
-
-def _rows(t: Tensor, batch: int) -> Tensor:
-    """A single conditioning row broadcast over the batch."""
-    return t.expand(batch, *t.shape[1:]) if t.shape[0] == 1 and batch > 1 else t
