@@ -91,26 +91,6 @@ def test_class_labels_and_null_class():
         DiT(in_channels=1, **TINY)(x, t, torch.tensor([0, 1, 2]))
 
 
-def test_masked_context_tokens_are_ignored():
-    net = _randomised(DiT(in_channels=1, context_dim=12, **TINY))
-    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
-    ctx = torch.randn(2, 5, 12)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
-    out = net(x, t, context=ctx, context_mask=mask)
-    changed = ctx.clone()
-    changed[~mask] = torch.randn(int((~mask).sum()), 12) * 10
-    torch.testing.assert_close(net(x, t, context=changed, context_mask=mask), out)
-    changed[0, 0] += 1.0  # an attended token does change the output
-    assert not torch.allclose(net(x, t, context=changed, context_mask=mask)[0], out[0])
-    torch.testing.assert_close(net(x, t, context=ctx[:1], context_mask=mask[:1])[0], out[0])  # shared row
-    empty = net(x, t, context=ctx, context_mask=torch.zeros(2, 5, dtype=torch.bool))
-    assert torch.isfinite(empty).all()  # a row with every token masked reads nothing, no NaN
-    with pytest.raises(ValueError, match="needs a context"):
-        net(x, t)
-    with pytest.raises(ValueError, match="without text conditioning"):
-        DiT(in_channels=1, **TINY)(x, t, context=ctx)
-
-
 def test_image_condition_is_concatenated_and_checked():
     net = _randomised(DiT(in_channels=1, cond_channels=1, **TINY))
     x, t = torch.randn(2, 1, 8, 8), torch.rand(2)

@@ -85,8 +85,19 @@ def _text_unet(**kw):
     return net
 
 
-def test_cross_attention_reads_unmasked_tokens_only():
-    net = _text_unet()
+def _text_dit():
+    from undiffuse.nets.dit import DiT
+
+    torch.manual_seed(0)
+    net = DiT(in_channels=1, width=32, depth=2, heads=4, context_dim=12)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return net
+
+
+@pytest.mark.parametrize("build", [_text_unet, _text_dit], ids=["unet", "dit"])
+def test_cross_attention_reads_unmasked_tokens_only(build):
+    net = build()
     x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
     ctx = torch.randn(2, 5, 12)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
