@@ -22,6 +22,42 @@ def test_calibrated_solver_without_offsets_is_dpm_solver(gm, order, ref):
     assert torch.allclose(out, samplers.get(ref)(gm, x, sig, **kw), rtol=1e-10, atol=1e-12)
 
 
+def test_exponential_adams_weights(gm):
+    from undiffuse.samplers.calibrated import adams_weights, base_weights
+    sig = schedules.get_sigmas("logsnr", 7, sigma_min=0.02, sigma_max=20.0)
+    for i in range(2, 6):  # order 3: the same rule as DPM-Solver++(3M) once it has three points
+        assert torch.allclose(torch.stack(adams_weights(sig, i, 3)), torch.stack(base_weights(sig, i, 3)), atol=1e-12)
+    # order 4 converges faster than 3 on a smooth problem
+    x = undiffuse.noise((16, 8), seed=0, dtype=torch.float64) * 20
+    from undiffuse.calibrate import reference_solution
+    ref = reference_solution(gm, x, 20.0, 0.02, rtol=1e-12)
+    sig40 = schedules.get_sigmas("logsnr", 40, sigma_min=0.02, sigma_max=20.0)
+    run = samplers.get("calibrated")
+    err = {o: float((run(gm, x, sig40, base_order=o) - ref).pow(2).mean().sqrt()) for o in (3, 4)}
+    assert err[4] < 0.3 * err[3], err
+
+
+def test_zero_offsets_and_short_offsets(gm):
+    x = undiffuse.noise((4, 8), seed=0, dtype=torch.float64) * 20
+    sig = schedules.get_sigmas("logsnr", 6, sigma_min=0.02, sigma_max=20.0)
+    plain = samplers.get("ipndm")(gm, x, sig)
+    assert torch.equal(samplers.get("ipndm")(gm, x, sig, deltas=torch.zeros(6, 3), shifts=torch.zeros(6)), plain)
+    # calibration files written with two history offsets per step still run (missing ones are zero)
+    cal = samplers.get("calibrated")
+    assert torch.equal(cal(gm, x, sig, deltas=[[0.1, 0.2]] * 6), cal(gm, x, sig, deltas=[[0.1, 0.2, 0.0]] * 6))
+
+
+def test_minibatch_calibration_with_validation_selection(gm):
+    cal = calibrate(gm, (8,), 4, sigma_min=0.02, sigma_max=20.0, sampler="ipndm", learn_weights=True,
+                    train_size=96, val_size=48, batch_size=32, select_every=10, lr_decay=True, iters=60,
+                    dtype=torch.float64)
+    assert len(cal.options["deltas"]) == 4 and len(cal.options["shifts"]) == 4
+    best_fixed = min(v for k, v in cal.baseline.items() if k.startswith("ipndm"))
+    assert cal.val_rmse <= best_fixed  # selection starts from the best fixed schedule
+    z = undiffuse.noise((3, 8), seed=5, dtype=torch.float64)
+    assert torch.isfinite(undiffuse.sample(gm, z, **cal.sample_kwargs())).all()
+
+
 @pytest.fixture(scope="module")
 def fitted(gm):
     torch.manual_seed(0)
@@ -70,3 +106,7 @@ def test_calibration_errors(gm):
     with pytest.raises(ValueError, match="deltas must have shape"):
         samplers.get("calibrated")(gm, torch.zeros(1, 8), torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64),
                                    deltas=[[0.0, 0.0]])
+    with pytest.raises(ValueError, match="learn_weights=True needs one of the samplers"):
+        calibrate(gm, (8,), 4, sigma_min=0.02, sigma_max=20.0, sampler="dpmpp_2m", learn_weights=True)
+    with pytest.raises(ValueError, match="batch_size must be between 1 and train_size"):
+        calibrate(gm, (8,), 4, sigma_min=0.02, sigma_max=20.0, train_size=16, batch_size=32)

@@ -10,6 +10,10 @@ schedule, and saved as plain JSON (a list of sigmas plus the solver weights).
 
 Cost: the reference solve (a few hundred evaluations per batch) plus ``iters`` few-step
 forward and backward passes; seconds on a CPU for an analytic model or a small network.
+
+Caveat measured on a 64-D Gaussian mixture (BENCHMARKS.md, samplers section): the few-step error
+is heavy-tailed (starting points near a boundary between modes carry most of the squared error),
+so a validation RMSE on a few hundred noises can be off by 2x; judge a fit on a large held-out batch.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ Tensor = torch.Tensor
 
 _FIXED = ("karras", "logsnr")
 _BASELINE_SAMPLERS = ("dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")
+_WEIGHTED = ("calibrated", "ipndm")  # samplers with learnable ``deltas`` and ``shifts``
 _NOT_DIFFERENTIABLE = ("rk45", "lms", "ddpm", "euler_ancestral", "dpmpp_2m_sde", "sde_pc")
 
 
@@ -112,6 +117,7 @@ class _Params(torch.nn.Module):
 def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, sigma_max: float | None = None,
               sampler: str = "calibrated", learn_weights: bool | None = None, learn_last_sigma: bool = True,
               train_size: int = 64, val_size: int = 64, seed: int = 0, iters: int = 300, lr: float = 0.05,
+              batch_size: int | None = None, select_every: int = 0, lr_decay: bool = False,
               reference_rtol: float = 1e-8, reference_sigma_min: float | None = None, init: str | None = None,
               sampler_options: dict | None = None, extra: dict | None = None, dtype=torch.float32,
               verbose: bool = False) -> Calibration:
@@ -120,6 +126,15 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
     ``shape`` is one sample's shape. Starting noises are seeds ``seed .. seed+train_size-1``
     (fit) and the next ``val_size`` seeds (validation). ``reference_sigma_min`` is where the
     reference ODE solve stops before its final jump (default ``sigma_min``).
+
+    ``batch_size``: each Adam step uses this many noises drawn from the training pool (default:
+    all of them). A large pool matters when the error has a heavy tail (a few starting points
+    near a boundary between modes carry most of the squared error): a few hundred noises then
+    estimate it poorly, and minibatches keep the cost per step fixed. ``select_every``: every
+    that many steps score the parameters on the validation batch and return the best-scoring
+    ones (early stopping; ``val_rmse`` is then the selected score, slightly optimistic); 0 keeps
+    the parameters with the lowest training loss seen. ``lr_decay``: cosine decay of the
+    learning rate to zero over ``iters``.
     """
     info = _samplers.info(sampler)
     if sampler in _NOT_DIFFERENTIABLE:
@@ -132,8 +147,10 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
     if sigma_min is None or sigma_max is None:
         raise ValueError("calibrate needs sigma_min and sigma_max (or a denoiser that carries them)")
     learn_weights = (sampler == "calibrated") if learn_weights is None else learn_weights
-    if learn_weights and sampler != "calibrated":
-        raise ValueError("learn_weights=True needs sampler='calibrated'")
+    if learn_weights and sampler not in _WEIGHTED:
+        raise ValueError(f"learn_weights=True needs one of the samplers {', '.join(_WEIGHTED)}, got {sampler!r}")
+    if batch_size is not None and not 1 <= batch_size <= train_size:
+        raise ValueError(f"batch_size must be between 1 and train_size={train_size}, got {batch_size!r}")
     opts = dict(sampler_options or {})
     evals = max(info.evals_per_step, 1)
 
@@ -165,7 +182,7 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
         starts = {}
         for sched in ([init] if init else _FIXED):
             s = _schedules.get_sigmas(sched, steps, sigma_min=sigma_min, sigma_max=sigma_max)
-            for order in ((2, 3) if sampler == "calibrated" and "base_order" not in opts else (None,)):
+            for order in ((2, 3, 4) if sampler == "calibrated" and "base_order" not in opts else (None,)):
                 if order is not None:
                     opts["base_order"] = order
                 starts[(sched, order)] = (float(_rmse(run(s, x_train), y_train)), s)
@@ -175,31 +192,62 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
     if order is not None:
         opts["base_order"] = order
     params = _Params(init_sigmas, sigma_min, learn_last_sigma and steps > 1, learn_weights)
-    best = (start_err, init_sigmas.clone(), None)
+    best = (start_err, init_sigmas.clone(), None)  # (score, sigmas, (deltas, shifts) or None)
+    if select_every:
+        with torch.no_grad():
+            best = (float(_rmse(run(init_sigmas, x_val), y_val)), init_sigmas.clone(), None)
     if steps > 1 or learn_weights:
         opt = torch.optim.Adam(params.parameters(), lr=lr)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters) if lr_decay else None
+        gen = torch.Generator().manual_seed(seed)  # minibatch order, reproducible from ``seed``
+        perm, pos = torch.randperm(train_size, generator=gen), 0
+
+        def snapshot():
+            if params.deltas is None:
+                return params.sigmas().detach().clone(), None
+            return params.sigmas().detach().clone(), (params.deltas.detach().clone(), params.shifts.detach().clone())
+
         for it in range(iters):
+            if batch_size is None:
+                xb, yb = x_train, y_train
+            else:
+                if pos + batch_size > train_size:
+                    perm, pos = torch.randperm(train_size, generator=gen), 0
+                idx = perm[pos: pos + batch_size]
+                pos += batch_size
+                xb, yb = x_train[idx], y_train[idx]
             opt.zero_grad()
             sig = params.sigmas()
-            out = run(sig, x_train, params.deltas, params.shifts)
-            loss = _rmse(out, y_train)
+            out = run(sig, xb, params.deltas, params.shifts)
+            loss = _rmse(out, yb)
             value = loss.item()
             if not math.isfinite(value):
                 break
-            if value < best[0]:
-                best = (value, sig.detach().clone(),
-                        None if params.deltas is None else (params.deltas.detach().clone(), params.shifts.detach().clone()))
+            if not select_every and batch_size is None and value < best[0]:
+                best = (value, *snapshot())
             loss.backward()
             opt.step()
+            if decay is not None:
+                decay.step()
+            if select_every and ((it + 1) % select_every == 0 or it + 1 == iters):
+                with torch.no_grad():
+                    sig_now, weights = snapshot()
+                    score = float(_rmse(run(sig_now, x_val, *(weights or ())), y_val))
+                if score < best[0]:
+                    best = (score, sig_now, weights)
             if verbose and it % 50 == 0:
                 print(f"calibrate: iter {it} train rmse {value:.4g}")
-    train_rmse, sigmas, deltas = best
+        if not select_every and batch_size is not None:
+            best = (math.nan, *snapshot())  # minibatch losses are not comparable: keep the last
+    _, sigmas, deltas = best
     with torch.no_grad():
+        train_rmse = float(_rmse(run(sigmas, x_train, *(deltas or ())), y_train))
         val_rmse = float(_rmse(run(sigmas, x_val, *(deltas or ())), y_val))
     if deltas is not None:
         opts["deltas"], opts["shifts"] = deltas[0].tolist(), deltas[1].tolist()
     return Calibration(sampler=sampler, sigmas=sigmas.tolist(), options=opts, train_rmse=train_rmse,
                        val_rmse=val_rmse, baseline=baseline_val,
                        meta={"steps": steps, "nfe": steps * evals, "train_size": train_size, "val_size": val_size,
-                             "seed": seed, "iters": iters, "init": start, "reference_rtol": reference_rtol,
+                             "seed": seed, "iters": iters, "batch_size": batch_size, "select_every": select_every,
+                             "lr_decay": lr_decay, "init": start, "reference_rtol": reference_rtol,
                              "reference_sigma_min": ref_lo, "sigma_min": sigma_min, "sigma_max": sigma_max})
