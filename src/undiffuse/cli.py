@@ -200,6 +200,20 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="cpu")
     k.add_argument("--no-progress", action="store_true")
 
+    r = sub.add_parser("distill", help="make a few-step student from a trained run (reflow for rectified flow)",
+                       description="Reflow (Liu et al. 2023): solve the teacher's probability-flow ODE from N noises, "
+                       "then train a student, initialised from the teacher's EMA weights, on those noise-to-sample "
+                       "pairs, which straightens its paths so that 1-2 steps suffice. Sample the student as any run: "
+                       "`undiffuse sample --checkpoint STUDENT --steps 1 --sampler euler`.")
+    r.add_argument("--method", choices=("reflow",), required=True, help="distillation method")
+    r.add_argument("--teacher", required=True, help="a rectified-flow run (train --parameterization flow "
+                   "--set diffusion.process='{\"name\": \"flow\"}')")
+    r.add_argument("--out", required=True, help="student run folder")
+    r.add_argument("--max-steps", type=_positive_int, default=1000, help="student training steps (default: 1000)")
+    r.add_argument("--couplings", type=_positive_int, default=4096, help="noise-sample pairs (default: 4096)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-progress", action="store_true")
+
     from .cli_inverse import add_parsers as _inverse_parsers
 
     _inverse_parsers(sub, _positive_int)
@@ -226,7 +240,7 @@ def main(argv=None) -> int:
 
         return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
                 "demo": _demo, "inpaint": cli_inverse.run, "img2img": cli_inverse.run, "upscale": cli_inverse.run,
-                "restore": cli_inverse.run, "train-classifier": _train_classifier}[args.command](args, sub)
+                "restore": cli_inverse.run, "train-classifier": _train_classifier, "distill": _distill}[args.command](args, sub)
     except KeyboardInterrupt:
         return 130
 
@@ -282,6 +296,24 @@ def _train(args, sub) -> int:
         print(f"undiffuse train: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"run": out, **result}))
+    return 0
+
+
+def _distill(args, sub) -> int:
+    from .checkpoint import CheckpointError
+    from .reflow import reflow
+    from .train import TrainingError
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} exists and is not a folder")
+    try:
+        result = reflow(args.teacher, args.out, n=args.couplings, max_steps=args.max_steps, seed=args.seed,
+                        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    except CheckpointError as e:
+        _usage(sub, f"--teacher: {e}")
+    except (TrainingError, ValueError) as e:
+        _usage(sub, str(e))
+    print(json.dumps({"run": args.out, **result}))
     return 0
 
 

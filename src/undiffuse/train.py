@@ -214,7 +214,10 @@ class Trainer:
             cond = self.conditions(idx, x0, self.gen)
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
                                  p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std).to(self.device)
-            eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
+            if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
+                eps = self.data.noise_of(idx).to(device=self.device, dtype=x0.dtype)
+            else:
+                eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
             with autocast:
                 loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
                                       min_snr_gamma=cfg.diffusion.min_snr_gamma, **cond).mean()
