@@ -5,10 +5,12 @@
 
 A rectified-flow teacher (the ``digits`` preset with ``--parameterization flow`` and the flow
 process, ``--steps`` training steps) is trained unless ``runs/bench_reflow/teacher`` exists;
-``undiffuse distill --method reflow`` then makes a student from ``--couplings`` noise-to-
-sample pairs (teacher ODE: Heun 10 steps) trained for the same number of steps, starting from
-the teacher's EMA weights. Both are sampled with Euler at 1, 2 and 4 steps and the teacher with
-Heun 10 steps (19 evaluations); FD is ``metrics.fd_digits`` of 1,797 samples (seeds 0..1796),
+``undiffuse distill --method reflow`` then makes two students from ``--couplings`` noise-to-
+sample pairs, one with the teacher ODE solved by Heun 10 steps (the run's default sampler) and
+one by DPM-Solver++ 2M 20 steps, each trained for the same number of steps from the teacher's
+EMA weights. Both are sampled with Euler at 1, 2 and 4 steps on two schedules
+(``trailing``: uniform in flow time from t = 1, so 2 steps are t = 1, 0.5, 0, the usual choice
+for flow models; ``karras``: the run's default, whose last steps sit at sigma_min) and the teacher with Heun 10 steps (19 evaluations); FD is ``metrics.fd_digits`` of 1,797 samples (seeds 0..1796),
 and straightness the mean S of ``reflow.straightness`` over 256 noises (0 = straight paths).
 """
 from __future__ import annotations
@@ -32,17 +34,22 @@ def run(cmd):
     subprocess.run([sys.executable, "-m", "undiffuse", *cmd, "--no-progress"], check=True)
 
 
-def measure(path: str, sampler: str, steps: int) -> dict:
+_STRAIGHTNESS: dict = {}
+
+
+def measure(path: str, sampler: str, steps: int, schedule: str) -> dict:
     from undiffuse import generate as gen
     from undiffuse.metrics import fd_digits
     from undiffuse.reflow import straightness
 
     r = gen.load_run(path)
     t0 = time.perf_counter()
-    x = gen.generate(r, 1797, seed=0, sampler=sampler, steps=steps, batch_size=600)
+    x = gen.generate(r, 1797, seed=0, sampler=sampler, steps=steps, schedule=schedule, batch_size=600)
     secs = time.perf_counter() - t0
-    z = torch.randn(256, *r.shape, generator=torch.Generator().manual_seed(123))
-    s = float(straightness(r.denoiser, z, steps=100).mean())
+    if path not in _STRAIGHTNESS:  # a property of the model, not of the sampler
+        z = torch.randn(256, *r.shape, generator=torch.Generator().manual_seed(123))
+        _STRAIGHTNESS[path] = float(straightness(r.denoiser, z, steps=100).mean())
+    s = _STRAIGHTNESS[path]
     return {"fd": fd_digits(gen.to_unit(x).numpy()), "straightness": s, "seconds": round(secs, 1)}
 
 
@@ -51,6 +58,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1300)
     p.add_argument("--couplings", type=int, default=8192)
     p.add_argument("--render", action="store_true")
+    p.add_argument("--again", action="store_true", help="re-measure rows already in results.json")
     p.add_argument("--write")
     args = p.parse_args()
     path = os.path.join(ROOT, "results.json")
@@ -64,15 +72,24 @@ def main() -> None:
             run(["distill", "--method", "reflow", "--teacher", teacher, "--out", student, "--max-steps",
                  str(args.steps), "--couplings", str(args.couplings)])
             results["_meta"] = {"distill_seconds": round(time.perf_counter() - t0)}
-        for name, rpath, sampler, steps, nfe in [
-                ("teacher, Heun 10 steps", teacher, "heun", 10, 19),
-                ("teacher, Euler 4 steps", teacher, "euler", 4, 4),
-                ("teacher, Euler 2 steps", teacher, "euler", 2, 2),
-                ("teacher, Euler 1 step", teacher, "euler", 1, 1),
-                ("reflow student, Euler 4 steps", student, "euler", 4, 4),
-                ("reflow student, Euler 2 steps", student, "euler", 2, 2),
-                ("reflow student, Euler 1 step", student, "euler", 1, 1)]:
-            results[name] = {**measure(rpath, sampler, steps), "nfe": nfe}
+        rows = [("teacher, Heun 10 steps, karras", teacher, "heun", 10, 19, "karras"),
+                ("teacher, Heun 10 steps, trailing", teacher, "heun", 10, 19, "trailing"),
+                ("teacher, DPM-Solver++ 2M 20 steps, karras", teacher, "dpmpp_2m", 20, 20, "karras"),
+                ("teacher, Euler 20 steps, trailing", teacher, "euler", 20, 20, "trailing")]
+        student2 = os.path.join(ROOT, "student2")
+        if not os.path.isdir(os.path.join(student2, "checkpoints")):
+            run(["distill", "--method", "reflow", "--teacher", teacher, "--out", student2, "--max-steps",
+                 str(args.steps), "--couplings", str(args.couplings), "--sampler", "dpmpp_2m", "--steps", "20"])
+        for who, rpath in (("teacher", teacher), ("reflow student (couplings: Heun 10)", student),
+                           ("reflow student (couplings: DPM-Solver++ 2M 20)", student2)):
+            for schedule in ("trailing", "karras"):
+                for steps in (4, 2, 1):
+                    rows.append((f"{who}, Euler {steps} step{'s' if steps > 1 else ''}, {schedule}", rpath, "euler",
+                                 steps, steps, schedule))
+        for name, rpath, sampler, steps, nfe, schedule in rows:
+            if name in results and not args.again:
+                continue
+            results[name] = {**measure(rpath, sampler, steps, schedule), "nfe": nfe}
             print(name, results[name], flush=True)
         results["_meta"] = {**results.get("_meta", {}), "date": _dt.date.today().isoformat(), "steps": args.steps,
                             "couplings": args.couplings}

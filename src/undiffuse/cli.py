@@ -211,6 +211,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="student run folder")
     r.add_argument("--max-steps", type=_positive_int, default=1000, help="student training steps (default: 1000)")
     r.add_argument("--couplings", type=_positive_int, default=4096, help="noise-sample pairs (default: 4096)")
+    r.add_argument("--sampler", help="deterministic sampler solving the teacher's ODE for the couplings (default: "
+                   "heun); the student can only be as good as these solves")
+    r.add_argument("--steps", type=_positive_int, help="steps of that sampler (default: the teacher's)")
+    r.add_argument("--schedule", help="its schedule (default: the teacher's)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true")
 
@@ -308,6 +312,7 @@ def _distill(args, sub) -> int:
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
     try:
         result = reflow(args.teacher, args.out, n=args.couplings, max_steps=args.max_steps, seed=args.seed,
+                        sampler=args.sampler or "heun", steps=args.steps, schedule=args.schedule,
                         progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     except CheckpointError as e:
         _usage(sub, f"--teacher: {e}")
