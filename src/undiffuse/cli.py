@@ -200,21 +200,32 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="cpu")
     k.add_argument("--no-progress", action="store_true")
 
-    r = sub.add_parser("distill", help="make a few-step student from a trained run (reflow for rectified flow)",
-                       description="Reflow (Liu et al. 2023): solve the teacher's probability-flow ODE from N noises, "
-                       "then train a student, initialised from the teacher's EMA weights, on those noise-to-sample "
-                       "pairs, which straightens its paths so that 1-2 steps suffice. Sample the student as any run: "
-                       "`undiffuse sample --checkpoint STUDENT --steps 1 --sampler euler`.")
-    r.add_argument("--method", choices=("reflow",), required=True, help="distillation method")
-    r.add_argument("--teacher", required=True, help="a rectified-flow run (train --parameterization flow "
-                   "--set diffusion.process='{\"name\": \"flow\"}')")
-    r.add_argument("--out", required=True, help="student run folder")
-    r.add_argument("--max-steps", type=_positive_int, default=1000, help="student training steps (default: 1000)")
-    r.add_argument("--couplings", type=_positive_int, default=4096, help="noise-sample pairs (default: 4096)")
-    r.add_argument("--sampler", help="deterministic sampler solving the teacher's ODE for the couplings (default: "
-                   "heun); the student can only be as good as these solves")
-    r.add_argument("--steps", type=_positive_int, help="steps of that sampler (default: the teacher's)")
-    r.add_argument("--schedule", help="its schedule (default: the teacher's)")
+    r = sub.add_parser("distill", help="make a few-step student from a trained run (consistency, progressive, reflow)",
+                       description="Train a few-step student from a trained teacher run, started from the teacher's EMA "
+                       "weights. consistency: consistency distillation (Song et al. 2023), 1-step sampling with the "
+                       "consistency sampler. progressive: progressive distillation (Salimans & Ho 2022), the teacher's "
+                       "--steps halved --rounds times. reflow: rectified-flow reflow (Liu et al. 2023) from N noise-to-"
+                       "sample pairs of the teacher's ODE. Sample the student as any run: `undiffuse sample "
+                       "--checkpoint STUDENT` (its recommended sampler and steps are saved in its config).")
+    r.add_argument("--method", choices=("consistency", "progressive", "reflow"), required=True,
+                   help="distillation method")
+    r.add_argument("--teacher", required=True, help="a trained diffusion run (reflow: a rectified-flow run, "
+                   "train --parameterization flow --set diffusion.process='{\"name\": \"flow\"}')")
+    r.add_argument("--out", required=True, help="student run folder (an existing one is resumed)")
+    r.add_argument("--max-steps", type=_positive_int, help="student training steps (progressive: per round; "
+                   "default: 1000 unless --time-budget)")
+    r.add_argument("--time-budget", type=_duration, help="student training time instead, e.g. 5m (progressive: "
+                   "shared by the rounds)")
+    r.add_argument("--lr", type=float, help="student learning rate (default: consistency and progressive a tenth "
+                   "of the teacher's, reflow the teacher's)")
+    r.add_argument("--sampler", help="the teacher's deterministic ODE solver (default: consistency heun, "
+                   "progressive euler (= DDIM), reflow heun)")
+    r.add_argument("--steps", type=_positive_int, help="the teacher solver's steps: consistency the grid's "
+                   "intervals N (default 18); progressive the teacher's starting steps (default 2^rounds x 4); "
+                   "reflow the coupling solves' steps (default: the teacher's)")
+    r.add_argument("--rounds", type=_positive_int, default=1, help="progressive: halvings (default: 1)")
+    r.add_argument("--schedule", help="progressive and reflow: the teacher's schedule (default: the teacher's)")
+    r.add_argument("--couplings", type=_positive_int, default=4096, help="reflow: noise-sample pairs (default: 4096)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true")
 
@@ -304,21 +315,58 @@ def _train(args, sub) -> int:
 
 
 def _distill(args, sub) -> int:
+    from . import schedules
     from .checkpoint import CheckpointError
-    from .reflow import reflow
+    from .odestep import check_solver
     from .train import TrainingError
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
+    if not os.path.exists(args.teacher):
+        _usage(sub, f"--teacher {args.teacher!r} does not exist")
+    if os.path.abspath(args.teacher) == os.path.abspath(args.out):
+        _usage(sub, "--out must differ from --teacher")
+    if args.max_steps is not None and args.time_budget is not None:
+        _usage(sub, "give --max-steps or --time-budget, not both")
+    if args.schedule is not None and args.schedule not in schedules.names():
+        _usage(sub, f"--schedule {args.schedule!r} is unknown; allowed: {', '.join(schedules.names())}")
+    if args.lr is not None and not args.lr > 0:
+        _usage(sub, f"--lr must be > 0, got {args.lr}")
+    if args.method != "progressive" and args.rounds != 1:
+        _usage(sub, "--rounds is for --method progressive")
+    solver = args.sampler or {"consistency": "heun", "progressive": "euler", "reflow": "heun"}[args.method]
     try:
-        result = reflow(args.teacher, args.out, n=args.couplings, max_steps=args.max_steps, seed=args.seed,
-                        sampler=args.sampler or "heun", steps=args.steps, schedule=args.schedule,
-                        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        check_solver(solver)
+    except ValueError as e:
+        _usage(sub, f"--sampler: {e}")
+    stop = {"max_steps": args.max_steps if args.max_steps or args.time_budget else 1000,
+            "time_budget": args.time_budget}
+    common = dict(seed=args.seed, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    try:
+        if args.method == "consistency":
+            from .distill import consistency_distill
+
+            result = consistency_distill(args.teacher, args.out, solver=solver, steps=args.steps or 18, lr=args.lr,
+                                         **stop, **common)
+        elif args.method == "progressive":
+            from .distill import progressive_distill
+
+            steps = args.steps or 4 * 2**args.rounds
+            if steps % 2**args.rounds:
+                _usage(sub, f"--steps {steps} must be divisible by 2^--rounds = {2**args.rounds}")
+            result = progressive_distill(args.teacher, args.out, steps=steps, rounds=args.rounds, solver=solver,
+                                         schedule=args.schedule, lr=args.lr, **stop, **common)
+        else:
+            from .reflow import reflow
+
+            overrides = {"optim.lr": args.lr} if args.lr else None
+            result = reflow(args.teacher, args.out, n=args.couplings, sampler=solver, steps=args.steps,
+                            schedule=args.schedule, overrides=overrides, **stop, **common)
     except CheckpointError as e:
         _usage(sub, f"--teacher: {e}")
     except (TrainingError, ValueError) as e:
         _usage(sub, str(e))
-    print(json.dumps({"run": args.out, **result}))
+    print(json.dumps({"run": args.out, "method": args.method, **result}))
     return 0
 
 
@@ -362,6 +410,7 @@ def _sample(args, sub) -> int:
     from . import generate as gen
     from . import samplers, schedules
     from .checkpoint import CheckpointError
+    from .config import schedule_of
 
     if args.sampler is not None and args.sampler not in samplers.names():
         _usage(sub, f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
@@ -387,6 +436,10 @@ def _sample(args, sub) -> int:
         except (OSError, ValueError) as e:
             _usage(sub, f"--calibration: {e}")
     condition, den, steer = _steering(args, sub, run)
+    sched = schedule_of(run.config.sample, args.schedule)
+    if args.steps is not None and not isinstance(sched, str) and args.steps != len(sched) - 1:
+        _usage(sub, f"--steps {args.steps}: this run samples on its fixed list of {len(sched) - 1} steps "
+                    f"(sample.sigmas, e.g. from progressive distillation); omit --steps or give a --schedule")
     x = gen.generate(run, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, schedule=args.schedule,
                      batch_size=args.batch_size, progress=not args.no_progress, calibration=cal,
                      condition=condition, denoiser=den)

@@ -37,6 +37,7 @@ class DiffusionConfig:
     weighting: str = "uniform"    # uniform | min_snr | edm (see losses)
     min_snr_gamma: float = 5.0
     time_scale: float = 1.0       # multiplies the network's noise label
+    boundary_sigma: float | None = None  # consistency models: D(x, boundary_sigma) = x exactly (precond)
 
 
 @dataclass
@@ -97,10 +98,37 @@ class SampleConfig:
     schedule: str = "karras"
     sigma_min: float | None = None  # None: the process's own
     sigma_max: float | None = None
+    sigmas: list | None = None    # schedule 'custom': the fixed noise levels (ending in 0)
+
+
+OBJECTIVES = ("denoising", "consistency", "progressive")
+DISTANCES = ("pseudo_huber", "l2")
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the trainer minimises. ``denoising``: the ordinary loss (``losses``).
+    ``consistency``: consistency distillation from ``teacher`` or, without one, consistency
+    training from data alone. ``progressive``: one round of progressive distillation of
+    ``teacher`` (see ``undiffuse.consistency`` and ``undiffuse.progressive``)."""
+
+    kind: str = "denoising"       # denoising | consistency | progressive
+    teacher: str | None = None    # teacher checkpoint folder (absolute path; loaded with its EMA weights)
+    solver: str = "heun"          # the teacher's ODE step (euler, heun or another deterministic sampler)
+    steps_start: int = 18         # consistency: intervals N of the noise-level grid at the start ...
+    steps_end: int = 18           # ... doubled in equal stages up to this many at the end (iCT curriculum)
+    rho: float = 7.0              # consistency: Karras spacing of that grid
+    index_sampling: str = "lognormal"  # consistency: lognormal (iCT) or uniform (CM) choice of interval
+    p_mean: float = -1.1          # lognormal interval choice: mean of ln(sigma)
+    p_std: float = 2.0            # ... and its std
+    distance: str = "pseudo_huber"  # consistency: pseudo_huber (iCT) | l2
+    huber_c: float | None = None  # pseudo-Huber constant (None: 0.00054 * sqrt(elements per sample))
+    grid: list | None = None      # progressive: the teacher's noise levels (2n + 1, ending in 0)
 
 
 GROUPS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig, "ema": EMAConfig,
-          "train": TrainConfig, "sample": SampleConfig, "conditioning": ConditioningConfig}
+          "train": TrainConfig, "sample": SampleConfig, "conditioning": ConditioningConfig,
+          "objective": ObjectiveConfig}
 
 
 @dataclass
@@ -114,6 +142,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -338,9 +367,47 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"train.time_budget must be > 0 seconds, got {tr.time_budget}")
     if tr.max_steps is None and tr.time_budget is None:
         raise ValueError("set train.max_steps (--max-steps) or train.time_budget (--time-budget)")
+    _validate_objective(cfg)
     if dif.parameterization == "flow" and pname != "flow":
         raise ValueError("diffusion.parameterization 'flow' needs diffusion.process name 'flow'")
     nets.build(cfg.model)  # raises on bad network options
+
+
+def _validate_objective(cfg: RunConfig) -> None:
+    ob, smp, b = cfg.objective, cfg.sample, cfg.diffusion.boundary_sigma
+    checks = [(ob.kind in OBJECTIVES, "objective.kind", ob.kind, OBJECTIVES),
+              (ob.distance in DISTANCES, "objective.distance", ob.distance, DISTANCES),
+              (ob.index_sampling in ("lognormal", "uniform"), "objective.index_sampling", ob.index_sampling,
+               ("lognormal", "uniform"))]
+    for ok, key, value, allowed in checks:
+        if not ok:
+            raise ValueError(f"{key} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    if ob.kind != "denoising":
+        from .odestep import check_solver
+
+        check_solver(ob.solver)
+    if not 1 <= ob.steps_start <= ob.steps_end:
+        raise ValueError(f"need 1 <= objective.steps_start <= objective.steps_end, got {ob.steps_start} and "
+                         f"{ob.steps_end}")
+    if ob.kind == "consistency" and b is None:
+        raise ValueError("objective.kind 'consistency' needs diffusion.boundary_sigma (the sigma_min at which the "
+                         "model is the identity)")
+    if b is not None and not b > 0:
+        raise ValueError(f"diffusion.boundary_sigma must be > 0, got {b}")
+    if ob.kind == "progressive":
+        if ob.teacher is None:
+            raise ValueError("objective.kind 'progressive' needs objective.teacher")
+        from . import schedules
+
+        grid = schedules.validate(ob.grid or [], "objective.grid")
+        if len(grid) % 2 == 0:
+            raise ValueError(f"objective.grid must hold an even number of steps (2n + 1 levels), got {len(grid)} levels")
+    if smp.schedule == "custom":
+        from . import schedules
+
+        schedules.validate(smp.sigmas or [], "sample.sigmas")
+    elif smp.sigmas is not None:
+        raise ValueError(f"sample.sigmas is used by sample.schedule 'custom' only; the schedule is {smp.schedule!r}")
 
 
 def parse_duration(text: str) -> float:
@@ -358,8 +425,15 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def schedule_of(sample: SampleConfig, schedule: str | None = None):
+    """The ``schedule`` argument of ``undiffuse.sample`` for a run's sample settings: the
+    name, or the fixed list of sigmas for ``custom``."""
+    schedule = schedule or sample.schedule
+    return list(sample.sigmas) if schedule == "custom" and sample.sigmas is not None else schedule
+
+
 def build_denoiser(cfg: RunConfig) -> Denoiser:
     net = nets.build(cfg.model)
     proc = _process.from_config(cfg.diffusion.process)
     return Denoiser(net, proc, cfg.diffusion.parameterization, sigma_data=cfg.diffusion.sigma_data,
-                    time_scale=cfg.diffusion.time_scale)
+                    time_scale=cfg.diffusion.time_scale, boundary_sigma=cfg.diffusion.boundary_sigma)

@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from ._io import write_atomic
-from .config import RunConfig, build_denoiser
+from .config import RunConfig, build_denoiser, schedule_of
 from .precond import Denoiser
 from .sampling import noise as make_noise
 from .sampling import sample
@@ -153,7 +153,12 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     if calibration is not None:
         kw = {**calibration.sample_kwargs(), **options}
     else:
-        kw = dict(sampler=sampler or s.sampler, steps=steps or s.steps, schedule=schedule or s.schedule,
+        sched = schedule_of(s, schedule)
+        if not isinstance(sched, str) and steps is not None and steps != len(sched) - 1:
+            raise ValueError(f"this run samples on its fixed list of {len(sched) - 1} steps (sample.sigmas, e.g. "
+                             f"from progressive distillation); steps {steps} do not fit it (give {len(sched) - 1}, "
+                             f"or a schedule name)")
+        kw = dict(sampler=sampler or s.sampler, steps=steps or s.steps, schedule=sched,
                   sigma_min=s.sigma_min, sigma_max=s.sigma_max, **options)
     device = next(run.denoiser.net.parameters()).device
     den = denoiser or run.denoiser

@@ -27,6 +27,16 @@ flow       1/(1+sigma)         -sigma/(1+sigma)     1/(1+sigma)            t(sig
 ``alpha`` and ``t`` come from the noise process, so an eps network trained on a discrete VP
 table is fed ``x_t`` and its (fractional) timestep index exactly as during training.
 ``time_scale`` multiplies the noise label (e.g. 1000 for flow models trained on t * 1000).
+
+Consistency models (Song et al. 2023) need ``D(x, sigma_min) = x`` exactly. With
+``boundary_sigma = b`` the denoiser above (any parameterization) becomes
+
+    f(x, sigma) = x + w(sigma) * (D(x, sigma) - x),    w = max(0, (sigma - b) / sigma)
+
+so ``f`` is the identity at (and below) ``b`` and equals ``D`` up to a factor ``1 - b/sigma``
+on ``D - x`` above it: a consistency student initialised from a teacher's weights starts as
+the teacher's denoiser. (The consistency-model paper's EDM-style c_skip/c_out with the
+boundary built in is one such choice; this one keeps every parameterization.)
 """
 from __future__ import annotations
 
@@ -85,7 +95,8 @@ class Denoiser(nn.Module):
     """
 
     def __init__(self, net: nn.Module | callable, process: NoiseProcess, parameterization: str = "eps", *,
-                 sigma_data: float = 0.5, time_scale: float = 1.0, net_dtype: torch.dtype | None = None):
+                 sigma_data: float = 0.5, time_scale: float = 1.0, net_dtype: torch.dtype | None = None,
+                 boundary_sigma: float | None = None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
@@ -95,6 +106,7 @@ class Denoiser(nn.Module):
         self.sigma_data = sigma_data
         self.time_scale = time_scale
         self.net_dtype = net_dtype
+        self.boundary_sigma = boundary_sigma
 
     @property
     def sigma_min(self) -> float:
@@ -110,7 +122,11 @@ class Denoiser(nn.Module):
         shape = (-1,) + (1,) * (x.dim() - 1)
         dtype = self.net_dtype or _module_dtype(self.net) or x.dtype
         raw = self.net((c_in.reshape(shape) * x).to(dtype), (c_noise * self.time_scale).to(dtype), **cond)
-        return c_skip.reshape(shape).to(x.dtype) * x + c_out.reshape(shape).to(x.dtype) * raw.to(x.dtype)
+        den = c_skip.reshape(shape).to(x.dtype) * x + c_out.reshape(shape).to(x.dtype) * raw.to(x.dtype)
+        if self.boundary_sigma is None:
+            return den
+        w = ((sigma - self.boundary_sigma) / sigma).clamp(min=0).reshape(shape).to(x.dtype)
+        return x + w * (den - x)
 
 
 def _module_dtype(net) -> torch.dtype | None:

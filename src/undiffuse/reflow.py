@@ -181,7 +181,8 @@ def _as_index(index):
 # --------------------------------------------------------------------------- one call
 
 
-def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int, seed: int = 0, sampler: str = "heun",
+def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = None,
+           time_budget: float | None = None, seed: int = 0, sampler: str = "heun",
            steps: int | None = None, schedule: str | None = None, batch_size: int = 256, init: str = "ema",
            overrides: dict | None = None, progress: bool = False, log=print) -> dict:
     """Reflow a trained flow run: ``n`` couplings of the teacher's EMA model (seeds
@@ -213,7 +214,9 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int, seed: int
                       batch_size=batch_size, sigma_min=cfg.sample.sigma_min, sigma_max=cfg.sample.sigma_max)
     data = PairedDataset(x0, z, name=f"reflow of {os.path.abspath(teacher_run_path)}", kind=teacher.kind)
     d = cfg.to_dict()
-    d["train"]["max_steps"], d["train"]["time_budget"] = max_steps, None
+    if (max_steps is None) == (time_budget is None):
+        raise ValueError("give exactly one of max_steps and time_budget")
+    d["train"]["max_steps"], d["train"]["time_budget"] = max_steps, time_budget
     d["data"]["hflip"] = False  # a flipped x0 would no longer be the end of its z's path
     d = apply_overrides(d, overrides or {})
     student_cfg = RunConfig.from_dict(d)
@@ -222,5 +225,6 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int, seed: int
         state = teacher.denoiser.net.state_dict()
         trainer.net.load_state_dict(state)
         trainer.ema.load_state_dict(state)
-    log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}); training {out} for {max_steps} steps")
+    length = f"{max_steps} steps" if max_steps is not None else f"{time_budget:g} s"
+    log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}); training {out} for {length}")
     return trainer.fit()

@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .conditioning import TrainingConditions
-from .config import RunConfig, build_denoiser
+from .config import RunConfig, build_denoiser, schedule_of
 from .losses import denoising_loss, sample_sigma
 
 Tensor = torch.Tensor
@@ -90,7 +90,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, dataset, run: str, *, resume: str | None = None, progress: bool = True,
-                 log=print):
+                 log=print, objective=None):
         self.cfg, self.data, self.run, self.progress, self.log = cfg, dataset, run, progress, log
         self.device = torch.device(cfg.train.device)
         if cfg.train.precision == "bf16" and self.device.type != "cuda":
@@ -107,6 +107,11 @@ class Trainer:
         self.net = self.denoiser.net
         self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
         self.ema.load_state_dict(self.net.state_dict())
+        if objective is None and cfg.objective.kind != "denoising":
+            from .distill import build_objective
+
+            objective = build_objective(cfg, dataset, self.device)
+        self.objective = objective  # None: the denoising loss; else objective(trainer, x0, cond) -> (B,)
         o = cfg.optim
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                      weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
@@ -212,6 +217,12 @@ class Trainer:
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             x0 = x0.to(self.device)
             cond = self.conditions(idx, x0, self.gen)
+            if self.objective is not None:
+                with autocast:
+                    loss = self.objective(self, x0, cond).mean()
+                (loss / o.accumulation).backward()
+                total += loss.detach().item() / o.accumulation
+                continue
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
                                  p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std).to(self.device)
             if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
@@ -269,7 +280,8 @@ class Trainer:
 
         s = self.cfg.sample
         den = Denoiser(self.ema, self.denoiser.process, self.denoiser.parameterization,
-                       sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale)
+                       sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale,
+                       boundary_sigma=self.denoiser.boundary_sigma)
         rng = torch.get_rng_state()
         out = []
         cond = self._sampling_conditions(n)
@@ -277,7 +289,7 @@ class Trainer:
             seeds = list(range(seed + start, seed + min(start + 256, n)))
             z = make_noise((len(seeds), *self.data.shape), seed=seeds, device=self.device)
             extra = {k: v[start:start + len(seeds)] for k, v in cond.items()}
-            out.append(sample(den, z, sampler=s.sampler, steps=s.steps, schedule=s.schedule, sigma_min=s.sigma_min,
+            out.append(sample(den, z, sampler=s.sampler, steps=s.steps, schedule=schedule_of(s), sigma_min=s.sigma_min,
                               sigma_max=s.sigma_max, seed=seeds, extra=extra).float().cpu())
         torch.set_rng_state(rng)
         return torch.cat(out)

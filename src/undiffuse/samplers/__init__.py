@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .calibrated import calibrated
+from .consistency import consistency
 from .dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .euler import ddim, ddpm, euler, euler_ancestral
 from .heun import heun
@@ -51,6 +52,7 @@ _REGISTRY: dict[str, SamplerInfo] = {
     "ipndm": SamplerInfo(ipndm, False, 2, 1, "improved PNDM: fixed 4th-order Adams-Bashforth weights (order 4 on equal steps, about 2 on graded ones)"),
     "sde_pc": SamplerInfo(sde_pc, True, None, 2, "reverse-SDE predictor + Langevin corrector"),
     "calibrated": SamplerInfo(calibrated, False, 3, 1, "multistep with calibrated positions and weights"),
+    "consistency": SamplerInfo(consistency, True, None, 1, "multistep consistency sampling (1 step: one jump)"),
     "rk45": SamplerInfo(rk45, False, None, 0, "adaptive RK45 probability-flow ODE (tolerance)"),
 }
 

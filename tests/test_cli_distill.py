@@ -1,0 +1,122 @@
+"""`undiffuse distill --method consistency|progressive` end to end on a tiny digits teacher:
+students that sample as any run, exact resume, and clear errors for bad input."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _cli import TINY, run_main
+from undiffuse.generate import load_run
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("distill") / "teacher")
+    code = _quiet(["train", "--data", "digits", "--max-steps", "3", "--out", run, *TINY])
+    assert code == 0
+    return run
+
+
+def _quiet(args):
+    from undiffuse.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
+def _weights(run):
+    path = os.path.join(run, "checkpoints")
+    last = sorted(os.listdir(path))[-1]
+    return load_file(os.path.join(path, last, "model.safetensors"))
+
+
+def test_consistency_student_samples_in_one_and_two_steps(tmp_path, teacher, capsys):
+    out = str(tmp_path / "cm")
+    code, stdout, err = run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out", out,
+                                  "--max-steps", "2", "--steps", "6", "--no-progress"], capsys)
+    assert code == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["method"] == "consistency" and res["step"] == 2
+    run = load_run(out)
+    cfg = run.config
+    assert cfg.objective.kind == "consistency" and cfg.objective.teacher.endswith("step_00000003")
+    assert (cfg.objective.steps_start, cfg.objective.steps_end, cfg.objective.solver) == (6, 6, "heun")
+    assert cfg.diffusion.boundary_sigma == pytest.approx(0.002)
+    assert (cfg.sample.sampler, cfg.sample.steps) == ("consistency", 1)
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(run.denoiser(x, torch.full((3,), 0.002)), x)  # the boundary condition of the saved run
+    for steps in ("1", "2"):
+        npz = str(tmp_path / f"s{steps}.npz")
+        code, _, err = run_main(["sample", "--checkpoint", out, "--num", "5", "--steps", steps, "--format", "npz",
+                                 "--out", npz, "--no-progress"], capsys)
+        assert code == 0, err
+        import numpy as np
+
+        arr = np.load(npz)["samples"]
+        assert arr.shape == (5, 1, 8, 8) and np.isfinite(arr).all()
+
+
+def test_consistency_distillation_resumes_exactly(tmp_path, teacher, capsys):
+    straight, split = str(tmp_path / "a"), str(tmp_path / "b")
+    base = ["distill", "--method", "consistency", "--teacher", teacher, "--steps", "6", "--no-progress"]
+    assert run_main([*base, "--out", straight, "--max-steps", "4"], capsys)[0] == 0
+    assert run_main([*base, "--out", split, "--max-steps", "2"], capsys)[0] == 0
+    assert run_main([*base, "--out", split, "--max-steps", "4"], capsys)[0] == 0
+    a, b = _weights(straight), _weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    teacher_w = _weights(teacher)
+    assert any(not torch.equal(a[k], teacher_w[k]) for k in a)  # it trained
+
+
+def test_progressive_rounds_halve_the_steps(tmp_path, teacher, capsys):
+    out = str(tmp_path / "pd")
+    code, stdout, err = run_main(["distill", "--method", "progressive", "--teacher", teacher, "--out", out,
+                                  "--steps", "8", "--rounds", "2", "--max-steps", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 2
+    first = load_run(os.path.join(out, "rounds", "04_steps"))
+    final = load_run(out)
+    assert first.config.sample.steps == 4 and final.config.sample.steps == 2
+    grid8 = first.config.objective.grid
+    assert len(grid8) == 9 and first.config.sample.sigmas == grid8[::2]
+    assert final.config.objective.grid == grid8[::2] and final.config.sample.sigmas == grid8[::4]
+    assert final.config.objective.teacher.startswith(os.path.abspath(os.path.join(out, "rounds", "04_steps")))
+    assert final.config.sample.schedule == "custom" and final.config.sample.sampler == "euler"
+    code, _, err = run_main(["sample", "--checkpoint", out, "--num", "3", "--format", "npz",
+                             "--out", str(tmp_path / "p.npz"), "--no-progress"], capsys)
+    assert code == 0, err
+    code, _, err = run_main(["sample", "--checkpoint", out, "--num", "3", "--steps", "5", "--format", "npz",
+                             "--out", str(tmp_path / "q.npz"), "--no-progress"], capsys)
+    assert code == 2 and "fixed list of 2 steps" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "consistency", "--teacher", "{tmp}/missing"], "does not exist"),
+    (["--method", "consistency", "--teacher", "{tmp}"], "--teacher"),  # a folder that is not a run
+    (["--method", "consistency", "--teacher", "{teacher}", "--sampler", "ddpm"], "--sampler"),
+    (["--method", "consistency", "--teacher", "{teacher}", "--rounds", "2"], "--rounds is for"),
+    (["--method", "progressive", "--teacher", "{teacher}", "--steps", "6", "--rounds", "2"], "divisible"),
+    (["--method", "consistency", "--teacher", "{teacher}", "--max-steps", "2", "--time-budget", "1m"], "not both"),
+    (["--method", "reflow", "--teacher", "{teacher}"], "rectified-flow"),
+    (["--method", "distil", "--teacher", "{teacher}"], "invalid choice"),
+])
+def test_distill_usage_errors_exit_2(tmp_path, teacher, capsys, args, message):
+    args = [a.format(tmp=str(tmp_path), teacher=teacher) for a in args]
+    code, _, err = run_main(["distill", *args, "--out", str(tmp_path / "student"), "--no-progress"], capsys)
+    assert code == 2 and message in err, err
+    assert not os.path.exists(tmp_path / "student" / "checkpoints")
+
+
+def test_a_consistency_model_cannot_teach(tmp_path, teacher, capsys):
+    cm = str(tmp_path / "cm")
+    assert run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out", cm, "--max-steps", "1",
+                     "--steps", "4", "--no-progress"], capsys)[0] == 0
+    code, _, err = run_main(["distill", "--method", "progressive", "--teacher", cm, "--out", str(tmp_path / "pd"),
+                             "--steps", "4", "--no-progress"], capsys)
+    assert code == 2 and "is a consistency model" in err
