@@ -151,11 +151,12 @@ class Batcher:
                        sigma_max=s.sigma_max, seed=seeds, extra=condition, callback=callback)
         except _Stop:
             for job in group:
-                job.cancel()
+                job.stopped()
             return
         x = x.float().cpu()
         for start, job in rows:
             if job.cancelled:
+                job.stopped()
                 continue
             images, refused = self.outputs(run, job, x[start:start + job.request.count])
             job.succeed(images, refused)

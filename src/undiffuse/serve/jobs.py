@@ -56,6 +56,10 @@ class Job:
             self._finish("cancelled")
         return True
 
+    def stopped(self) -> None:
+        """The worker stopped this job after a cancel request."""
+        self._finish("cancelled")
+
     def started(self) -> None:
         with self._lock:
             if self.status == "queued":
