@@ -411,7 +411,7 @@ def _sample(args, sub) -> int:
                      labels=None if labels is None else labels.numpy())
         print(f"wrote {out} ({args.num} samples)", file=sys.stderr)
     elif run.kind == "image":
-        gen.save_images(out, x, params, seed=args.seed, per_image=per_image)
+        gen.save_images(out, x, params, seed=args.seed, per_image=per_image, run=run)
         print(f"wrote {out}/grid.png and {args.num} images in {out}/", file=sys.stderr)
     else:
         os.makedirs(out, exist_ok=True)

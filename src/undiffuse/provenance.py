@@ -6,7 +6,8 @@ Every PNG undiffuse writes for a generated image carries two text chunks:
   read for generation settings);
 * ``provenance``: a JSON record with the model's name and SHA-256 checksum (of the weights
   file the samples came from), sampler, steps, seed, guidance, software version and the
-  UTC time of generation.
+  UTC time of generation (``$SOURCE_DATE_EPOCH`` when set, so that files can be reproduced
+byte for byte).
 
 (The older ``undiffuse`` chunk, the JSON of the parameters alone, is still written by
 ``generate.save_images``.) :func:`read` gets them back; ``undiffuse verify IMAGE`` reports
@@ -56,7 +57,9 @@ def model_checksum(checkpoint: str, weights: str = "ema") -> str:
 def record(model: str, checksum: str, *, sampler: str, steps: int, seed: int, guidance: float = 1.0,
            created: float | None = None, **extra) -> dict:
     """The JSON provenance record of one image (``extra``: class, prompt, step, ...)."""
-    created = time.time() if created is None else created
+    if created is None:  # SOURCE_DATE_EPOCH: the reproducible-builds way to pin the time
+        epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+        created = float(epoch) if epoch.isdigit() else time.time()
     return {"format": FORMAT, "model": model, "model_sha256": checksum, "sampler": sampler, "steps": int(steps),
             "seed": int(seed), "guidance": float(guidance), **extra, "software": software(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))}
