@@ -135,7 +135,9 @@ async def list_models(server: Server, request: Request):
             out.append(server.registry.describe(name))
         except RequestError as e:
             out.append({"name": name, "error": e.message})
-    return JSONResponse({"models": out})
+    from .. import samplers
+
+    return JSONResponse({"models": out, "samplers": samplers.names()})
 
 
 async def _wait(job: Job) -> None:
