@@ -354,7 +354,10 @@ def test_verify(server, tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
-def test_unknown_job_and_page(server):
+def test_unknown_job_path_method_and_page(server):
+    for method, path, status in (("GET", "/v2/nothing", 404), ("PUT", "/v1/generate", 405), ("GET", "/v1/generate", 405)):
+        got, ctype, body = call(server.url, path, method=method)
+        assert got == status and ctype.startswith("application/json") and path in json.loads(body)["error"]
     status, _, body = call(server.url, "/v1/jobs/abc")
     assert status == 404 and "no job 'abc'" in json.loads(body)["error"]
     status, ctype, body = call(server.url, "/")

@@ -213,6 +213,13 @@ async def page(server: Server, request: Request):
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
+async def _http_error(request: Request, exc):
+    """Unknown paths and wrong methods answer in JSON like every other error."""
+    status = getattr(exc, "status_code", 404)
+    what = "no such endpoint" if status == 404 else f"method {request.method} is not allowed here"
+    return _error(status, f"{what}: {request.method} {request.url.path} (see GET / and /v1/models)")
+
+
 def create_app(models: str, **options) -> Starlette:
     """The ASGI app serving the runs in ``models``; ``options`` go to :class:`Server`."""
     server = Server(models, **options)
@@ -238,6 +245,6 @@ def create_app(models: str, **options) -> Starlette:
         r("/v1/jobs/{job_id}", cancel_job, ["DELETE"]),
         r("/v1/jobs/{job_id}/cancel", cancel_job, ["POST"]),
         r("/v1/jobs/{job_id}/events", job_events, ["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={404: _http_error, 405: _http_error})
     app.state.server = server
     return app
