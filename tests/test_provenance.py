@@ -54,3 +54,36 @@ def test_python_api_provenance_and_damaged_records(cls_run, tmp_path):
     assert "lacks model_sha256" in prov.read(partial)["problems"][0] and prov.read(partial)["provenance"] is None
     with pytest.raises(prov.NotAnImage):
         prov.read(b"not a png")
+
+
+def refuse_seed_6(image, request):
+    assert image.dtype.name == "uint8" and image.shape == (8, 8, 1) and request["model"] == "mnist-ish"
+    return "seed 6 is not wanted" if request["seed"] == 6 else None
+
+
+def refuse_all(image, request):
+    return False
+
+
+def test_cli_content_filter_refuses_before_writing(cls_run, tmp_path, capsys):
+    out = tmp_path / "f"
+    code, _, err = run_main(["sample", "--checkpoint", str(cls_run), "--num", "3", "--seed", "5", "--out", str(out),
+                             "--content-filter", "test_provenance:refuse_seed_6", "--no-progress"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000002.png", "grid.png"]
+    assert "content filter refused seed 6: seed 6 is not wanted" in err
+    assert prov.read(str(out / "000002.png"))["provenance"]["seed"] == 7
+    assert Image.open(out / "grid.png").size == (4 * 19, 4 * 10)  # two images in the grid, not three
+    npz = tmp_path / "f.npz"
+    assert run_main(["sample", "--checkpoint", str(cls_run), "--num", "3", "--seed", "5", "--out", str(npz),
+                     "--format", "npz", "--content-filter", "test_provenance:refuse_seed_6", "--no-progress"],
+                    capsys)[0] == 0
+    import numpy as np
+
+    with np.load(npz) as f:
+        assert f["samples"].shape[0] == 2 and json.loads(str(f["parameters"]))["seeds"] == [5, 7]
+    code, _, err = run_main(["sample", "--checkpoint", str(cls_run), "--num", "2", "--out", str(tmp_path / "none"),
+                             "--content-filter", "test_provenance:refuse_all", "--no-progress"], capsys)
+    assert code == 1 and "refused every sample" in err and not (tmp_path / "none").exists()
+    code, _, err = run_main(["sample", "--checkpoint", str(cls_run), "--content-filter", "nope:x"], capsys)
+    assert code == 2 and "--content-filter: content filter module 'nope' cannot be imported" in err

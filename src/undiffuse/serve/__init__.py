@@ -6,9 +6,9 @@ network batch, ``jobs`` tracks long requests, ``limits`` checks requests against
 """
 from __future__ import annotations
 
-import importlib
 import ipaddress
 
+from ..content_filter import load_filter
 from .limits import Limits, RequestError
 
 TOKEN_ENV = "UNDIFFUSE_TOKEN"
@@ -21,24 +21,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def load_filter(spec: str):
-    """``module:callable`` -> the callable (a content filter ``fn(output, request)``)."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"content filter {spec!r} must be MODULE:CALLABLE, e.g. mypackage.filters:check")
-    try:
-        obj = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"content filter module {module!r} cannot be imported: {e}") from None
-    for part in name.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ValueError(f"content filter {spec!r}: {module!r} has no {name!r}")
-    if not callable(obj):
-        raise ValueError(f"content filter {spec!r} is not callable")
-    return obj
 
 
 def create_app(models: str, **options):

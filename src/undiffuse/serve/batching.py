@@ -26,6 +26,7 @@ import torch
 
 from .. import generate as gen
 from .. import provenance as prov
+from ..content_filter import refusal
 from ..sampling import noise as make_noise
 from ..sampling import sample
 from .jobs import Job
@@ -175,7 +176,7 @@ class Batcher:
                 extra["prompt"] = r.prompt
             rec = prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
                               guidance=r.guidance, **extra)
-            reason = self._filter(arr, {**r.params(), **rec})
+            reason = refusal(self.content_filter, arr, {**r.params(), **rec})
             if reason is not None:
                 log.warning("content filter refused model=%s seed=%d: %s", r.model, r.seed + i, reason)
                 refused.append({"seed": r.seed + i, "reason": reason})
@@ -187,18 +188,6 @@ class Batcher:
                 item["sample"] = [float(v) for v in arr]
             images.append(item)
         return images, refused
-
-    def _filter(self, arr, request: dict) -> str | None:
-        """None to keep the output, else the reason it is refused (a filter error refuses)."""
-        if self.content_filter is None:
-            return None
-        try:
-            verdict = self.content_filter(arr, request)
-        except Exception as e:
-            return f"content filter raised {type(e).__name__}: {e}"
-        if verdict is None or verdict is True:
-            return None
-        return verdict if isinstance(verdict, str) and verdict else "refused by the content filter"
 
 
 def _condition(run, group: list[Job]) -> dict:
