@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,8 @@ BAD = [
     (b"{not json", 400, "not valid JSON"),
     (b"", 400, "body is empty"),
     (b"[1, 2]", 400, "must be a JSON object"),
+    (b"[" * 1500, 400, "not valid JSON"),
+    (b'{"model": "digits", "count": 1e400}', 400, "'count' must be an integer"),
     (b'{"count": 2}', 400, "'model' is required"),
     (b'{"model": "digits", "colour": "red"}', 400, "unknown field(s) ['colour']"),
     (b'{"model": "digits", "count": 0}', 413, "'count' must be in 1..16, got 0"),
@@ -362,3 +365,37 @@ def test_unknown_job_path_method_and_page(server):
     assert status == 404 and "no job 'abc'" in json.loads(body)["error"]
     status, ctype, body = call(server.url, "/")
     assert status == 200 and ctype.startswith("text/html") and b"undiffuse" in body
+
+
+def test_serve_command_line(models, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent / "src"), str(Path(__file__).resolve().parent)])}
+    proc = subprocess.Popen([sys.executable, "-m", "undiffuse", "serve", "--models", str(models), "--port", str(port),
+                             "--max-count", "2", "--content-filter", "test_serve:odd_seed_filter"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if call(url, "/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        status, _, body = call(url, "/v1/generate", {"model": "digits", "count": 3})
+        assert status == 413 and "'count' must be in 1..2" in json.loads(body)["error"]
+        status, _, body = call(url, "/v1/generate", {"model": "digits", "count": 2, "seed": 1002})
+        assert status == 200 and [i["seed"] for i in json.loads(body)["images"]] == [1002]
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "content filter refused model=digits seed=1003" in out

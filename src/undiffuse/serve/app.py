@@ -70,6 +70,13 @@ class Server:
         self.jobs = JobStore()
         self.token = token
 
+    def preload(self) -> None:
+        for name in self.registry.names():
+            try:
+                self.registry.get(name)
+            except RequestError as e:
+                log.warning("run %s is not served: %s", name, e.message)
+
     def authorised(self, request: Request) -> bool:
         if not self.token:
             return True
@@ -92,6 +99,8 @@ class Server:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise RequestError(400, "the request body is not valid JSON: nested too deeply") from None
 
     async def submit(self, request: Request, *, previews: bool) -> Job:
         body = await self.body(request)
@@ -226,6 +235,7 @@ def create_app(models: str, **options) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        await asyncio.to_thread(server.preload)  # off the event loop; runs added later load on first use
         server.batcher.start()
         try:
             yield
