@@ -4,6 +4,7 @@ import json
 import pytest
 from PIL import Image
 
+import undiffuse
 from _cli import TINY
 from _cli import run_main
 from undiffuse import generate as gen
@@ -32,7 +33,7 @@ def test_cli_sample_pngs_carry_provenance_and_verify_names_the_model(cls_run, tm
         assert rec["model"] == "mnist-ish" and rec["seed"] == 5 + i and rec["class"] == "2"
         assert rec["guidance"] == 1.5 and rec["sampler"] == "heun" and rec["steps"] == 3
         assert rec["model_sha256"] == prov.model_checksum(run.checkpoint, "ema") and len(rec["model_sha256"]) == 64
-        assert rec["created"] == "2023-11-14T22:13:20Z" and rec["software"] == f"undiffuse {__import__('undiffuse').__version__}"
+        assert rec["created"] == "2023-11-14T22:13:20Z" and rec["software"] == f"undiffuse {undiffuse.__version__}"
         assert f"seed: {5 + i}" in found["parameters"] and "guidance: 1.5" in found["parameters"]
     code, stdout, _ = run_main(["verify", str(out / "000001.png")], capsys)
     report = json.loads(stdout)

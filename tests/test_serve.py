@@ -4,7 +4,6 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -133,8 +132,8 @@ def test_png_format_class_and_guidance(server):
     rec = prov.read(png)["provenance"]
     assert (rec["class"], rec["guidance"], rec["sampler"], rec["steps"], rec["seed"]) == ("4", 2.5, "euler", 4, 3)
     run = server.state.registry.get("cls")
-    x = gen.generate(run, 1, seed=3, sampler="euler", steps=4, condition={"class_labels": gen.class_labels(run, "4", 1)},
-                     denoiser=gen.guided(run, guidance=2.5))
+    x = gen.generate(run, 1, seed=3, sampler="euler", steps=4, denoiser=gen.guided(run, guidance=2.5),
+                     condition={"class_labels": gen.class_labels(run, "4", 1)})
     assert pixels(png) == gen.to_uint8(gen.to_unit(x))[0, ..., 0].tobytes()
     status, _, body = call(server.url, "/v1/generate", {"model": "cls", "class": "4", "count": 2, "format": "png"})
     assert status == 200 and len(json.loads(body)["images"]) == 2  # several images come back as JSON
@@ -358,7 +357,8 @@ def test_verify(server, tmp_path, capsys):
 
 
 def test_unknown_job_path_method_and_page(server):
-    for method, path, status in (("GET", "/v2/nothing", 404), ("PUT", "/v1/generate", 405), ("GET", "/v1/generate", 405)):
+    for method, path, status in (("GET", "/v2/nothing", 404), ("PUT", "/v1/generate", 405),
+                                 ("GET", "/v1/generate", 405)):
         got, ctype, body = call(server.url, path, method=method)
         assert got == status and ctype.startswith("application/json") and path in json.loads(body)["error"]
     status, _, body = call(server.url, "/v1/jobs/abc")

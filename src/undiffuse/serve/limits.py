@@ -108,7 +108,8 @@ def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
         raise RequestError(400, f"model {req.model!r} is a super-resolution model; the server does not upscale")
     if "class" in body:
         if kind != "class":
-            raise RequestError(400, f"'class' needs a class-conditional model; {req.model!r} is conditioned on {kind!r}")
+            raise RequestError(400, f"'class' needs a class-conditional model; {req.model!r} is conditioned on "
+                                    f"{kind!r}")
         try:
             req.labels = class_labels(run, body["class"], req.count).tolist()
         except ValueError as e:
@@ -117,7 +118,8 @@ def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
     if "prompt" in body:
         p = body["prompt"]
         if kind != "text":
-            raise RequestError(400, f"'prompt' needs a text-conditioned model; {req.model!r} is conditioned on {kind!r}")
+            raise RequestError(400, f"'prompt' needs a text-conditioned model; {req.model!r} is conditioned on "
+                                    f"{kind!r}")
         if not isinstance(p, str) or len(p) > limits.max_prompt:
             raise RequestError(400, f"'prompt' must be a string of at most {limits.max_prompt} characters")
         req.prompt = p
