@@ -91,7 +91,8 @@ def test_bad_image_files_are_named(tmp_path, capsys):
     assert code == 2 and ("broken.png" in err or "empty.jpg" in err)
 
 
-def test_same_seed_gives_byte_identical_pngs_with_metadata(tiny_run, tmp_path, capsys):
+def test_same_seed_gives_byte_identical_pngs_with_metadata(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # the provenance record's time
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         assert _main(["sample", "--checkpoint", str(tiny_run), "--num", "5", "--seed", "7", "--out", str(out),

@@ -1,4 +1,4 @@
-"""Command line: ``undiffuse train | sample | demo``. A thin shell over the library.
+"""Command line: ``undiffuse train | sample | serve | verify | demo``. A thin shell over the library.
 
 Usage errors (bad option values, unknown names, missing files) exit with status 2 and name
 the option; errors during a run exit with status 1.
@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                         "in [0, 1]")
     s.add_argument("--out", help="output folder (png) or file (npz) (default: samples or samples.npz)")
     s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(image, request) for every "
+                   "image; returning False or a reason string refuses it: not written, reported on stderr")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
@@ -233,6 +235,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _inverse_parsers(sub, _positive_int)
 
+    from .cli_serve import add_parsers as _serve_parsers
+
+    _serve_parsers(sub, _positive_int)
+
     d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
@@ -251,8 +257,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        from . import cli_inverse
+        from . import cli_inverse, cli_serve
 
+        if args.command in cli_serve.COMMANDS:
+            return cli_serve.run(args, sub)
         return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
                 "demo": _demo, "inpaint": cli_inverse.run, "img2img": cli_inverse.run, "upscale": cli_inverse.run,
                 "restore": cli_inverse.run, "train-classifier": _train_classifier, "distill": _distill}[args.command](args, sub)
@@ -416,6 +424,14 @@ def _sample(args, sub) -> int:
         _usage(sub, f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
     if args.schedule is not None and args.schedule not in schedules.names():
         _usage(sub, f"--schedule {args.schedule!r} is unknown; allowed: {', '.join(schedules.names())}")
+    content_filter = None
+    if args.content_filter:
+        from .content_filter import load_filter
+
+        try:
+            content_filter = load_filter(args.content_filter)
+        except ValueError as e:
+            _usage(sub, f"--content-filter: {e}")
     out = args.out or ("samples.npz" if args.format == "npz" else "samples")
     if args.format == "npz" and os.path.isdir(out):
         _usage(sub, f"--out {out!r} is a folder; --format npz writes a file")
@@ -453,19 +469,46 @@ def _sample(args, sub) -> int:
         x = gen.to_unit(x)
     labels = condition.get("class_labels")
     per_image = None if labels is None else [{"class": run.class_names[k]} for k in labels.tolist()]
+    keep = None
+    if content_filter is not None:
+        keep = _filtered(content_filter, run, x, params, args.seed, per_image)
+        x = x[keep]
+        labels = None if labels is None else labels[keep]
+        params["refused_seeds"] = sorted(set(range(args.seed, args.seed + args.num)) - {args.seed + k for k in keep})
+        if not keep:
+            print("undiffuse sample: error: the content filter refused every sample; nothing written", file=sys.stderr)
+            return 1
     if args.format == "npz":
-        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": args.num},
+        extra = {} if keep is None else {"seeds": [args.seed + k for k in keep]}
+        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": len(x), **extra},
                      labels=None if labels is None else labels.numpy())
-        print(f"wrote {out} ({args.num} samples)", file=sys.stderr)
+        print(f"wrote {out} ({len(x)} samples)", file=sys.stderr)
     elif run.kind == "image":
-        gen.save_images(out, x, params, seed=args.seed, per_image=per_image)
-        print(f"wrote {out}/grid.png and {args.num} images in {out}/", file=sys.stderr)
+        gen.save_images(out, x, params, seed=args.seed, per_image=per_image, run=run, index=keep)
+        print(f"wrote {out}/grid.png and {len(x)} images in {out}/", file=sys.stderr)
     else:
         os.makedirs(out, exist_ok=True)
         gen.save_png(os.path.join(out, "scatter.png"), gen.scatter(x.numpy()),
                      text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
         print(f"wrote {out}/scatter.png", file=sys.stderr)
     return 0
+
+
+def _filtered(fn, run, x, params, seed: int, per_image) -> list[int]:
+    """Indices of the samples the content filter keeps; each refusal is reported on stderr."""
+    from . import generate as gen
+    from .content_filter import refusal
+
+    outputs = gen.to_uint8(x) if run.kind == "image" else x.numpy()
+    keep = []
+    for i, out in enumerate(outputs):
+        rec = gen.provenance_record(run, params, seed + i, **(per_image[i] if per_image else {}))
+        reason = refusal(fn, out, {**params, **rec})
+        if reason is None:
+            keep.append(i)
+        else:
+            print(f"undiffuse sample: content filter refused seed {seed + i}: {reason}", file=sys.stderr)
+    return keep
 
 
 def _steering(args, sub, run):

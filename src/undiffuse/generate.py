@@ -246,21 +246,47 @@ def parameters_text(params: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in params.items())
 
 
+def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
+    """The JSON provenance record (``undiffuse.provenance``) of one image of ``run``: the run
+    folder's name, the checksum of its weights, sampler, steps, seed, guidance."""
+    from . import provenance as prov
+
+    name = os.path.basename(ckpt.run_of(run.checkpoint))
+    return prov.record(name, prov.model_checksum(run.checkpoint, run.weights), sampler=params.get("sampler"),
+                       steps=params.get("steps"), seed=seed, guidance=params.get("guidance", 1.0),
+                       step=run.step, weights=run.weights, **extra)
+
+
 def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individual: bool = True,
-                grid_scale: int = 4, per_image: list[dict] | None = None) -> list[str]:
+                grid_scale: int = 4, per_image: list[dict] | None = None, run: LoadedRun | None = None,
+                index: list[int] | None = None) -> list[str]:
     """Write ``out/grid.png`` and ``out/000000.png``...; each image's PNG carries its own seed
-    (and its entry of ``per_image``, e.g. its class)."""
+    (and its entry of ``per_image``, e.g. its class). With ``run``, every PNG also carries the
+    JSON ``provenance`` record (``undiffuse verify`` reads it). ``index`` gives each row's
+    position in the request when some were left out (image ``k`` has seed ``seed + k`` and is
+    written as ``k:06d.png``)."""
     os.makedirs(out, exist_ok=True)
     u8 = to_uint8(x01)
-    meta = {"parameters": parameters_text({**params, "seed": f"{seed}..{seed + len(u8) - 1}"}),
+    index = list(range(len(u8))) if index is None else list(index)
+    first, last = (seed + index[0], seed + index[-1]) if index else (seed, seed - 1)
+    meta = {"parameters": parameters_text({**params, "seed": f"{first}..{last}"}),
             "undiffuse": json.dumps({**params, "seed": seed, "count": len(u8)})}
+    if run is not None:
+        meta["provenance"] = json.dumps(provenance_record(run, params, seed, count=len(u8)), sort_keys=True)
     paths = [os.path.join(out, "grid.png")]
-    save_png(paths[0], grid(u8), text=meta, scale=grid_scale)
+    if len(u8):
+        save_png(paths[0], grid(u8), text=meta, scale=grid_scale)
+    else:
+        paths = []
     if individual:
-        for i, img in enumerate(u8):
+        for i, img in zip(index, u8):
             p = {**params, **(per_image[i] if per_image else {}), "seed": seed + i}
+            text = {"parameters": parameters_text(p), "undiffuse": json.dumps(p)}
+            if run is not None:
+                rec = provenance_record(run, params, seed + i, **(per_image[i] if per_image else {}))
+                text["provenance"] = json.dumps(rec, sort_keys=True)
             path = os.path.join(out, f"{i:06d}.png")
-            save_png(path, img, text={"parameters": parameters_text(p), "undiffuse": json.dumps(p)})
+            save_png(path, img, text=text)
             paths.append(path)
     return paths
 

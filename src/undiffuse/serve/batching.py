@@ -1,0 +1,202 @@
+"""Request batching: compatible jobs waiting together become one network batch.
+
+A worker thread takes the oldest waiting job, waits ``window`` seconds for company, then
+takes every waiting job with the same key (model, sampler, steps, guidance, and whether a
+class is given) up to ``max_batch`` images. Their per-image seeds are concatenated (job j's
+image i uses seed ``seed_j + i``, as ``generate.generate`` does), so the starting noise and
+the fresh noise of stochastic samplers of every image are those it would get alone; the
+sampler runs once over the whole batch and the rows are split back to their jobs.
+
+Float results can differ from a lone run by ~1e-8 (CPU kernels sum in batch-size dependent
+order); the 8-bit images (what the server returns) are the same bytes, which the tests
+check.
+
+Sampling is CPU-bound and blocking, so it runs here, off the event loop: the server keeps
+answering (``/health`` included) while a batch samples.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+
+import numpy as np
+import torch
+
+from .. import generate as gen
+from .. import provenance as prov
+from ..content_filter import refusal
+from ..sampling import noise as make_noise
+from ..sampling import sample
+from .jobs import Job
+from .limits import RequestError
+
+log = logging.getLogger("undiffuse.serve")
+
+
+class _Stop(Exception):
+    """Raised from the sampler callback when every job of a batch was cancelled."""
+
+
+class Batcher:
+    def __init__(self, registry, *, window: float = 0.02, max_batch: int = 64, max_queue: int = 256,
+                 content_filter=None):
+        self.registry = registry
+        self.window = window              # seconds the oldest job waits for compatible company
+        self.max_batch = max_batch        # images per network batch
+        self.max_queue = max_queue        # jobs waiting or running
+        self.content_filter = content_filter
+        self.batches = 0                  # sampler calls made (one per batch)
+        self._pending: list[Job] = []
+        self._running = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # -- queue ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="undiffuse-batcher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if len(self._pending) + self._running >= self.max_queue:
+                raise RequestError(429, f"the queue is full ({self.max_queue} requests waiting or running); "
+                                        f"try again later")
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._pending) + self._running
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._pending and not self._stop:
+                self._cond.wait(0.5)
+            if self._stop:
+                return None
+        time.sleep(self.window)  # let concurrent compatible requests arrive
+        with self._cond:
+            self._pending = [j for j in self._pending if not j.cancelled]
+            if not self._pending:
+                return []
+            key = self._pending[0].request.key()
+            group, rest, n = [], [], 0
+            for job in self._pending:
+                if job.request.key() == key and (not group or n + job.request.count <= self.max_batch):
+                    group.append(job)
+                    n += job.request.count
+                else:
+                    rest.append(job)
+            self._pending = rest
+            self._running = len(group)
+            return group
+
+    def _loop(self) -> None:
+        while True:
+            group = self._take()
+            if group is None:
+                return
+            if not group:
+                continue
+            try:
+                self.run(group)
+            except Exception as e:  # one failing batch never stops the worker
+                log.error("batch of %d job(s) failed: %s\n%s", len(group), e, traceback.format_exc())
+                for job in group:
+                    job.fail(f"generation failed: {type(e).__name__}: {e}")
+            finally:
+                with self._cond:
+                    self._running = 0
+
+    # -- one batch -----------------------------------------------------------------------
+    def run(self, group: list[Job]) -> None:
+        """Sample every job of a compatible group in one batch and hand each its images."""
+        first = group[0].request
+        run = self.registry.get(first.model)
+        for job in group:
+            job.started()
+        seeds = [r.seed + i for r in (j.request for j in group) for i in range(r.count)]
+        rows = [(start, job) for start, job in zip(np.cumsum([0] + [j.request.count for j in group]), group)]
+        condition = _condition(run, group)
+        den = gen.guided(run, guidance=first.guidance)
+        s = run.config.sample
+        device = next(run.denoiser.net.parameters()).device
+        z = make_noise((len(seeds), *run.shape), seed=seeds, device=device)
+
+        def callback(state):
+            if all(j.cancelled for j in group):
+                raise _Stop
+            step = state["i"] + 1
+            for start, job in rows:
+                preview = None
+                if job.previews and run.kind == "image":
+                    part = state["denoised"][start:start + job.request.count].float().cpu()
+                    preview = prov.png_bytes(gen.grid(gen.to_uint8(gen.to_unit(part)), pad=0))
+                job.progress(step, preview)
+
+        self.batches += 1
+        try:
+            x = sample(den, z, sampler=first.sampler, steps=first.steps, schedule=s.schedule, sigma_min=s.sigma_min,
+                       sigma_max=s.sigma_max, seed=seeds, extra=condition, callback=callback)
+        except _Stop:
+            for job in group:
+                job.stopped()
+            return
+        x = x.float().cpu()
+        for start, job in rows:
+            if job.cancelled:
+                job.stopped()
+                continue
+            images, refused = self.outputs(run, job, x[start:start + job.request.count])
+            job.succeed(images, refused)
+
+    def outputs(self, run, job: Job, x: torch.Tensor) -> tuple[list[dict], list[dict]]:
+        """PNGs with provenance (or vectors) for one job, after the content filter."""
+        r = job.request
+        checksum = self.registry.checksum(r.model)
+        arrays = gen.to_uint8(gen.to_unit(x)) if run.kind == "image" else x.numpy()
+        images, refused = [], []
+        for i, arr in enumerate(arrays):
+            extra = {"step": run.step}
+            if r.labels:
+                extra["class"] = run.class_names[r.labels[i]]
+            if r.prompt is not None:
+                extra["prompt"] = r.prompt
+            rec = prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
+                              guidance=r.guidance, **extra)
+            reason = refusal(self.content_filter, arr, {**r.params(), **rec})
+            if reason is not None:
+                log.warning("content filter refused model=%s seed=%d: %s", r.model, r.seed + i, reason)
+                refused.append({"seed": r.seed + i, "reason": reason})
+                continue
+            item = {"seed": r.seed + i, **({"class": extra["class"]} if "class" in extra else {})}
+            if run.kind == "image":
+                item["png"] = prov.png_bytes(arr, prov.png_text(rec))
+            else:
+                item["sample"] = [float(v) for v in arr]
+            images.append(item)
+        return images, refused
+
+
+def _condition(run, group: list[Job]) -> dict:
+    """The batch's conditioning: class labels or prompt contexts, one row per image."""
+    first = group[0].request
+    if first.labels:
+        return {"class_labels": torch.tensor([k for j in group for k in j.request.labels])}
+    if first.prompt is not None:
+        parts = [gen.prompt_condition(run, j.request.prompt) for j in group]
+        return {k: torch.cat([p[k].expand(j.request.count, *p[k].shape[1:]) for p, j in zip(parts, group)])
+                for k in parts[0]}
+    return {}

@@ -1,0 +1,106 @@
+"""The web page in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+the page loads, a generation runs with live previews, the image appears in the gallery, and
+a screenshot is saved to test-artifacts/ (or $UNDIFFUSE_TEST_ARTIFACTS)."""
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+if not os.path.exists(CHROMIUM) or not os.path.exists(DRIVER):
+    pytest.skip(f"browser test needs Debian's Chromium ({CHROMIUM}) and its driver ({DRIVER}): "
+                "apt-get install chromium chromium-driver (.ci/run does)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs the selenium package")
+pytest.importorskip("uvicorn")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+from _cli import TINY  # noqa: E402
+from undiffuse import provenance as prov  # noqa: E402
+from undiffuse.cli import main  # noqa: E402
+from undiffuse.serve import create_app  # noqa: E402
+from undiffuse.serve.background import BackgroundServer  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("UNDIFFUSE_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,800",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("web") / "models"
+    assert main(["train", "--data", "digits", "--max-steps", "2", "--conditioning", "class",
+                 "--out", str(folder / "digits-cls"), *TINY]) == 0
+    app = create_app(str(folder))
+    with BackgroundServer(app) as srv:
+        net = app.state.server.registry.get("digits-cls").denoiser.net
+        net.register_forward_pre_hook(lambda module, args: time.sleep(0.03))  # slow enough to watch previews
+        yield srv
+
+
+def test_page_generates_with_previews_and_gallery(browser, page_server):
+    browser.get(page_server.url + "/")
+    deadline = time.monotonic() + 20
+    while browser.find_element(By.ID, "status").text != "ready":
+        assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
+        time.sleep(0.05)
+    assert [o.text for o in Select(browser.find_element(By.ID, "model")).options] == ["digits-cls (class)"]
+    Select(browser.find_element(By.ID, "class")).select_by_visible_text("7")
+    for field, value in (("steps", "12"), ("seed", "21"), ("count", "3"), ("guidance", "2")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    previews_while_sampling = 0
+    deadline = time.monotonic() + 60
+    while not browser.find_elements(By.CSS_SELECTOR, "#gallery img.result"):
+        assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
+        if browser.find_element(By.ID, "preview").get_attribute("src"):
+            previews_while_sampling += 1
+        time.sleep(0.05)
+    time.sleep(0.2)
+    results = browser.find_elements(By.CSS_SELECTOR, "#gallery img.result")
+    assert len(results) == 3 and previews_while_sampling > 0
+    assert all(browser.execute_script("return arguments[0].naturalWidth", r) == 8 for r in results)
+    assert browser.find_element(By.ID, "steps-done").text == "12 / 12"
+    link = browser.find_elements(By.CSS_SELECTOR, "#gallery figcaption a")[0]
+    assert link.get_attribute("download").startswith("digits-cls-seed")
+    import base64
+
+    png = base64.b64decode(link.get_attribute("href").split(",", 1)[1])
+    rec = prov.read(png)["provenance"]  # the download carries its metadata
+    assert rec["model"] == "digits-cls" and rec["class"] == "7" and rec["steps"] == 12 and rec["guidance"] == 2.0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "web_page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+
+
+def test_page_shows_api_errors(browser, page_server):
+    browser.get(page_server.url + "/")
+    deadline = time.monotonic() + 20
+    while browser.find_element(By.ID, "status").text != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    box = browser.find_element(By.ID, "steps")
+    box.clear()
+    box.send_keys("100000")
+    browser.find_element(By.ID, "generate").click()
+    deadline = time.monotonic() + 20
+    while "'steps' must be in 1..200" not in browser.find_element(By.ID, "status").text:
+        assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
+        time.sleep(0.05)
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
