@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                        "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                        "config is saved as RUN/config.json.")
-    t.add_argument("--data", help="built-in name (digits, moons, swiss_roll, checkerboard, "
+    t.add_argument("--data", help="built-in name (digits, mnist5k, moons, swiss_roll, checkerboard, "
                    "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits, or the "
                    "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
