@@ -99,8 +99,16 @@ class SampleConfig:
     sigma_max: float | None = None
 
 
+@dataclass
+class LatentConfig:
+    autoencoder: str | None = None  # latent diffusion: absolute path of the autoencoder folder (None: pixels)
+    sha256: str | None = None       # SHA-256 of its weights, checked when the run is loaded
+    scale_factor: float | None = None  # latents = posterior mean * scale_factor (1 / their std)
+
+
 GROUPS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig, "ema": EMAConfig,
-          "train": TrainConfig, "sample": SampleConfig, "conditioning": ConditioningConfig}
+          "train": TrainConfig, "sample": SampleConfig, "conditioning": ConditioningConfig,
+          "latent": LatentConfig}
 
 
 @dataclass
@@ -114,6 +122,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     def to_dict(self) -> dict:
         d = asdict(self)
