@@ -232,3 +232,21 @@ def test_latent_training_evaluates_decoded_samples(ae, tmp_path, capsys):
     evals = [e for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval" in e]
     assert len(evals) == 1 and np.isfinite(evals[0]["eval"]["fd"])
     assert "digits" in evals[0]["eval_features"]  # scored as 1x8x8 images, i.e. decoded
+
+
+def test_inverse_commands_refuse_latent_runs(latent_run, tmp_path, capsys):
+    code, _, err = _main(["img2img", "--checkpoint", str(latent_run), "--image", "digits", "--strength", "0.5",
+                          "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "latent diffusion run" in err, err
+
+
+def test_resume_with_another_autoencoder_exits_2(latent_run, ae, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(latent_run, run)
+    codec = load_autoencoder(str(ae))
+    other = tmp_path / "other"  # a valid autoencoder of the same shapes, with other weights
+    torch.manual_seed(1)
+    save_autoencoder(str(other), Autoencoder(codec.net.config), {k: v for k, v in codec.meta.items() if k != "sha256"})
+    code, _, err = _main(["train", "--resume", "auto", "--out", str(run), "--max-steps", "8", "--latent",
+                          "--autoencoder", str(other), *TINY], capsys)
+    assert code == 2 and "not the autoencoder the resumed run was trained with" in err, err
