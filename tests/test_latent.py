@@ -147,6 +147,7 @@ def test_train_latent_end_to_end_samples_images(latent_run, ae, tmp_path, capsys
     (["--latent", "--autoencoder", "NOT_AE"], "not an autoencoder folder"),
     (["--latent", "--autoencoder", "AE", "--image-size", "16"], "latent shapes would not match"),
     (["--latent", "--autoencoder", "AE", "--data", "moons"], "latent shapes would not match"),
+    (["--set", "latent.scale_factor=2"], "the latent section is written by --latent --autoencoder"),
 ])
 def test_bad_latent_training_input_exits_2(extra, message, ae, tmp_path, capsys):
     extra = [str(ae) if a == "AE" else str(tmp_path) if a == "NOT_AE" else a for a in extra]
@@ -250,3 +251,25 @@ def test_resume_with_another_autoencoder_exits_2(latent_run, ae, tmp_path, capsy
     code, _, err = _main(["train", "--resume", "auto", "--out", str(run), "--max-steps", "8", "--latent",
                           "--autoencoder", str(other), *TINY], capsys)
     assert code == 2 and "not the autoencoder the resumed run was trained with" in err, err
+
+
+def test_train_autoencoder_cli_prints_a_summary(tmp_path, capsys):
+    code, out, err = _main(["train-autoencoder", "--data", "digits", "--out", str(tmp_path / "ae"), "--max-steps", "3",
+                            "--channels", "8"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["latent_shape"] == [4, 2, 2] and summary["steps"] == 3
+    assert summary["sha256"] == load_autoencoder(str(tmp_path / "ae")).sha256
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "moons"], "needs images"),
+    (["--kl-weight", "-1"], "--kl-weight must be >= 0"),
+    (["--data", "ODD"], "multiples of 4"),
+])
+def test_train_autoencoder_bad_input_exits_2(args, message, tmp_path, capsys):
+    odd = tmp_path / "odd.npy"
+    np.save(odd, np.zeros((4, 10, 10), np.uint8))
+    args = [str(odd) if a == "ODD" else a for a in args]
+    code, _, err = _main(["train-autoencoder", "--out", str(tmp_path / "ae"), "--max-steps", "2", *args], capsys)
+    assert code == 2 and message in err, err

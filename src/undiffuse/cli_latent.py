@@ -58,6 +58,9 @@ def train_autoencoder(args, sub) -> int:
 
 def latent_options(args, sub, saved: dict | None) -> None:
     """Check ``--latent`` / ``--autoencoder``; a resumed latent run keeps its own autoencoder."""
+    bad = [k for k, _ in getattr(args, "overrides", []) if k.startswith("latent.")]
+    if bad:
+        sub.error(f"--set {bad[0]}: the latent section is written by --latent --autoencoder RUN, not by --set")
     saved_ae = (saved or {}).get("autoencoder")
     if saved_ae and not args.latent and not args.autoencoder:
         args.latent, args.autoencoder = True, saved_ae
