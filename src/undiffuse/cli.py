@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                        "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                        "config is saved as RUN/config.json.")
-    t.add_argument("--data", help="built-in name (digits, moons, swiss_roll, checkerboard, "
+    t.add_argument("--data", help="built-in name (digits, mnist5k, moons, swiss_roll, checkerboard, "
                    "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits, or the "
                    "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--latent", action="store_true", help="latent diffusion: train on the data encoded by "
+                   "--autoencoder (sampling decodes transparently)")
+    t.add_argument("--autoencoder", metavar="RUN", help="with --latent: an autoencoder folder from "
+                   "`undiffuse train-autoencoder`, trained on images of the same shape as --data")
 
     s = sub.add_parser("sample", help="sample a trained run", description="Sample a trained run with its EMA "
                        "weights and recommended sampler unless told otherwise.")
@@ -234,6 +238,9 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_inverse import add_parsers as _inverse_parsers
 
     _inverse_parsers(sub, _positive_int)
+    from .cli_latent import add_parser as _latent_parser
+
+    _latent_parser(sub, _positive_int, _duration)
 
     from .cli_serve import add_parsers as _serve_parsers
 
@@ -263,7 +270,8 @@ def main(argv=None) -> int:
             return cli_serve.run(args, sub)
         return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
                 "demo": _demo, "inpaint": cli_inverse.run, "img2img": cli_inverse.run, "upscale": cli_inverse.run,
-                "restore": cli_inverse.run, "train-classifier": _train_classifier, "distill": _distill}[args.command](args, sub)
+                "restore": cli_inverse.run, "train-classifier": _train_classifier, "distill": _distill,
+                "train-autoencoder": _train_autoencoder}[args.command](args, sub)
     except KeyboardInterrupt:
         return 130
 
@@ -283,6 +291,10 @@ def _train(args, sub) -> int:
     if args.resume not in (None, "auto") and not os.path.exists(args.resume):
         _usage(sub, f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
     saved = _resumed_data(args) if args.resume else None
+    from . import cli_latent
+
+    saved_latent = cli_latent.resumed_latent(args) if args.resume else None
+    cli_latent.latent_options(args, sub, saved_latent)
     if saved:  # resuming: the run's own data settings unless given again
         args.data = args.data or saved.get("name")
         args.image_size = args.image_size or saved.get("image_size")
@@ -298,6 +310,8 @@ def _train(args, sub) -> int:
         overrides["train.time_budget"] = None
     overrides.update(dict(args.overrides))
     overrides["data.name"] = args.data
+    if args.latent:  # latent diffusion: train on the encoded data
+        dataset = cli_latent.latent_data(args, sub, dataset, overrides, saved_latent)
     try:
         from .config import default_preset
 
@@ -376,6 +390,12 @@ def _distill(args, sub) -> int:
         _usage(sub, str(e))
     print(json.dumps({"run": args.out, "method": args.method, **result}))
     return 0
+
+
+def _train_autoencoder(args, sub) -> int:
+    from .cli_latent import train_autoencoder
+
+    return train_autoencoder(args, sub)
 
 
 def _train_classifier(args, sub) -> int:

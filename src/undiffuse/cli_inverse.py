@@ -90,6 +90,9 @@ def run(args, sub) -> int:
         usage(f"--checkpoint: {e}")
     if loaded.kind != "image":
         usage(f"{args.command} needs an image model; {args.checkpoint!r} models vectors")
+    if loaded.decoder is not None:
+        usage(f"{args.command} works on pixel-space runs; {args.checkpoint!r} is a latent diffusion run "
+              f"(train --latent), which it does not support yet")
     images = _match_channels(_load_images(args, usage), loaded.shape[0])
     out = args.out or args.command
     if os.path.exists(out) and not os.path.isdir(out):

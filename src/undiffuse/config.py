@@ -126,9 +126,16 @@ class ObjectiveConfig:
     grid: list | None = None      # progressive: the teacher's noise levels (2n + 1, ending in 0)
 
 
+@dataclass
+class LatentConfig:
+    autoencoder: str | None = None  # latent diffusion: absolute path of the autoencoder folder (None: pixels)
+    sha256: str | None = None       # SHA-256 of its weights, checked when the run is loaded
+    scale_factor: float | None = None  # latents = posterior mean * scale_factor (1 / their std)
+
+
 GROUPS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig, "ema": EMAConfig,
           "train": TrainConfig, "sample": SampleConfig, "conditioning": ConditioningConfig,
-          "objective": ObjectiveConfig}
+          "objective": ObjectiveConfig, "latent": LatentConfig}
 
 
 @dataclass
@@ -143,6 +150,7 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     def to_dict(self) -> dict:
         d = asdict(self)

