@@ -273,3 +273,25 @@ def test_train_autoencoder_bad_input_exits_2(args, message, tmp_path, capsys):
     args = [str(odd) if a == "ODD" else a for a in args]
     code, _, err = _main(["train-autoencoder", "--out", str(tmp_path / "ae"), "--max-steps", "2", *args], capsys)
     assert code == 2 and message in err, err
+
+
+def test_a_latent_teacher_distils_on_its_latents(tmp_path, latent_run, capsys):
+    """Consistency distillation of a latent run: the student trains on the same encoded data,
+    keeps the autoencoder, and samples decode to images."""
+    import numpy as np
+
+    from _cli import run_main
+
+    out = str(tmp_path / "cm")
+    code, _, err = run_main(["distill", "--method", "consistency", "--teacher", str(latent_run), "--out", out,
+                             "--max-steps", "2", "--steps", "4", "--no-progress"], capsys)
+    assert code == 0, err
+    from undiffuse.generate import load_run
+
+    teacher, student = load_run(str(latent_run)), load_run(out)
+    assert student.config.latent == teacher.config.latent and student.shape == teacher.shape
+    npz = str(tmp_path / "s.npz")
+    code, _, err = run_main(["sample", "--checkpoint", out, "--num", "3", "--format", "npz", "--out", npz,
+                             "--no-progress"], capsys)
+    assert code == 0, err
+    assert np.load(npz)["samples"].shape == (3, 1, 8, 8)

@@ -59,6 +59,10 @@ def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log) ->
     from .train import Trainer
 
     dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
+    if cfg.latent.autoencoder is not None:  # a latent teacher: the student learns on the same latents
+        from .autoencoder import LatentDataset, load_autoencoder
+
+        dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
     trainer = Trainer(cfg, dataset, out, resume="auto", progress=progress, log=log)
     if trainer.step == 0:
         state = teacher.denoiser.net.state_dict()
