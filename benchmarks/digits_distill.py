@@ -34,10 +34,17 @@ START, END = "<!-- digits-distill:start -->", "<!-- digits-distill:end -->"
 ROOT = "runs/bench_distill"
 
 
-def run(cmd) -> float:
-    t0 = time.perf_counter()
+def run(cmd) -> None:
     subprocess.run([sys.executable, "-m", "undiffuse", *cmd, "--no-progress"], check=True)
-    return round(time.perf_counter() - t0)
+
+
+def training_seconds(run: str) -> int:
+    """The trainer's own training time of a run (its last log entry), whoever started it."""
+    import json
+
+    with open(os.path.join(run, "log.jsonl")) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    return round(max(e.get("elapsed", 0) for e in entries))
 
 
 def measure(path: str, **kw) -> dict:
@@ -56,6 +63,7 @@ def main() -> None:
     p.add_argument("--cd-steps", type=int, default=900)
     p.add_argument("--cd-lr", type=float, default=1e-3)
     p.add_argument("--pd-steps", type=int, default=300)
+    p.add_argument("--pd-lr", type=float, default=1e-3)
     p.add_argument("--render", action="store_true")
     p.add_argument("--again", action="store_true", help="re-measure rows already in results.json")
     p.add_argument("--write")
@@ -66,14 +74,17 @@ def main() -> None:
     if not args.render:
         teacher = args.teacher or os.path.join(ROOT, "teacher")
         if not os.path.isdir(os.path.join(teacher, "checkpoints")):
-            meta["teacher_s"] = run(["train", "--data", "digits", "--max-steps", "1300", "--out", teacher])
+            run(["train", "--data", "digits", "--max-steps", "1300", "--out", teacher])
         cm, pd = os.path.join(ROOT, "consistency"), os.path.join(ROOT, "progressive")
         if not os.path.isdir(os.path.join(cm, "checkpoints")):
-            meta["cd_s"] = run(["distill", "--method", "consistency", "--teacher", teacher, "--out", cm,
-                                "--max-steps", str(args.cd_steps), "--lr", str(args.cd_lr)])
+            run(["distill", "--method", "consistency", "--teacher", teacher, "--out", cm,
+                 "--max-steps", str(args.cd_steps), "--lr", str(args.cd_lr)])
         if not os.path.isdir(os.path.join(pd, "checkpoints")):
-            meta["pd_s"] = run(["distill", "--method", "progressive", "--teacher", teacher, "--out", pd, "--steps", "16",
-                                "--rounds", "3", "--max-steps", str(args.pd_steps)])
+            run(["distill", "--method", "progressive", "--teacher", teacher, "--out", pd, "--steps", "16",
+                 "--rounds", "3", "--max-steps", str(args.pd_steps), "--lr", str(args.pd_lr)])
+        meta["cd_s"] = training_seconds(cm)
+        meta["pd_s"] = sum(training_seconds(os.path.join(pd, "rounds", f)) for f in ("08_steps", "04_steps")) \
+            + training_seconds(pd)
         from undiffuse.generate import load_run
 
         rows = [(f"teacher, {name} 20 steps", teacher, sampler, 20, nfe, {}) for name, sampler, nfe in
@@ -98,7 +109,7 @@ def main() -> None:
             results[name] = {**measure(rpath, sampler=sampler, steps=steps, **extra), "nfe": nfe}
             print(name, results[name], flush=True)
         meta.update(date=_dt.date.today().isoformat(), cd_steps=args.cd_steps, cd_lr=args.cd_lr,
-                    pd_steps=args.pd_steps, teacher=teacher)
+                    pd_steps=args.pd_steps, pd_lr=args.pd_lr, teacher=teacher)
         save_results(path, results)
     if args.write:
         best = min(r["fd"] for k, r in results.items() if k.startswith("teacher,") and " 20 steps" in k)
@@ -106,7 +117,7 @@ def main() -> None:
                  f"(EDM U-Net) trained 1,300 steps; consistency distillation {meta.get('cd_steps')} steps at lr "
                  f"{meta.get('cd_lr')} (Heun teacher steps, 18 intervals; {meta.get('cd_s', '?')} s on a shared "
                  f"2-core CPU); progressive distillation 16 -> 8 -> 4 -> 2 Euler steps, {meta.get('pd_steps')} "
-                 f"steps per round ({meta.get('pd_s', '?')} s for the three rounds). FD: `fd_digits` of 1,797 "
+                 f"steps per round at lr {meta.get('pd_lr')} ({meta.get('pd_s', '?')} s for the three rounds). FD: `fd_digits` of 1,797 "
                  f"samples; ratio = FD / the teacher's best 20-step FD ({best:.3g}).")
         section = table_section(START, END, "## Consistency and progressive distillation on digits (issue 7)", intro,
                                 ["model, sampler", "NFE", "FD", "ratio", "sampling s"], results,

@@ -222,8 +222,8 @@ def _parser() -> argparse.ArgumentParser:
                    "default: 1000 unless --time-budget)")
     r.add_argument("--time-budget", type=_duration, help="student training time instead, e.g. 5m (progressive: "
                    "shared by the rounds)")
-    r.add_argument("--lr", type=float, help="student learning rate (default: consistency and progressive a tenth "
-                   "of the teacher's, reflow the teacher's)")
+    r.add_argument("--lr", type=float, help="student learning rate (default: consistency and progressive half "
+                   "the teacher's, constant; reflow the teacher's)")
     r.add_argument("--sampler", help="the teacher's deterministic ODE solver (default: consistency heun, "
                    "progressive euler (= DDIM), reflow heun)")
     r.add_argument("--steps", type=_positive_int, help="the teacher solver's steps: consistency the grid's "

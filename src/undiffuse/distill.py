@@ -79,7 +79,7 @@ def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = 
 
     ``steps``: the grid's intervals N (the teacher solves the ODE in N ``solver`` steps over
     the whole range); ``lr``: the student's learning rate (default: a tenth of the
-    teacher's). The student samples with the ``consistency`` sampler, 1 step by default;
+    teacher's, constant). The student samples with the ``consistency`` sampler, 1 step by default;
     ``--steps 2`` goes through ``sample.sigma_min`` (the middle level of a 2-level Karras
     schedule). Runs again with the same ``out`` resume it.
     """
@@ -89,7 +89,7 @@ def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = 
     d["diffusion"]["boundary_sigma"] = float(sigma_min)
     d["objective"] = {"kind": "consistency", "teacher": os.path.abspath(teacher.checkpoint), "solver": solver,
                       "steps_start": steps, "steps_end": steps}
-    d["optim"].update(lr=lr or d["optim"]["lr"] / 10, warmup_steps=0, schedule="constant")
+    d["optim"].update(lr=lr or d["optim"]["lr"] / 2, warmup_steps=0, schedule="constant")
     d["sample"] = {"sampler": "consistency", "steps": 1, "schedule": "karras",
                    "sigma_min": 8 * d["diffusion"]["sigma_data"] / 10, "sigma_max": d["sample"].get("sigma_max")}
     d["train"]["seed"] = seed
@@ -134,7 +134,7 @@ def progressive_distill(teacher_path: str, out: str, *, steps: int, rounds: int 
         d = teacher.config.to_dict()
         d["objective"] = {"kind": "progressive", "teacher": os.path.abspath(teacher.checkpoint), "solver": solver,
                           "grid": grid}
-        d["optim"].update(lr=lr or tc.optim.lr / 10, warmup_steps=0, schedule="constant")
+        d["optim"].update(lr=lr or tc.optim.lr / 2, warmup_steps=0, schedule="constant")
         d["sample"].update(sampler="euler", steps=n, schedule="custom", sigmas=grid[::2])
         d["train"]["seed"] = seed
         _stopping(d, max_steps, budget)
