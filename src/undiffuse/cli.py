@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark in the PNGs "
+                   "(the provenance metadata is still written; see `undiffuse verify`)")
 
     c = sub.add_parser("calibrate", help="fit a few-step sampler to a trained run (step positions and solver "
                        "weights against an accurate ODE solve)",
@@ -504,7 +506,8 @@ def _sample(args, sub) -> int:
                      labels=None if labels is None else labels.numpy())
         print(f"wrote {out} ({len(x)} samples)", file=sys.stderr)
     elif run.kind == "image":
-        gen.save_images(out, x, params, seed=args.seed, per_image=per_image, run=run, index=keep)
+        gen.save_images(out, x, params, seed=args.seed, per_image=per_image, run=run, index=keep,
+                        watermark=not args.no_watermark)
         print(f"wrote {out}/grid.png and {len(x)} images in {out}/", file=sys.stderr)
     else:
         os.makedirs(out, exist_ok=True)

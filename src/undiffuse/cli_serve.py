@@ -1,8 +1,9 @@
 """``undiffuse serve`` and ``undiffuse verify``: the command-line side of serving and provenance.
 
-``verify`` exit status: 0 the image carries undiffuse's provenance record (and names its
-model), 1 it is an image without a (valid) record, 2 usage errors (no such file, not an
-image).
+``verify`` exit status: 0 the image carries undiffuse's provenance record or its invisible
+watermark (and they agree), 1 it is an image with neither, 2 usage errors (no such file, not
+an image), 3 both are present but the mark's payload is not the record's model checksum
+(the metadata was changed or copied from another image).
 """
 from __future__ import annotations
 
@@ -40,13 +41,18 @@ def add_parsers(sub, positive_int) -> None:
                    "for compatible company before its batch starts (default: 20)")
     s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(output, request) for every "
                    "output; returning False or a reason string refuses it (never returned, logged)")
+    s.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark in served "
+                   "PNGs (the provenance metadata is still written)")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
-    v = sub.add_parser("verify", help="report an image's generation metadata and provenance",
-                       description="Report whether IMAGE carries the 'parameters' text and undiffuse's JSON "
-                                   "provenance record, and which model they name. Exit status 0: record present; "
-                                   "1: no valid record; 2: not a readable image. (No invisible watermark is "
-                                   "embedded by this version; metadata only.)")
+    v = sub.add_parser("verify", help="report an image's watermark, generation metadata and provenance",
+                       description="Report whether IMAGE carries undiffuse's invisible watermark (score against "
+                                   "the threshold for a 1e-4 false-positive rate, and the payload: the first 8 hex "
+                                   "digits of the model's weights SHA-256), the 'parameters' text and the JSON "
+                                   "provenance record, and which model they name. The watermark key is "
+                                   "$UNDIFFUSE_WATERMARK_KEY when set, else the project's public key. Exit status "
+                                   "0: record or mark present (and agreeing); 1: neither; 2: not a readable image; "
+                                   "3: the mark names another model than the record.")
     v.add_argument("image", metavar="IMAGE")
 
 
@@ -78,7 +84,8 @@ def _serve(args, sub) -> int:
     limits = Limits(max_count=args.max_count, max_steps=args.max_steps, max_image_size=args.max_image_size,
                     max_body=args.max_body, max_queue=args.max_queue)
     run_server(args.models, host=args.host, port=args.port, token=token, log_level=args.log_level, limits=limits,
-               content_filter=content_filter, window=args.batch_window / 1000, max_batch=args.max_batch)
+               content_filter=content_filter, window=args.batch_window / 1000, max_batch=args.max_batch,
+               watermark=not args.no_watermark)
     return 0
 
 
@@ -92,13 +99,18 @@ def _verify(args, sub) -> int:
     except prov.NotAnImage as e:
         sub.error(str(e))
     rec = found["provenance"]
-    report = {"image": args.image, "parameters": found["parameters"] is not None, "provenance": rec is not None,
+    mark = prov.read_watermark(args.image, rec)
+    report = {"image": args.image, "watermark": mark.get("detected", False),
+              "parameters": found["parameters"] is not None, "provenance": rec is not None,
               "model": rec.get("model") if rec else None, "model_sha256": rec.get("model_sha256") if rec else None,
-              "watermark": "not checked: this version embeds no invisible watermark", "problems": found["problems"],
-              "record": rec}
+              "mark": mark, "problems": found["problems"], "record": rec}
     print(json.dumps(report, indent=1))
-    if rec is None:
-        print(f"undiffuse verify: {args.image} carries no valid undiffuse provenance record"
+    if mark.get("detected") and mark.get("payload_matches") is False:
+        print(f"undiffuse verify: {args.image}: the watermark's payload {mark['payload_hex']} is not the record's "
+              f"model checksum {rec['model_sha256'][:8]}...", file=sys.stderr)
+        return 3
+    if rec is None and not mark.get("detected"):
+        print(f"undiffuse verify: {args.image} carries no undiffuse watermark and no valid undiffuse provenance record"
               + (f" ({'; '.join(found['problems'])})" if found["problems"] else ""), file=sys.stderr)
         return 1
     return 0

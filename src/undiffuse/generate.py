@@ -288,31 +288,46 @@ def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
 
 def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individual: bool = True,
                 grid_scale: int = 4, per_image: list[dict] | None = None, run: LoadedRun | None = None,
-                index: list[int] | None = None) -> list[str]:
+                index: list[int] | None = None, watermark: bool = True) -> list[str]:
     """Write ``out/grid.png`` and ``out/000000.png``...; each image's PNG carries its own seed
     (and its entry of ``per_image``, e.g. its class). With ``run``, every PNG also carries the
     JSON ``provenance`` record (``undiffuse verify`` reads it). ``index`` gives each row's
     position in the request when some were left out (image ``k`` has seed ``seed + k`` and is
-    written as ``k:06d.png``)."""
+    written as ``k:06d.png``).
+
+    ``watermark``: embed the invisible mark (``undiffuse.watermark``; payload: the run's weights
+    checksum, 0 without ``run``) in every PNG at least ``watermark.MIN_SIZE`` px a side (the
+    grid after its ``grid_scale`` upscaling); the record's ``watermark`` field says
+    ``embedded``, ``too small`` or ``off``."""
+    from . import provenance as prov
+    from . import watermark as wm
+
     os.makedirs(out, exist_ok=True)
     u8 = to_uint8(x01)
     index = list(range(len(u8))) if index is None else list(index)
     first, last = (seed + index[0], seed + index[-1]) if index else (seed, seed - 1)
     meta = {"parameters": parameters_text({**params, "seed": f"{first}..{last}"}),
             "undiffuse": json.dumps({**params, "seed": seed, "count": len(u8)})}
-    if run is not None:
-        meta["provenance"] = json.dumps(provenance_record(run, params, seed, count=len(u8)), sort_keys=True)
+    checksum = prov.model_checksum(run.checkpoint, run.weights) if run is not None else None
     paths = [os.path.join(out, "grid.png")]
     if len(u8):
-        save_png(paths[0], grid(u8), text=meta, scale=grid_scale)
+        g = grid(u8)
+        g = np.repeat(np.repeat(g, grid_scale, 0), grid_scale, 1)  # the nearest-neighbour upscale
+        g, status = wm.mark(g, checksum, enabled=watermark)
+        if run is not None:
+            rec = provenance_record(run, params, seed, count=len(u8), watermark=status)
+            meta["provenance"] = json.dumps(rec, sort_keys=True)
+        save_png(paths[0], g, text=meta)
     else:
         paths = []
     if individual:
         for i, img in zip(index, u8):
             p = {**params, **(per_image[i] if per_image else {}), "seed": seed + i}
             text = {"parameters": parameters_text(p), "undiffuse": json.dumps(p)}
+            img, status = wm.mark(img, checksum, enabled=watermark)
             if run is not None:
-                rec = provenance_record(run, params, seed + i, **(per_image[i] if per_image else {}))
+                rec = provenance_record(run, params, seed + i, **(per_image[i] if per_image else {}),
+                                        watermark=status)
                 text["provenance"] = json.dumps(rec, sort_keys=True)
             path = os.path.join(out, f"{i:06d}.png")
             save_png(path, img, text=text)

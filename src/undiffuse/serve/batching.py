@@ -26,6 +26,7 @@ import torch
 
 from .. import generate as gen
 from .. import provenance as prov
+from .. import watermark as wm
 from ..content_filter import refusal
 from ..sampling import noise as make_noise
 from ..sampling import sample
@@ -41,8 +42,9 @@ class _Stop(Exception):
 
 class Batcher:
     def __init__(self, registry, *, window: float = 0.02, max_batch: int = 64, max_queue: int = 256,
-                 content_filter=None):
+                 content_filter=None, watermark: bool = True):
         self.registry = registry
+        self.watermark = watermark        # embed the invisible mark in image outputs
         self.window = window              # seconds the oldest job waits for compatible company
         self.max_batch = max_batch        # images per network batch
         self.max_queue = max_queue        # jobs waiting or running
@@ -163,7 +165,8 @@ class Batcher:
             job.succeed(images, refused)
 
     def outputs(self, run, job: Job, x: torch.Tensor) -> tuple[list[dict], list[dict]]:
-        """PNGs with provenance (or vectors) for one job, after the content filter."""
+        """PNGs with provenance and the invisible mark (or vectors) for one job, after the
+        content filter (which sees the unmarked image)."""
         r = job.request
         checksum = self.registry.checksum(r.model)
         arrays = gen.to_uint8(gen.to_unit(x)) if run.kind == "image" else x.numpy()
@@ -183,6 +186,7 @@ class Batcher:
                 continue
             item = {"seed": r.seed + i, **({"class": extra["class"]} if "class" in extra else {})}
             if run.kind == "image":
+                arr, rec["watermark"] = wm.mark(arr, checksum, enabled=self.watermark)
                 item["png"] = prov.png_bytes(arr, prov.png_text(rec))
             else:
                 item["sample"] = [float(v) for v in arr]
