@@ -318,7 +318,12 @@ def _train(args, sub) -> int:
     except TrainingError as e:
         print(f"undiffuse train: error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({"run": out, **result}))
+    finally:
+        from .distributed import teardown
+
+        teardown()  # under torchrun: wait for every rank, leave the process group
+    if trainer.world.main:
+        print(json.dumps({"run": out, **result}))
     return 0
 
 
@@ -437,6 +442,10 @@ def _sample(args, sub) -> int:
         _usage(sub, f"--out {out!r} is a folder; --format npz writes a file")
     if args.format == "png" and os.path.exists(out) and not os.path.isdir(out):
         _usage(sub, f"--out {out!r} exists and is not a folder; --format png writes a folder")
+    from . import distributed as dist
+
+    world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
+    args.device = dist.device_for(args.device, world)
     try:
         run = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
     except CheckpointError as e:
@@ -459,6 +468,10 @@ def _sample(args, sub) -> int:
     x = gen.generate(run, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, schedule=args.schedule,
                      batch_size=args.batch_size, progress=not args.no_progress, calibration=cal,
                      condition=condition, denoiser=den)
+    if world.distributed:
+        dist.teardown()
+        if not world.main:  # rank 0 writes everything
+            return 0
     c = run.config.sample
     params = {"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights,
               "sampler": args.sampler or c.sampler, "steps": args.steps or c.steps,
