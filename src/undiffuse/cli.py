@@ -1,4 +1,4 @@
-"""Command line: ``undiffuse train | sample | serve | verify | demo``. A thin shell over the library.
+"""Command line: ``undiffuse train | sample | serve | verify | export | demo``. A thin shell over the library.
 
 Usage errors (bad option values, unknown names, missing files) exit with status 2 and name
 the option; errors during a run exit with status 1.
@@ -239,6 +239,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _serve_parsers(sub, _positive_int)
 
+    from .cli_export import add_parsers as _export_parsers
+
+    _export_parsers(sub)
+
     d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
@@ -257,10 +261,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        from . import cli_inverse, cli_serve
+        from . import cli_export, cli_inverse, cli_serve
 
         if args.command in cli_serve.COMMANDS:
             return cli_serve.run(args, sub)
+        if args.command in cli_export.COMMANDS:
+            return cli_export.run(args, sub)
         return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
                 "demo": _demo, "inpaint": cli_inverse.run, "img2img": cli_inverse.run, "upscale": cli_inverse.run,
                 "restore": cli_inverse.run, "train-classifier": _train_classifier, "distill": _distill}[args.command](args, sub)
