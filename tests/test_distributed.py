@@ -15,6 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from undiffuse import checkpoint as ckpt
+from undiffuse import distributed as dist
+
+from _cli import run_main
 
 TINY = {"model.channels": 8, "model.channel_mult": [1, 2], "model.num_res_blocks": 1,
         "model.attention_levels": [1], "model.head_channels": 8, "optim.warmup_steps": 2,
@@ -27,9 +30,6 @@ TINY_ARGS = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}
 # class conditioning: the condition dropout is random too, so its draws are checked as well
 TRAIN = ["train", "--data", "digits", "--conditioning", "class", "--batch-size", "32", "--no-progress",
          "--sample-every", "0", *TINY_ARGS]
-
-pytestmark = pytest.mark.slow
-
 
 def _env():
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -81,6 +81,7 @@ def _assert_close_checkpoints(run_a, run_b, step):
     assert s1["data_order"] == s2["data_order"] and s1["samples_seen"] == s2["samples_seen"]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(runs):
     one, two, _ = runs
     for step in (3, 6):
@@ -89,12 +90,14 @@ def test_two_processes_train_like_one(runs):
     np.testing.assert_allclose([l for _, l in _losses(two)], [l for _, l in _losses(one)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_resumes_in_one(runs):
     one, _, resumed = runs
     _assert_close_checkpoints(one, resumed, 6)
     np.testing.assert_allclose([l for _, l in _losses(resumed)], [l for s, l in _losses(one) if s > 3], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_distributed_sampling_is_byte_identical(runs, tmp_path):
     one = runs[0]
     common = ["sample", "--checkpoint", one, "--num", "7", "--batch-size", "2", "--format", "npz",
@@ -105,3 +108,29 @@ def test_distributed_sampling_is_byte_identical(runs, tmp_path):
     assert a["samples"].shape == (7, 1, 8, 8)
     assert a["samples"].tobytes() == b["samples"].tobytes()
     assert np.array_equal(a["labels"], b["labels"])
+
+
+def test_batches_split_evenly_or_the_error_says_how():
+    w = dist.World(rank=1, size=2)
+    assert dist.local_slice(32, w) == slice(16, 32)
+    assert dist.local_slice(32, dist.World()) == slice(0, 32)
+    with pytest.raises(ValueError, match="batch of 30 does not split evenly over 4 processes.*optim.batch_size"):
+        dist.local_slice(30, dist.World(rank=0, size=4))
+    assert dist.my_batches(7, 2, dist.World(rank=1, size=2)) == [2, 6]  # whole batches dealt in turn
+    assert dist.my_batches(7, 2, dist.World()) == [0, 2, 4, 6]
+
+
+def test_env_world(monkeypatch):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert dist.env_world() == dist.World()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK 2 must be in"):
+        dist.env_world()
+    assert dist.device_for("cuda", dist.World(1, 2, 1)) == "cuda:1" and dist.device_for("cpu", dist.World(1, 2, 1)) == "cpu"
+
+
+def test_fsdp_is_a_clear_usage_error(tmp_path, capsys):
+    code, _, err = run_main(["train", "--fsdp", "--out", str(tmp_path / "r"), "--max-steps", "1"], capsys)
+    assert code == 2 and "--fsdp" in err and "DDP" in err
