@@ -110,6 +110,17 @@ def test_distributed_sampling_is_byte_identical(runs, tmp_path):
     assert np.array_equal(a["labels"], b["labels"])
 
 
+@pytest.mark.slow
+def test_time_budget_stops_every_rank_together(tmp_path):
+    """Each rank measures its own time; the ranks agree on the largest, so none waits forever
+    for a step the others no longer take."""
+    out = str(tmp_path / "t")
+    args = [a for a in TRAIN if a != "--conditioning" and a != "class"]
+    _run([*args, "--time-budget", "3s", "--out", out], nproc=2)
+    steps = [s for s, _ in _losses(out)]
+    assert steps == list(range(1, len(steps) + 1)) and ckpt.complete_checkpoints(out)
+
+
 def test_batches_split_evenly_or_the_error_says_how():
     w = dist.World(rank=1, size=2)
     assert dist.local_slice(32, w) == slice(16, 32)
