@@ -73,7 +73,8 @@ def main() -> None:
              "int8": export_onnx(run, os.path.join(ROOT, "model-int8.onnx"), quantize="int8")}
     nets = {"PyTorch (eager, float32)": run.denoiser.net, "onnxruntime float32": OnnxNet(paths["fp32"], threads=1),
             "onnxruntime int8 (dynamic)": OnnxNet(paths["int8"], threads=1)}
-    dens = {"PyTorch (eager, float32)": run.denoiser, "onnxruntime float32": load_onnx_denoiser(paths["fp32"], threads=1),
+    dens = {"PyTorch (eager, float32)": run.denoiser,
+            "onnxruntime float32": load_onnx_denoiser(paths["fp32"], threads=1),
             "onnxruntime int8 (dynamic)": load_onnx_denoiser(paths["int8"], threads=1)}
     s = run.config.sample
     results = load_results(os.path.join(ROOT, "results.json"))

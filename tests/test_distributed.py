@@ -139,7 +139,8 @@ def test_env_world(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="RANK 2 must be in"):
         dist.env_world()
-    assert dist.device_for("cuda", dist.World(1, 2, 1)) == "cuda:1" and dist.device_for("cpu", dist.World(1, 2, 1)) == "cpu"
+    assert dist.device_for("cuda", dist.World(1, 2, 1)) == "cuda:1"
+    assert dist.device_for("cpu", dist.World(1, 2, 1)) == "cpu"
 
 
 def test_fsdp_is_a_clear_usage_error(tmp_path, capsys):

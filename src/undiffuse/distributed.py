@@ -120,15 +120,6 @@ def agree_max(values: list[float], world: World) -> list[float]:
     return t.tolist()
 
 
-def broadcast_floats(values: list[float], world: World) -> list[float]:
-    """Rank 0's values on every rank (e.g. the elapsed time, so that all ranks stop together)."""
-    if not world.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.broadcast(t, 0)
-    return t.tolist()
-
-
 def my_batches(num: int, batch_size: int, world: World) -> list[int]:
     """Start indices of the batches of ``batch_size`` (out of ``num`` items) this rank
     computes: batch ``k`` goes to rank ``k % world.size``."""
