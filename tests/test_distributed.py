@@ -63,6 +63,9 @@ def runs(tmp_path_factory):
     # the 2-process checkpoint of step 3 continued by 1 process
     _run([*TRAIN, "--max-steps", "6", "--out", resumed, "--resume", os.path.join(two, "checkpoints",
                                                                                  ckpt.checkpoint_name(3))])
+    # and the 1-process checkpoint of step 3 continued by 2 processes
+    _run([*TRAIN, "--max-steps", "6", "--out", str(root / "resumed2"), "--resume",
+          os.path.join(one, "checkpoints", ckpt.checkpoint_name(3))], nproc=2)
     return one, two, resumed
 
 
@@ -94,6 +97,7 @@ def test_two_processes_train_like_one(runs):
 def test_two_process_checkpoint_resumes_in_one(runs):
     one, _, resumed = runs
     _assert_close_checkpoints(one, resumed, 6)
+    _assert_close_checkpoints(one, os.path.join(os.path.dirname(one), "resumed2"), 6)  # and 1 -> 2
     np.testing.assert_allclose([l for _, l in _losses(resumed)], [l for s, l in _losses(one) if s > 3], rtol=1e-5)
 
 
