@@ -125,6 +125,16 @@ def test_time_budget_stops_every_rank_together(tmp_path):
     assert steps == list(range(1, len(steps) + 1)) and ckpt.complete_checkpoints(out)
 
 
+@pytest.mark.slow
+def test_consistency_distillation_runs_on_two_processes(runs, tmp_path):
+    """The trainer's objective hook under DDP: each rank draws the objective's randomness from
+    its own stream; rank 0 writes the student's checkpoint."""
+    student = str(tmp_path / "student")
+    _run(["distill", "--method", "consistency", "--teacher", runs[0], "--out", student, "--max-steps", "2",
+          "--no-progress"], nproc=2)
+    assert ckpt.complete_checkpoints(student) == ["step_00000002"]
+
+
 def test_batches_split_evenly_or_the_error_says_how():
     w = dist.World(rank=1, size=2)
     assert dist.local_slice(32, w) == slice(16, 32)

@@ -11,8 +11,9 @@ Under ``torchrun`` (see ``undiffuse.distributed``) each of N processes trains on
 the same global batch, with the same randomness the single process draws, and the network is
 wrapped in ``DistributedDataParallel``; only rank 0 writes the log, grids and checkpoints,
 which hold the unwrapped network, so a run saved by N processes resumes on M. A pluggable
-``objective`` draws its randomness for the rank's own slice (the same draws on every rank),
-so N processes with an objective are not equal to one process.
+``objective`` (distillation) draws its own randomness for the rank's slice from a generator
+seeded by (seed, step, rank): independent over the ranks and the same again on resume, but
+N processes with an objective do not reproduce one process's draws.
 """
 from __future__ import annotations
 
@@ -248,10 +249,17 @@ class Trainer:
             sync = self.denoiser.net.no_sync() if self.world.distributed and k < o.accumulation - 1 \
                 else contextlib.nullcontext()  # DDP: average the gradients once, after the last micro-batch
             if self.objective is not None:
-                with sync:
-                    with autocast:
-                        loss = self.objective(self, x0, cond).mean()
-                    (loss / o.accumulation).backward()
+                shared = self.gen
+                if self.world.distributed:  # the objective draws from self.gen for its own rows: give each rank
+                    self.gen = torch.Generator().manual_seed(  # its own stream, a function of (seed, step, rank)
+                        hash((cfg.train.seed, self.step, k, self.world.rank)) & (2**63 - 1))
+                try:
+                    with sync:
+                        with autocast:
+                            loss = self.objective(self, x0, cond).mean()
+                        (loss / o.accumulation).backward()
+                finally:
+                    self.gen = shared
                 total += loss.detach().item() / o.accumulation
                 continue
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
