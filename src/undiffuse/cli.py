@@ -1,4 +1,4 @@
-"""Command line: ``undiffuse train | sample | serve | verify | demo``. A thin shell over the library.
+"""Command line: ``undiffuse train | sample | serve | verify | export | demo``. A thin shell over the library.
 
 Usage errors (bad option values, unknown names, missing files) exit with status 2 and name
 the option; errors during a run exit with status 1.
@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the checkpoint with the lowest evaluation FD as RUN/best")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     t.add_argument("--precision", choices=("fp32", "bf16"))
+    t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the network with FSDP instead of "
+                   "DDP (not available yet: an error)")
     t.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -248,6 +250,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _serve_parsers(sub, _positive_int)
 
+    from .cli_export import add_parsers as _export_parsers
+
+    _export_parsers(sub)
+
     d = sub.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--time-budget", type=_duration, default=300.0, help="training time (default: 5m)")
@@ -266,10 +272,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        from . import cli_inverse, cli_serve
+        from . import cli_export, cli_inverse, cli_serve
 
         if args.command in cli_serve.COMMANDS:
             return cli_serve.run(args, sub)
+        if args.command in cli_export.COMMANDS:
+            return cli_export.run(args, sub)
         return {"train": _train, "sample": _sample, "evaluate": _evaluate, "calibrate": _calibrate, "sweep": _sweep,
                 "demo": _demo, "inpaint": cli_inverse.run, "img2img": cli_inverse.run, "upscale": cli_inverse.run,
                 "restore": cli_inverse.run, "train-classifier": _train_classifier, "distill": _distill,
@@ -290,6 +298,9 @@ def _train(args, sub) -> int:
 
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
+    if args.fsdp:
+        _usage(sub, "--fsdp is not available yet: the trainer's EMA, checkpoints and exact resume use the whole "
+                    "network on every process; under torchrun the trainer uses DDP (omit --fsdp)")
     if args.resume not in (None, "auto") and not os.path.exists(args.resume):
         _usage(sub, f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
     saved = _resumed_data(args) if args.resume else None
@@ -334,7 +345,12 @@ def _train(args, sub) -> int:
     except TrainingError as e:
         print(f"undiffuse train: error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({"run": out, **result}))
+    finally:
+        from .distributed import teardown
+
+        teardown()  # under torchrun: wait for every rank, leave the process group
+    if trainer.world.main:
+        print(json.dumps({"run": out, **result}))
     return 0
 
 
@@ -459,6 +475,10 @@ def _sample(args, sub) -> int:
         _usage(sub, f"--out {out!r} is a folder; --format npz writes a file")
     if args.format == "png" and os.path.exists(out) and not os.path.isdir(out):
         _usage(sub, f"--out {out!r} exists and is not a folder; --format png writes a folder")
+    from . import distributed as dist
+
+    world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
+    args.device = dist.device_for(args.device, world)
     try:
         run = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
     except CheckpointError as e:
@@ -481,6 +501,10 @@ def _sample(args, sub) -> int:
     x = gen.generate(run, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps, schedule=args.schedule,
                      batch_size=args.batch_size, progress=not args.no_progress, calibration=cal,
                      condition=condition, denoiser=den)
+    if world.distributed:
+        dist.teardown()
+        if not world.main:  # rank 0 writes everything
+            return 0
     c = run.config.sample
     params = {"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights,
               "sampler": args.sampler or c.sampler, "steps": args.steps or c.steps,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as _dist
 from ._io import write_atomic
 from .config import RunConfig, build_denoiser, schedule_of
 from .precond import Denoiser
@@ -171,6 +172,10 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     fitted solver and sigmas. ``condition`` holds the network's conditioning keyword
     arguments, each with ``num`` rows or one shared row; ``denoiser`` replaces the run's own
     (e.g. by :func:`guided`).
+
+    Under ``torchrun`` (an initialised process group) the batches are dealt to the ranks in
+    turn and gathered on rank 0, which returns the same tensor, byte for byte, as one process;
+    the other ranks return None.
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -190,13 +195,15 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     device = next(run.denoiser.net.parameters()).device
     den = denoiser or run.denoiser
     condition = _check_condition(run, condition or {}, num)
+    world = _dist.current()
+    starts = _dist.my_batches(num, batch_size, world)  # all batches for a single process
     out = []
     bar = None
-    if progress:
+    if progress and world.main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num, unit="img", desc="sample")
-    for start in range(0, num, batch_size):
+        bar = tqdm(total=sum(min(batch_size, num - s) for s in starts), unit="img", desc="sample")
+    for start in starts:
         seeds = list(range(seed + start, seed + min(start + batch_size, num)))
         z = make_noise((len(seeds), *run.shape), seed=seeds, device=device)
         extra = {k: v if v.shape[0] == 1 else v[start:start + len(seeds)] for k, v in condition.items()}
@@ -208,7 +215,12 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
             bar.update(len(seeds))
     if bar is not None:
         bar.close()
-    return torch.cat(out)
+    if not world.distributed:
+        return torch.cat(out)
+    full = torch.zeros((num, *run.shape))
+    for start, x in zip(starts, out):
+        full[start:start + len(x)] = x
+    return _dist.gather_rows(full, batch_size, world)
 
 
 def _check_condition(run: LoadedRun, condition: dict, num: int) -> dict:

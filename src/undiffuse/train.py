@@ -6,6 +6,14 @@ from ``(seed, epoch)`` plus a position in it. Learning rate and EMA decay are pu
 of the step (or, under a time budget, of the training time used), so a run stopped at any
 checkpoint and resumed reproduces the straight run bit for bit when it is step-bounded.
 A time-budget run's length depends on the machine's speed by design.
+
+Under ``torchrun`` (see ``undiffuse.distributed``) each of N processes trains on its slice of
+the same global batch, with the same randomness the single process draws, and the network is
+wrapped in ``DistributedDataParallel``; only rank 0 writes the log, grids and checkpoints,
+which hold the unwrapped network, so a run saved by N processes resumes on M. A pluggable
+``objective`` (distillation) draws its own randomness for the rank's slice from a generator
+seeded by (seed, step, rank): independent over the ranks and the same again on resume, but
+N processes with an objective do not reproduce one process's draws.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as _dist
 from .conditioning import TrainingConditions
 from .config import RunConfig, build_denoiser, schedule_of
 from .losses import denoising_loss, sample_sigma
@@ -91,8 +100,11 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, dataset, run: str, *, resume: str | None = None, progress: bool = True,
                  log=print, objective=None):
-        self.cfg, self.data, self.run, self.progress, self.log = cfg, dataset, run, progress, log
-        self.device = torch.device(cfg.train.device)
+        self.world = _dist.setup(cfg.train.device)  # a single process unless started by torchrun
+        main = self.world.main
+        self.cfg, self.data, self.run, self.progress = cfg, dataset, run, progress and main
+        self.log = log if main else (lambda message: None)
+        self.device = torch.device(_dist.device_for(cfg.train.device, self.world))
         if cfg.train.precision == "bf16" and self.device.type != "cuda":
             raise ValueError(f"train.precision 'bf16' needs a CUDA device; train.device is {cfg.train.device!r}")
         start = self._resolve_resume(resume)
@@ -124,9 +136,21 @@ class Trainer:
         os.makedirs(run, exist_ok=True)
         if start is not None:
             self._restore(start)
-        ckpt.write_config(run, cfg.to_dict())
-        self._truncate_log()
-        self.tb = self._tensorboard() if cfg.train.tensorboard else None
+        if main:
+            ckpt.write_config(run, cfg.to_dict())
+            self._truncate_log()
+        self.tb = self._tensorboard() if cfg.train.tensorboard and main else None
+        if self.world.distributed:
+            self._wrap_ddp()
+
+    def _wrap_ddp(self) -> None:
+        """Forward passes go through ``DistributedDataParallel`` (gradients averaged over the
+        ranks); ``self.net`` stays the plain network that is saved and averaged into the EMA."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        _dist.local_slice(self.cfg.optim.batch_size // self.cfg.optim.accumulation, self.world)  # divisible?
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.denoiser.net = DistributedDataParallel(self.net, device_ids=ids)
 
     # ------------------------------------------------------------------ resume
     def _resolve_resume(self, resume):
@@ -180,6 +204,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def save(self) -> str:
+        if not self.world.main:  # rank 0 writes; the others only know where
+            return os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))
         tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
         tensors["rng.generator"] = self.gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
@@ -205,35 +231,50 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.net.train()
+        if self.world.distributed:
+            self.denoiser.net.train()
         micro = o.batch_size // o.accumulation
+        part = _dist.local_slice(micro, self.world)  # this rank's rows of the global micro-batch
         total = 0.0
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16" \
             else contextlib.nullcontext()
-        for _ in range(o.accumulation):
-            idx = self.order.next(micro)
-            x0 = self.data.get(idx)
+        for k in range(o.accumulation):
+            idx = self.order.next(micro)  # the global micro-batch, the same on every rank
+            x0 = self.data.get(idx[part])
             if cfg.data.hflip and self.data.kind == "image":
-                flip = torch.rand(micro, generator=self.gen) < 0.5
+                flip = torch.rand(micro, generator=self.gen)[part] < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             x0 = x0.to(self.device)
-            cond = self.conditions(idx, x0, self.gen)
+            cond = self._conditions(idx, x0, part)
+            sync = self.denoiser.net.no_sync() if self.world.distributed and k < o.accumulation - 1 \
+                else contextlib.nullcontext()  # DDP: average the gradients once, after the last micro-batch
             if self.objective is not None:
-                with autocast:
-                    loss = self.objective(self, x0, cond).mean()
-                (loss / o.accumulation).backward()
+                shared = self.gen
+                if self.world.distributed:  # the objective draws from self.gen for its own rows: give each rank
+                    self.gen = torch.Generator().manual_seed(  # its own stream, a function of (seed, step, rank)
+                        hash((cfg.train.seed, self.step, k, self.world.rank)) & (2**63 - 1))
+                try:
+                    with sync:
+                        with autocast:
+                            loss = self.objective(self, x0, cond).mean()
+                        (loss / o.accumulation).backward()
+                finally:
+                    self.gen = shared
                 total += loss.detach().item() / o.accumulation
                 continue
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
-                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std).to(self.device)
+                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std)[part].to(self.device)
             if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
-                eps = self.data.noise_of(idx).to(device=self.device, dtype=x0.dtype)
+                eps = self.data.noise_of(idx[part]).to(device=self.device, dtype=x0.dtype)
             else:
-                eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
-            with autocast:
-                loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
-                                      min_snr_gamma=cfg.diffusion.min_snr_gamma, **cond).mean()
-            (loss / o.accumulation).backward()
+                eps = torch.randn((micro, *x0.shape[1:]), generator=self.gen)[part].to(self.device)
+            with sync:
+                with autocast:
+                    loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
+                                          min_snr_gamma=cfg.diffusion.min_snr_gamma, **cond).mean()
+                (loss / o.accumulation).backward()
             total += loss.detach().item() / o.accumulation
+        total = _dist.mean(total, self.world)  # every rank logs and judges the same global loss
         self.samples_seen += o.batch_size
         if not math.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
@@ -261,7 +302,18 @@ class Trainer:
         self.lr = lr
         return total
 
+    def _conditions(self, idx: Tensor, x0: Tensor, part: slice) -> dict:
+        """The condition of this rank's rows; random choices are drawn for the whole global
+        batch (as one process draws them) and sliced."""
+        if not self.world.distributed:
+            return self.conditions(idx, x0, self.gen)
+        if self.cfg.conditioning.kind in ("none", "lowres"):  # no random draws
+            return self.conditions(idx[part], x0, self.gen)
+        return {k: v[part] for k, v in self.conditions(idx, x0, self.gen).items()}
+
     def _write_log(self, entry: dict) -> None:
+        if not self.world.main:
+            return
         with open(os.path.join(self.run, "log.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -373,6 +425,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 self.elapsed += time.perf_counter() - t0
+                if self.world.distributed:  # all ranks must agree on when to stop
+                    self.elapsed, sig = _dist.agree_max([self.elapsed, stop["signal"] or 0], self.world)
+                    stop["signal"] = int(sig) or None
                 steps_log += 1
                 if loss is not None:
                     self.window[0] += loss
@@ -391,6 +446,8 @@ class Trainer:
                             self.tb.add_scalar(f"train/{k}", entry[k], self.step)
                     self.window = [0.0, 0]
                     t_log, steps_log = now, 0
+                if not self.world.main:  # evaluations, checkpoints and grids are rank 0's
+                    continue
                 if tr.eval_every and self.step % tr.eval_every == 0:
                     self.evaluate()  # before the checkpoint, so that it records the best so far
                 if self.step % tr.checkpoint_every == 0 and not self._saved_now():
@@ -403,7 +460,7 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
         path = self.save()
-        if stop["signal"] is None and tr.sample_count > 0:
+        if stop["signal"] is None and tr.sample_count > 0 and self.world.main:
             self.sample_grid()
         if self.tb is not None:
             self.tb.flush()
