@@ -93,7 +93,7 @@ def main() -> None:
         for steps in (4, 2, 1):
             rows.append((f"consistency distillation, {steps} step{'s' if steps > 1 else ''}", cm, "consistency", steps,
                          steps, {}))
-        for mid in (0.2, 0.4, 1.0, 2.0):
+        for mid in (0.2, 0.4, 1.0, 2.0, 3.0, 5.0):
             rows.append((f"consistency distillation, 2 steps via sigma {mid}", cm, "consistency", None, 2,
                          {"schedule": [80.0, mid, 0.0]}))
         grids = {n: load_run(os.path.join(pd, "rounds", f"{n:02d}_steps") if n > 2 else pd).config.sample.sigmas
