@@ -381,7 +381,9 @@ def _distill(args, sub) -> int:
         _usage(sub, f"--sampler: {e}")
     stop = {"max_steps": args.max_steps if args.max_steps or args.time_budget else 1000,
             "time_budget": args.time_budget}
-    common = dict(seed=args.seed, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    common = dict(seed=args.seed, progress=not args.no_progress,
+                  log=(lambda m: print(m, file=sys.stderr)) if main_rank else (lambda m: None))
     try:
         if args.method == "consistency":
             from .distill import consistency_distill
@@ -406,7 +408,8 @@ def _distill(args, sub) -> int:
         _usage(sub, f"--teacher: {e}")
     except (TrainingError, ValueError) as e:
         _usage(sub, str(e))
-    print(json.dumps({"run": args.out, "method": args.method, **result}))
+    if main_rank:
+        print(json.dumps({"run": args.out, "method": args.method, **result}))
     return 0
 
 
