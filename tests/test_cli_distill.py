@@ -37,7 +37,8 @@ def _weights(run):
 def test_consistency_student_samples_in_one_and_two_steps(tmp_path, teacher, capsys):
     out = str(tmp_path / "cm")
     code, stdout, err = run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out", out,
-                                  "--max-steps", "2", "--steps", "6", "--no-progress"], capsys)
+                                  "--max-steps", "2", "--steps", "6", "--set", "objective.index_sampling=uniform",
+                                  "--no-progress"], capsys)
     assert code == 0, err
     res = json.loads(stdout.strip().splitlines()[-1])
     assert res["method"] == "consistency" and res["step"] == 2
@@ -45,6 +46,7 @@ def test_consistency_student_samples_in_one_and_two_steps(tmp_path, teacher, cap
     cfg = run.config
     assert cfg.objective.kind == "consistency" and cfg.objective.teacher.endswith("step_00000003")
     assert (cfg.objective.steps_start, cfg.objective.steps_end, cfg.objective.solver) == (6, 6, "heun")
+    assert cfg.objective.index_sampling == "uniform" and cfg.sample.sigma_min == pytest.approx(4 * 0.75)
     assert cfg.diffusion.boundary_sigma == pytest.approx(0.002)
     assert (cfg.sample.sampler, cfg.sample.steps) == ("consistency", 1)
     x = torch.randn(3, 1, 8, 8)
@@ -105,6 +107,7 @@ def test_progressive_rounds_halve_the_steps(tmp_path, teacher, capsys):
     (["--method", "consistency", "--teacher", "{teacher}", "--max-steps", "2", "--time-budget", "1m"], "not both"),
     (["--method", "reflow", "--teacher", "{teacher}"], "rectified-flow"),
     (["--method", "distil", "--teacher", "{teacher}"], "invalid choice"),
+    (["--method", "consistency", "--teacher", "{teacher}", "--set", "objective.distance=l1"], "objective.distance"),
 ])
 def test_distill_usage_errors_exit_2(tmp_path, teacher, capsys, args, message):
     args = [a.format(tmp=str(tmp_path), teacher=teacher) for a in args]

@@ -236,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rounds", type=_positive_int, default=1, help="progressive: halvings (default: 1)")
     r.add_argument("--schedule", help="progressive and reflow: the teacher's schedule (default: the teacher's)")
     r.add_argument("--couplings", type=_positive_int, default=4096, help="reflow: noise-sample pairs (default: 4096)")
+    r.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="any student config key, e.g. --set objective.index_sampling=uniform (repeatable)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true")
 
@@ -381,6 +383,7 @@ def _distill(args, sub) -> int:
         _usage(sub, f"--sampler: {e}")
     stop = {"max_steps": args.max_steps if args.max_steps or args.time_budget else 1000,
             "time_budget": args.time_budget}
+    overrides = dict(args.overrides)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     common = dict(seed=args.seed, progress=not args.no_progress,
                   log=(lambda m: print(m, file=sys.stderr)) if main_rank else (lambda m: None))
@@ -389,7 +392,7 @@ def _distill(args, sub) -> int:
             from .distill import consistency_distill
 
             result = consistency_distill(args.teacher, args.out, solver=solver, steps=args.steps or 18, lr=args.lr,
-                                         **stop, **common)
+                                         overrides=overrides, **stop, **common)
         elif args.method == "progressive":
             from .distill import progressive_distill
 
@@ -397,11 +400,12 @@ def _distill(args, sub) -> int:
             if steps % 2**args.rounds:
                 _usage(sub, f"--steps {steps} must be divisible by 2^--rounds = {2**args.rounds}")
             result = progressive_distill(args.teacher, args.out, steps=steps, rounds=args.rounds, solver=solver,
-                                         schedule=args.schedule, lr=args.lr, **stop, **common)
+                                         schedule=args.schedule, lr=args.lr, overrides=overrides, **stop, **common)
         else:
             from .reflow import reflow
 
-            overrides = {"optim.lr": args.lr} if args.lr else None
+            if args.lr:
+                overrides["optim.lr"] = args.lr
             result = reflow(args.teacher, args.out, n=args.couplings, sampler=solver, steps=args.steps,
                             schedule=args.schedule, overrides=overrides, **stop, **common)
     except CheckpointError as e:
