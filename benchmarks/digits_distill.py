@@ -12,6 +12,9 @@ started from the teacher's EMA weights (``undiffuse distill``):
 * consistency distillation, Heun teacher steps on an 18-interval grid, ``--cd-steps``
   training steps at the ``--cd-lr`` learning rate, sampled with the consistency sampler at
   1, 2 and 4 steps (2 steps: the middle level swept);
+* if ``runs/bench_distill/consistency_1800`` exists (a copy of the consistency student
+  resumed with ``--max-steps 1800``; constant learning rate, so it equals a straight
+  1,800-step run), its 1- and 2-step rows too;
 * progressive distillation from the teacher's 16 Euler (= DDIM) steps, three rounds of
   ``--pd-steps`` steps each (16 -> 8 -> 4 -> 2), every round's student sampled on its grid,
   next to the teacher's plain Euler on the same grids.
@@ -103,6 +106,14 @@ def main() -> None:
                  ("held-out seeds: consistency distillation, 1 step", cm, "consistency", 1, 1, {"seed": held}),
                  ("held-out seeds: consistency distillation, 2 steps via sigma 3.0 (the default)", cm, "consistency",
                   None, 2, {"seed": held, "schedule": [80.0, 3.0, 0.0]})]
+        longer = os.path.join(ROOT, "consistency_1800")  # optional: the same student trained on to 1,800 steps
+        if os.path.isdir(os.path.join(longer, "checkpoints")):
+            for seed, tag in ((0, ""), (held, "held-out seeds: ")):
+                extra = {"seed": held} if seed else {}
+                rows += [(f"{tag}consistency distillation trained on to 1800 steps, 1 step", longer, "consistency", 1, 1,
+                          extra),
+                         (f"{tag}consistency distillation trained on to 1800 steps, 2 steps via sigma 3.0", longer,
+                          "consistency", None, 2, {**extra, "schedule": [80.0, 3.0, 0.0]})]
         grids = {n: load_run(os.path.join(pd, "rounds", f"{n:02d}_steps") if n > 2 else pd).config.sample.sigmas
                  for n in (8, 4, 2)}
         for n in (8, 4, 2):
