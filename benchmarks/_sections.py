@@ -24,6 +24,14 @@ def write_section(path, section: str, start: str, end: str) -> None:
     os.replace(tmp, path)
 
 
+def rerun_arguments(parser) -> None:
+    """The options of benchmarks that keep their results in a results.json: --render (only
+    rewrite the section), --again (re-measure rows already there), --write FILE."""
+    parser.add_argument("--render", action="store_true", help="rewrite the section from the saved results")
+    parser.add_argument("--again", action="store_true", help="re-measure rows already in results.json")
+    parser.add_argument("--write", help="update this Markdown file's section")
+
+
 def load_results(path) -> dict:
     """A benchmark's merged results (row name -> numbers, plus ``_meta``), or {}."""
     path = Path(path)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from _sections import load_results, save_results, table_section, write_section
+from _sections import load_results, rerun_arguments, save_results, table_section, write_section
 
 START, END = "<!-- digits-distill:start -->", "<!-- digits-distill:end -->"
 ROOT = "runs/bench_distill"
@@ -68,9 +68,7 @@ def main() -> None:
     p.add_argument("--cd-lr", type=float, default=1e-3)
     p.add_argument("--pd-steps", type=int, default=300)
     p.add_argument("--pd-lr", type=float, default=1e-3)
-    p.add_argument("--render", action="store_true")
-    p.add_argument("--again", action="store_true", help="re-measure rows already in results.json")
-    p.add_argument("--write")
+    rerun_arguments(p)
     args = p.parse_args()
     path = os.path.join(ROOT, "results.json")
     results = load_results(path)

@@ -23,7 +23,7 @@ import sys
 import time
 
 import torch
-from _sections import load_results, save_results, table_section, write_section
+from _sections import load_results, rerun_arguments, save_results, table_section, write_section
 
 START, END = "<!-- digits-reflow:start -->", "<!-- digits-reflow:end -->"
 ROOT = "runs/bench_reflow"
@@ -57,9 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=1300)
     p.add_argument("--couplings", type=int, default=8192)
-    p.add_argument("--render", action="store_true")
-    p.add_argument("--again", action="store_true", help="re-measure rows already in results.json")
-    p.add_argument("--write")
+    rerun_arguments(p)
     args = p.parse_args()
     path = os.path.join(ROOT, "results.json")
     results = load_results(path)
