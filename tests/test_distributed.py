@@ -157,6 +157,80 @@ def test_env_world(monkeypatch):
     assert dist.device_for("cpu", dist.World(1, 2, 1)) == "cpu"
 
 
-def test_fsdp_is_a_clear_usage_error(tmp_path, capsys):
-    code, _, err = run_main(["train", "--fsdp", "--out", str(tmp_path / "r"), "--max-steps", "1"], capsys)
-    assert code == 2 and "--fsdp" in err and "DDP" in err
+@pytest.fixture(scope="module")
+def fsdp_runs(runs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp")
+    two, resumed = str(root / "two"), str(root / "resumed")
+    res = _run([*TRAIN, "--max-steps", "6", "--out", two, "--fsdp", "--sample-every", "3"], nproc=2)
+    # the sharded run's step-3 checkpoint continued by 1 process, and the 1-process one by 2 sharded
+    _run([*TRAIN, "--max-steps", "6", "--out", resumed, "--resume",
+          os.path.join(two, "checkpoints", ckpt.checkpoint_name(3))])
+    _run([*TRAIN, "--max-steps", "6", "--out", str(root / "resumed2"), "--fsdp", "--resume",
+          os.path.join(runs[0], "checkpoints", ckpt.checkpoint_name(3))], nproc=2)
+    return runs[0], two, resumed, res
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_train_like_one(fsdp_runs):
+    """Sharded parameters, gradients and AdamW moments; gathered into the same checkpoint
+    files a single process writes (gradient accumulation 2 and clipping included)."""
+    one, two, _, res = fsdp_runs
+    for step in (3, 6):
+        _assert_close_checkpoints(one, two, step)
+    np.testing.assert_allclose([l for _, l in _losses(two)], [l for _, l in _losses(one)], rtol=1e-5)
+    assert "FSDP: the network's parameters, gradients and optimizer state sharded over 2 processes" in res.stderr
+    grids = sorted(os.listdir(os.path.join(two, "samples")))  # rank 0 drew grids from the gathered EMA
+    assert grids == ["step_00000003.png", "step_00000006.png"]
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoints_resume_across_process_counts(fsdp_runs):
+    one, two, resumed, _ = fsdp_runs
+    _assert_close_checkpoints(one, resumed, 6)  # 2 sharded -> 1
+    _assert_close_checkpoints(one, os.path.join(os.path.dirname(two), "resumed2"), 6)  # 1 -> 2 sharded
+
+
+def test_fsdp_in_one_process_trains_unsharded_and_says_so(tmp_path, capsys):
+    code, out, err = run_main([*TRAIN, "--fsdp", "--out", str(tmp_path / "r"), "--max-steps", "1"], capsys)
+    assert code == 0 and "--fsdp shards over torchrun's processes" in err
+    assert ckpt.complete_checkpoints(str(tmp_path / "r")) == ["step_00000001"]
+
+
+def test_fsdp_shards_blocks_and_gathers_the_single_process_state():
+    """In a one-process gloo group: sharding keeps the forward pass, the gathered state is
+    the plain network's, and an optimizer state survives the round trip through shards."""
+    import torch.distributed as tdist
+
+    from undiffuse import sharding
+    from undiffuse.nets.unet import UNet, UNetConfig
+
+    if tdist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    tdist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        cfg = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_channels=8)
+        plain, net = UNet(cfg), UNet(cfg)
+        net.load_state_dict(plain.state_dict())
+        x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+        opt = torch.optim.AdamW(plain.parameters(), lr=1e-3)
+        plain(x, t).square().mean().backward()
+        opt.step()
+        net.load_state_dict(plain.state_dict())
+        sharding.shard(net, sharding.mesh(torch.device("cpu"), 1))
+        assert sharding.is_sharded(net)
+        units = [m for m in net.modules() if type(m).__name__.startswith("FSDP")]
+        assert len(units) > 5  # the blocks, not only the root
+        torch.testing.assert_close(net(x, t), plain(x, t))
+        assert {k: v.shape for k, v in sharding.full_state(net).items()} == \
+            {k: v.shape for k, v in plain.state_dict().items()}
+        sharded_opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        sharding.load_optimizer_state(sharded_opt, opt.state_dict())
+        back = sharding.full_optimizer_state(sharded_opt)
+        for i, s in opt.state_dict()["state"].items():
+            for k, v in s.items():
+                assert torch.equal(back["state"][i][k], v), (i, k)
+    finally:
+        tdist.destroy_process_group()

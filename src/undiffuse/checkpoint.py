@@ -81,9 +81,10 @@ def save_tensors(path: str, tensors: dict[str, Tensor], metadata: dict[str, str]
 # ----------------------------------------------------------------------------- optimizer state
 
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    """Split an optimizer's state_dict into tensors (for safetensors) and JSON-able groups."""
-    sd = opt.state_dict()
+def optimizer_to_tensors(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, Tensor], dict]:
+    """Split an optimizer's state_dict (or the optimizer's) into tensors (for safetensors)
+    and JSON-able groups."""
+    sd = opt if isinstance(opt, dict) else opt.state_dict()
     tensors = {}
     for idx, state in sd["state"].items():
         for name, value in state.items():

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from .acceleration import device_option
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own usage errors: status 2, message names the option
@@ -55,7 +57,8 @@ TRAIN_OPTIONS = {
     "device": "train.device", "precision": "train.precision", "parameterization": "diffusion.parameterization",
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
     "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
-    "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout",
+    "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout", "compile": "train.compile",
+    "channels_last": "train.channels_last",
 }
 
 
@@ -97,10 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-samples", type=_positive_int, help="samples per evaluation (default: 500)")
     t.add_argument("--keep-best", action="store_true", default=None,
                    help="keep the checkpoint with the lowest evaluation FD as RUN/best")
-    t.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    t.add_argument("--device", type=device_option, help="cpu, cuda, cuda:1, ... (under torchrun, cuda is each "
+                   "process's own GPU; on resume the run continues on the device given, default cpu)")
     t.add_argument("--precision", choices=("fp32", "bf16"))
-    t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the network with FSDP instead of "
-                   "DDP (not available yet: an error)")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (worth it "
+                   "for long GPU runs; the first steps pay the compilation)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format for the network and its images (default: on CUDA only)")
+    t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the network, its gradients and "
+                   "optimizer state over the processes with FSDP instead of replicating them with DDP "
+                   "(checkpoints are the same either way)")
     t.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -142,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(image, request) for every "
                    "image; returning False or a reason string refuses it: not written, reported on stderr")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark in the PNGs "
                    "(the provenance metadata is still written; see `undiffuse verify`)")
@@ -191,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--features", default="auto")
     w.add_argument("--out", default="sweep", help="output folder (default: sweep)")
+    w.add_argument("--device", type=device_option, default="cpu", help="where the run samples: cpu (default), cuda, ...")
     w.add_argument("--guidance", nargs="+", type=float, metavar="SCALE",
                    help="instead: sweep these guidance scales on a class- or text-conditioned run with its own "
                         "sampler (adherence, FD, precision, recall, coverage; plots and report)")
@@ -207,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--max-steps", type=_positive_int, help="optimizer steps (default: 1500)")
     k.add_argument("--time-budget", type=_duration, help="or stop after this much training time")
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--device", default="cpu")
+    k.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
     k.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("distill", help="make a few-step student from a trained run (consistency, progressive, reflow)",
@@ -239,6 +249,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="any student config key, e.g. --set objective.index_sampling=uniform (repeatable)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", type=device_option, help="where the teacher and the student run: cpu (default), "
+                   "cuda, ...")
     r.add_argument("--no-progress", action="store_true")
 
     from .cli_inverse import add_parsers as _inverse_parsers
@@ -300,9 +312,6 @@ def _train(args, sub) -> int:
 
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
-    if args.fsdp:
-        _usage(sub, "--fsdp is not available yet: the trainer's EMA, checkpoints and exact resume use the whole "
-                    "network on every process; under torchrun the trainer uses DDP (omit --fsdp)")
     if args.resume not in (None, "auto") and not os.path.exists(args.resume):
         _usage(sub, f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
     saved = _resumed_data(args) if args.resume else None
@@ -339,7 +348,7 @@ def _train(args, sub) -> int:
     out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)).split(".")[0])
     try:
         trainer = Trainer(cfg, dataset, out, resume=args.resume, progress=not args.no_progress,
-                          log=lambda m: print(m, file=sys.stderr))
+                          log=lambda m: print(m, file=sys.stderr), fsdp=args.fsdp)
     except (CheckpointError, TrainingError, ValueError) as e:
         _usage(sub, str(e))
     try:
@@ -351,6 +360,9 @@ def _train(args, sub) -> int:
         from .distributed import teardown
 
         teardown()  # under torchrun: wait for every rank, leave the process group
+    if args.fsdp and not trainer.world.distributed:
+        print("undiffuse train: note: --fsdp shards over torchrun's processes; a single process trains unsharded",
+              file=sys.stderr)
     if trainer.world.main:
         print(json.dumps({"run": out, **result}))
     return 0
@@ -384,6 +396,8 @@ def _distill(args, sub) -> int:
     stop = {"max_steps": args.max_steps if args.max_steps or args.time_budget else 1000,
             "time_budget": args.time_budget}
     overrides = dict(args.overrides)
+    if args.device:
+        overrides["train.device"] = args.device
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     common = dict(seed=args.seed, progress=not args.no_progress,
                   log=(lambda m: print(m, file=sys.stderr)) if main_rank else (lambda m: None))
@@ -668,7 +682,7 @@ def _sweep(args, sub) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
     try:
-        run = gen.load_run(args.checkpoint)
+        run = gen.load_run(args.checkpoint, device=args.device)
     except CheckpointError as e:
         _usage(sub, f"--checkpoint: {e}")
     spec = args.reference or run.config.data.name
@@ -695,7 +709,7 @@ def _guidance_sweep(args, sub, run, reference) -> int:
     weak = None
     if args.autoguide:
         try:
-            weak = gen.load_run(args.autoguide)
+            weak = gen.load_run(args.autoguide, device=args.device)
         except CheckpointError as e:
             _usage(sub, f"--autoguide: {e}")
     try:

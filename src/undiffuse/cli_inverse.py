@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import torch
 
+from .acceleration import device_option
+
 MASK_NAMES = ("top", "bottom", "left", "right", "center")
 DEGRADATIONS = ("blur", "noise", "downsample", "mask")
 
@@ -36,7 +38,7 @@ def add_parsers(sub, positive_int) -> None:
         p.add_argument("--prompt", help="prompt for a text-conditioned run (default: empty)")
         p.add_argument("--out", default=None, help="output folder (default: the command's name)")
         p.add_argument("--weights", choices=("ema", "model"), default="ema")
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
 
     i = sub.add_parser("inpaint", help="fill the masked region of images (RePaint)",
                        description="Fill the region where --mask is white with RePaint resampling (Lugmayr et al. "

@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from .acceleration import device_option
+
 
 def add_parser(sub, positive_int, duration) -> None:
     a = sub.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion",
@@ -25,6 +27,7 @@ def add_parser(sub, positive_int, duration) -> None:
     a.add_argument("--channels", type=positive_int, help="width of the first level (default: 16)")
     a.add_argument("--latent-channels", type=positive_int, help="latent channels (default: 4)")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
 
 
 def train_autoencoder(args, sub) -> int:
@@ -45,7 +48,7 @@ def train_autoencoder(args, sub) -> int:
     steps = args.max_steps if args.max_steps or args.time_budget else 2000
     try:
         codec = train(dataset, args.out, max_steps=steps, time_budget=args.time_budget, kl_weight=args.kl_weight,
-                      lr=args.lr, batch_size=args.batch_size, seed=args.seed, net_config=net,
+                      lr=args.lr, batch_size=args.batch_size, seed=args.seed, net_config=net, device=args.device,
                       log=lambda m: print(m, file=sys.stderr))
     except ValueError as e:
         sub.error(str(e))

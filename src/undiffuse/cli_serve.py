@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from .acceleration import device_option
+
 COMMANDS = ("serve", "verify")
 
 
@@ -43,6 +45,8 @@ def add_parsers(sub, positive_int) -> None:
                    "output; returning False or a reason string refuses it (never returned, logged)")
     s.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark in served "
                    "PNGs (the provenance metadata is still written)")
+    s.add_argument("--device", type=device_option, default="cpu", help="where the models run: cpu (default), "
+                   "cuda, cuda:1, ...")
     s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
     v = sub.add_parser("verify", help="report an image's watermark, generation metadata and provenance",
@@ -85,7 +89,7 @@ def _serve(args, sub) -> int:
                     max_body=args.max_body, max_queue=args.max_queue)
     run_server(args.models, host=args.host, port=args.port, token=token, log_level=args.log_level, limits=limits,
                content_filter=content_filter, window=args.batch_window / 1000, max_batch=args.max_batch,
-               watermark=not args.no_watermark)
+               watermark=not args.no_watermark, device=args.device)
     return 0
 
 

@@ -76,6 +76,8 @@ class TrainConfig:
     max_bad_steps: int = 20       # consecutive non-finite losses before training stops
     precision: str = "fp32"       # fp32 | bf16 (bf16 autocast, CUDA only)
     device: str = "cpu"
+    compile: bool = False         # torch.compile the network's forward (and so its backward)
+    channels_last: bool | None = None  # channels-last memory format; None: on CUDA devices only
     tensorboard: bool = True      # also write TensorBoard events if the package is installed
 
 

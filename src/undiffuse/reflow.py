@@ -200,7 +200,8 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
 
     if init not in ("ema", "none"):
         raise ValueError(f"init must be 'ema' or 'none', got {init!r}")
-    teacher = load_run(teacher_run_path, weights="ema")
+    device = (overrides or {}).get("train.device", "cpu")  # the couplings are drawn where the student trains
+    teacher = load_run(teacher_run_path, weights="ema", device=device)
     cfg = teacher.config
     if cfg.diffusion.parameterization != "flow" or cfg.diffusion.process.get("name") != "flow":
         raise ValueError(f"reflow needs a rectified-flow run (process 'flow', parameterization 'flow'); "
@@ -211,7 +212,8 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
                          f"conditioning {cfg.conditioning.kind!r}")
     z, x0 = couplings(teacher.denoiser, n, teacher.shape, seed=seed, sampler=sampler,
                       steps=steps or cfg.sample.steps, schedule=schedule or cfg.sample.schedule,
-                      batch_size=batch_size, sigma_min=cfg.sample.sigma_min, sigma_max=cfg.sample.sigma_max)
+                      batch_size=batch_size, sigma_min=cfg.sample.sigma_min, sigma_max=cfg.sample.sigma_max,
+                      device=device)
     data = PairedDataset(x0, z, name=f"reflow of {os.path.abspath(teacher_run_path)}", kind=teacher.kind)
     d = cfg.to_dict()
     if (max_steps is None) == (time_budget is None):
@@ -220,11 +222,8 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     d["data"]["hflip"] = False  # a flipped x0 would no longer be the end of its z's path
     d = apply_overrides(d, overrides or {})
     student_cfg = RunConfig.from_dict(d)
-    trainer = Trainer(student_cfg, data, out, progress=progress, log=log)
-    if init == "ema" and trainer.step == 0:
-        state = teacher.denoiser.net.state_dict()
-        trainer.net.load_state_dict(state)
-        trainer.ema.load_state_dict(state)
+    trainer = Trainer(student_cfg, data, out, progress=progress, log=log,
+                      init_weights=teacher.denoiser.net.state_dict() if init == "ema" else None)
     length = f"{max_steps} steps" if max_steps is not None else f"{time_budget:g} s"
     log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}); training {out} for {length}")
     return trainer.fit()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import acceleration as accel
 from . import checkpoint as ckpt
 from . import distributed as _dist
 from .conditioning import TrainingConditions
@@ -99,8 +100,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, dataset, run: str, *, resume: str | None = None, progress: bool = True,
-                 log=print, objective=None):
+                 log=print, objective=None, fsdp: bool = False, init_weights: dict | None = None):
         self.world = _dist.setup(cfg.train.device)  # a single process unless started by torchrun
+        self.fsdp = fsdp and self.world.distributed  # one process: nothing to shard
         main = self.world.main
         self.cfg, self.data, self.run, self.progress = cfg, dataset, run, progress and main
         self.log = log if main else (lambda message: None)
@@ -118,15 +120,23 @@ class Trainer:
         self.denoiser = build_denoiser(cfg).to(self.device)
         self.net = self.denoiser.net
         self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
+        if init_weights is not None and start is None:  # a fresh run started from given weights
+            self.net.load_state_dict(init_weights)
         self.ema.load_state_dict(self.net.state_dict())
+        if self.fsdp and cfg.train.channels_last:
+            raise ValueError("train.channels_last cannot be combined with --fsdp: FSDP shards contiguous parameters "
+                             "only (omit --channels-last; under FSDP the default is off)")
+        self.channels_last = not self.fsdp and accel.wants_channels_last(cfg.train.channels_last, self.device)
+        if self.channels_last:
+            accel.channels_last(self.net)
+            accel.channels_last(self.ema)
         if objective is None and cfg.objective.kind != "denoising":
             from .distill import build_objective
 
             objective = build_objective(cfg, dataset, self.device)
         self.objective = objective  # None: the denoising loss; else objective(trainer, x0, cond) -> (B,)
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                     weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
+        self.opt = self._optimizer()
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
         self.order = DataOrder(len(dataset), cfg.train.seed)
         self.conditions = TrainingConditions(cfg.conditioning, dataset)
@@ -140,15 +150,38 @@ class Trainer:
             ckpt.write_config(run, cfg.to_dict())
             self._truncate_log()
         self.tb = self._tensorboard() if cfg.train.tensorboard and main else None
+        self._gathered: tuple | None = None  # FSDP: (step, full model, EMA, optimizer states)
         if self.world.distributed:
-            self._wrap_ddp()
+            _dist.local_slice(cfg.optim.batch_size // cfg.optim.accumulation, self.world)  # divisible?
+            self._wrap_fsdp() if self.fsdp else self._wrap_ddp()
+        if cfg.train.compile:  # compile what the forward passes go through (the DDP wrapper, if any)
+            self.denoiser.net = accel.compiled(self.denoiser.net)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                 weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
+
+    def _wrap_fsdp(self) -> None:
+        """Shard the (restored) network and EMA over the ranks with FSDP2; rebuild the
+        optimizer on the sharded parameters with its (restored) state cut to each shard."""
+        from . import sharding
+
+        state = self.opt.state_dict()
+        mesh = sharding.mesh(self.device, self.world.size)
+        sharding.shard(self.net, mesh)
+        sharding.shard(self.ema, mesh)
+        self.opt = self._optimizer()
+        sharding.load_optimizer_state(self.opt, state)
+        units = sum(type(m).__name__.startswith("FSDP") for m in self.net.modules())
+        self.log(f"FSDP: the network's parameters, gradients and optimizer state sharded over {self.world.size} "
+                 f"processes ({units} units gathered one at a time)")
 
     def _wrap_ddp(self) -> None:
         """Forward passes go through ``DistributedDataParallel`` (gradients averaged over the
         ranks); ``self.net`` stays the plain network that is saved and averaged into the EMA."""
         from torch.nn.parallel import DistributedDataParallel
 
-        _dist.local_slice(self.cfg.optim.batch_size // self.cfg.optim.accumulation, self.world)  # divisible?
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.denoiser.net = DistributedDataParallel(self.net, device_ids=ids)
 
@@ -203,10 +236,28 @@ class Trainer:
         return SummaryWriter(os.path.join(self.run, "tensorboard"), purge_step=self.step + 1)
 
     # ------------------------------------------------------------------ checkpoint
+    def gather(self) -> tuple[dict, dict, dict]:
+        """The full network, EMA and optimizer states, as a single process holds them. Under
+        FSDP a collective (every rank calls it; kept for the step, so rank 0 can then save,
+        evaluate and draw grids alone); otherwise the live states."""
+        if not self.fsdp:
+            return self.net.state_dict(), self.ema.state_dict(), self.opt.state_dict()
+        if self._gathered is None or self._gathered[0] != self.step:
+            from . import sharding
+
+            self._gathered = (self.step, sharding.full_state(self.net), sharding.full_state(self.ema),
+                              sharding.full_optimizer_state(self.opt))
+        return self._gathered[1:]
+
     def save(self) -> str:
+        """Write a checkpoint (rank 0; under FSDP every rank must call it or :meth:`gather`
+        first at this step)."""
+        if self.fsdp:
+            self.gather()
         if not self.world.main:  # rank 0 writes; the others only know where
             return os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))
-        tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
+        model, ema, opt_state = self.gather()
+        tensors, opt_meta = ckpt.optimizer_to_tensors(opt_state)
         tensors["rng.generator"] = self.gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
@@ -215,7 +266,7 @@ class Trainer:
                  "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names)}}
-        return ckpt.save_checkpoint(self.run, self.step, model=self.net.state_dict(), ema=self.ema.state_dict(),
+        return ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
 
     # ------------------------------------------------------------------ one step
@@ -244,10 +295,13 @@ class Trainer:
             if cfg.data.hflip and self.data.kind == "image":
                 flip = torch.rand(micro, generator=self.gen)[part] < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            x0 = x0.to(self.device)
+            x0 = accel.to_device(x0, self.device)
             cond = self._conditions(idx, x0, part)
-            sync = self.denoiser.net.no_sync() if self.world.distributed and k < o.accumulation - 1 \
-                else contextlib.nullcontext()  # DDP: average the gradients once, after the last micro-batch
+            sync = contextlib.nullcontext()  # average the gradients over the ranks once, after the last micro-batch
+            if self.world.distributed and k < o.accumulation - 1:
+                from . import sharding
+
+                sync = sharding.no_gradient_sync(self.net) if self.fsdp else self.denoiser.net.no_sync()
             if self.objective is not None:
                 shared = self.gen
                 if self.world.distributed:  # the objective draws from self.gen for its own rows: give each rank
@@ -267,7 +321,7 @@ class Trainer:
             if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
                 eps = self.data.noise_of(idx[part]).to(device=self.device, dtype=x0.dtype)
             else:
-                eps = torch.randn((micro, *x0.shape[1:]), generator=self.gen)[part].to(self.device)
+                eps = accel.to_device(torch.randn((micro, *x0.shape[1:]), generator=self.gen)[part], self.device)
             with sync:
                 with autocast:
                     loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
@@ -289,7 +343,9 @@ class Trainer:
             return None
         self.bad_in_row = 0
         if o.grad_clip > 0:
-            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip))
+            from .sharding import full
+
+            self.grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip)))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         beta = ema_beta(cfg, self.samples_seen)
@@ -331,7 +387,7 @@ class Trainer:
         from .sampling import sample
 
         s = self.cfg.sample
-        den = Denoiser(self.ema, self.denoiser.process, self.denoiser.parameterization,
+        den = Denoiser(self.plain_ema(), self.denoiser.process, self.denoiser.parameterization,
                        sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale,
                        boundary_sigma=self.denoiser.boundary_sigma)
         rng = torch.get_rng_state()
@@ -345,6 +401,19 @@ class Trainer:
                               sigma_max=s.sigma_max, seed=seeds, extra=extra).float().cpu())
         torch.set_rng_state(rng)
         return torch.cat(out)
+
+    def plain_ema(self) -> torch.nn.Module:
+        """The EMA network as one module (under FSDP a plain copy of the states :meth:`gather`
+        collected at this step, which every rank must have called)."""
+        if not self.fsdp:
+            return self.ema
+        if self._gathered is None or self._gathered[0] != self.step:
+            raise RuntimeError("under FSDP, gather() must run on every rank at this step before using the EMA")
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the training state alone
+            net = build_denoiser(self.cfg).net
+        net = net.to(self.device).eval().requires_grad_(False)
+        net.load_state_dict(self._gathered[2])
+        return net
 
     def _sampling_conditions(self, n: int) -> dict:
         """Conditions for ``n`` progress samples: classes (or each class's first caption) in
@@ -446,6 +515,10 @@ class Trainer:
                             self.tb.add_scalar(f"train/{k}", entry[k], self.step)
                     self.window = [0.0, 0]
                     t_log, steps_log = now, 0
+                if self.fsdp and ((tr.eval_every and self.step % tr.eval_every == 0)
+                                  or self.step % tr.checkpoint_every == 0
+                                  or (tr.sample_every and self.step % tr.sample_every == 0)):
+                    self.gather()  # every rank takes part; then rank 0 works on the full states alone
                 if not self.world.main:  # evaluations, checkpoints and grids are rank 0's
                     continue
                 if tr.eval_every and self.step % tr.eval_every == 0:
@@ -476,12 +549,18 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# How to run, not what to train: taken from the request when resuming (a run started on a
+# CPU continues on a GPU with ``--device cuda``; the request's default device is the CPU).
+EXECUTION = ("device", "precision", "compile", "channels_last")
+
+
 def _merged_for_resume(saved: dict, requested: RunConfig) -> RunConfig:
-    """The saved run config, with only the stopping rule taken from the new request
-    (so a run can be extended); anything else that differs is reported, not applied."""
+    """The saved run config, with the stopping rule (so a run can be extended) and the
+    execution choices (:data:`EXECUTION`) taken from the new request; anything else that
+    differs is reported, not applied."""
     cfg = RunConfig.from_dict(saved)
     req = requested.to_dict()
-    for key in ("max_steps", "time_budget"):
+    for key in ("max_steps", "time_budget", *EXECUTION):
         setattr(cfg.train, key, req["train"][key])
     if cfg.train.max_steps is None and cfg.train.time_budget is None:
         cfg.train.max_steps = saved["train"]["max_steps"]

@@ -62,9 +62,10 @@ class Server:
     """Everything the routes share: runs, limits, the batcher, the jobs, the token."""
 
     def __init__(self, models: str, *, token: str | None = None, limits: Limits | None = None,
-                 content_filter=None, window: float = 0.02, max_batch: int = 64, watermark: bool = True):
+                 content_filter=None, window: float = 0.02, max_batch: int = 64, watermark: bool = True,
+                 device: str = "cpu"):
         self.limits = limits or Limits()
-        self.registry = ModelRegistry(models)
+        self.registry = ModelRegistry(models, device=device)
         self.batcher = Batcher(self.registry, window=window, max_batch=max_batch, max_queue=self.limits.max_queue,
                                content_filter=content_filter, watermark=watermark)
         self.jobs = JobStore()

@@ -30,11 +30,11 @@ def check_name(name) -> str:
 class ModelRegistry:
     """Runs found in ``root``, loaded on first use and kept in memory."""
 
-    def __init__(self, root: str, *, weights: str = "ema"):
+    def __init__(self, root: str, *, weights: str = "ema", device: str = "cpu"):
         if not os.path.isdir(root):
             raise ValueError(f"models folder {root!r} does not exist or is not a folder")
         self.root = os.path.realpath(root)
-        self.weights = weights
+        self.weights, self.device = weights, device
         self._loaded: dict[str, LoadedRun] = {}
         self._checksums: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -66,7 +66,7 @@ class ModelRegistry:
             if path is None:
                 raise RequestError(404, f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
             try:
-                run = load_run(path, weights=self.weights)
+                run = load_run(path, weights=self.weights, device=self.device)
             except ckpt.CheckpointError as e:
                 raise RequestError(404, f"model {name!r} cannot be loaded: {e}") from None
             self._loaded[name] = run
