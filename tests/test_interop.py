@@ -91,3 +91,30 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
         load_diffusers(str(tmp_path / "empty"))
+
+
+def test_cli_samples_a_diffusers_folder_like_the_python_call(tmp_path, capsys):
+    """`undiffuse sample --diffusers FOLDER`: per-sample seeds (batch size does not matter),
+    the scheduler's timesteps, any sampler; run-only options are a usage error."""
+    from _cli import run_main
+
+    from undiffuse.sampling import noise
+
+    _save(tmp_path / "pipe", "epsilon")
+    common = ["sample", "--diffusers", str(tmp_path / "pipe"), "--num", "3", "--sampler", "dpmpp_2m", "--steps",
+              "4", "--format", "npz", "--no-progress"]
+    code, _, err = run_main([*common, "--batch-size", "2", "--out", str(tmp_path / "a.npz")], capsys)
+    assert code == 0, err
+    code, _, _ = run_main([*common, "--batch-size", "3", "--seed", "1", "--out", str(tmp_path / "b.npz")], capsys)
+    a, b = np.load(tmp_path / "a.npz")["samples"], np.load(tmp_path / "b.npz")["samples"]
+    assert a.shape == (3, 3, 8, 8)
+    np.testing.assert_allclose(a[1:], b[:2], atol=2e-5)  # seeds 1, 2 in both (float32 batch rounding)
+    model = load_diffusers(str(tmp_path / "pipe"))
+    x = sample_diffusers(model, noise((3, 3, 8, 8), seed=[0, 1, 2]), sampler="dpmpp_2m", steps=4)
+    np.testing.assert_allclose(a, ((x + 1) / 2).clamp(0, 1).numpy(), atol=2e-5)
+    code, _, err = run_main([*common, "--class", "3", "--out", str(tmp_path / "c.npz")], capsys)
+    assert code == 2 and "--class cannot be used with --diffusers" in err
+    code, _, err = run_main(["sample", "--diffusers", str(tmp_path / "pipe"), "--checkpoint", "x"], capsys)
+    assert code == 2 and "not both" in err
+    code, _, err = run_main(["sample", "--diffusers", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "--diffusers" in err and "does not exist" in err

@@ -120,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a trained run", description="Sample a trained run with its EMA "
                        "weights and recommended sampler unless told otherwise.")
-    s.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
+    s.add_argument("--checkpoint", help="run folder (latest checkpoint) or checkpoint folder")
+    s.add_argument("--diffusers", metavar="FOLDER", help="instead of --checkpoint: a diffusers UNet2DModel with its "
+                   "scheduler, saved by save_pretrained (sampler default ddim, 50 steps on the scheduler's timesteps)")
     s.add_argument("--num", type=_positive_int, default=64, help="number of samples (default: 64)")
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
     s.add_argument("--sampler", help="sampler name (default: the run's recommendation)")
@@ -479,10 +481,21 @@ def _sample(args, sub) -> int:
     from .checkpoint import CheckpointError
     from .config import schedule_of
 
+    if (args.checkpoint is None) == (args.diffusers is None):
+        _usage(sub, "give --checkpoint RUN (an undiffuse run) or --diffusers FOLDER (a diffusers UNet2DModel), "
+                    "not both")
     if args.sampler is not None and args.sampler not in samplers.names():
         _usage(sub, f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
     if args.schedule is not None and args.schedule not in schedules.names():
         _usage(sub, f"--schedule {args.schedule!r} is unknown; allowed: {', '.join(schedules.names())}")
+    if args.format == "npz" and args.out and os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} is a folder; --format npz writes a file")
+    if args.format == "png" and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        _usage(sub, f"--out {args.out!r} exists and is not a folder; --format png writes a folder")
+    if args.diffusers is not None:
+        from .cli_interop import sample as sample_diffusers
+
+        return sample_diffusers(args, sub)
     content_filter = None
     if args.content_filter:
         from .content_filter import load_filter
