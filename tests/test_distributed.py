@@ -234,3 +234,18 @@ def test_fsdp_shards_blocks_and_gathers_the_single_process_state():
                 assert torch.equal(back["state"][i][k], v), (i, k)
     finally:
         tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_reflow_couplings_split_over_two_processes(tmp_path):
+    """Each process draws half of the teacher's couplings and all gather them: the student of
+    2 processes is the student of 1 (to float tolerance) and the log says the work was split."""
+    teacher = str(tmp_path / "teacher")
+    flow = ["--set", 'diffusion.process={"name": "flow"}', "--set", "diffusion.parameterization=flow"]
+    _run([*[a for a in TRAIN if a not in ("--conditioning", "class")], *flow, "--max-steps", "2", "--out", teacher])
+    common = ["distill", "--method", "reflow", "--teacher", teacher, "--couplings", "10", "--steps", "2",
+              "--max-steps", "2", "--no-progress", "--set", "train.checkpoint_every=2"]
+    _run([*common, "--out", str(tmp_path / "one")])
+    res = _run([*common, "--out", str(tmp_path / "two")], nproc=2)
+    assert "drawn by 2 processes" in res.stderr
+    _assert_close_checkpoints(str(tmp_path / "one"), str(tmp_path / "two"), 2)

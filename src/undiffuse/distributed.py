@@ -126,6 +126,19 @@ def my_batches(num: int, batch_size: int, world: World) -> list[int]:
     return list(range(0, num, batch_size))[world.rank::world.size]
 
 
+def all_gather_rows(out: Tensor, batch_size: int, world: World) -> Tensor:
+    """Like :func:`gather_rows`, but every rank gets the full ``out``."""
+    if not world.distributed:
+        return out
+    out = out.contiguous().cpu()
+    parts = [torch.empty_like(out) for _ in range(world.size)]
+    dist.all_gather(parts, out)
+    full = torch.empty_like(out)
+    for k, start in enumerate(range(0, len(out), batch_size)):
+        full[start:start + batch_size] = parts[k % world.size][start:start + batch_size]
+    return full
+
+
 def gather_rows(out: Tensor, batch_size: int, world: World) -> Tensor | None:
     """Rank 0 gets the full ``out`` with each batch (see :func:`my_batches`) taken from the
     rank that computed it, bytes unchanged; the other ranks get None. ``out`` has all

@@ -43,7 +43,7 @@ Tensor = torch.Tensor
 
 def couplings(denoiser, n: int, shape: Sequence[int], *, seed: int = 0, sampler: str = "heun", steps: int = 40,
               schedule: str = "karras", batch_size: int = 256, sigma_min: float | None = None,
-              sigma_max: float | None = None, device="cpu") -> tuple[Tensor, Tensor]:
+              sigma_max: float | None = None, device="cpu", world=None) -> tuple[Tensor, Tensor]:
     """Noise-to-sample pairs ``(z, x0)`` of the teacher's deterministic ODE, each ``(n, *shape)``
     float32 on the CPU.
 
@@ -51,7 +51,11 @@ def couplings(denoiser, n: int, shape: Sequence[int], *, seed: int = 0, sampler:
     ``x0[i]`` the result of ``undiffuse.sample`` from it with a deterministic ``sampler``, so
     pair i does not depend on ``n`` or ``batch_size``. As in ``sample``, the ODE starts at
     ``sigma_max * z`` (flow time ``t_max``, i.e. ``x_t = t_max z``).
+
+    ``world`` (``undiffuse.distributed.World``, under torchrun): the batches are dealt to the
+    processes in turn and the pairs gathered on every process; the same pairs, byte for byte.
     """
+    from . import distributed as _dist
     from . import samplers as _samplers
 
     if _samplers.info(sampler).stochastic:
@@ -59,15 +63,16 @@ def couplings(denoiser, n: int, shape: Sequence[int], *, seed: int = 0, sampler:
                          f"(e.g. heun, euler, dpmpp_2m)")
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
-    zs, xs = [], []
-    for start in range(0, n, batch_size):
+    world = world or _dist.World()
+    zs, xs = torch.zeros((n, *shape)), torch.zeros((n, *shape))  # this process fills its own batches
+    for start in _dist.my_batches(n, batch_size, world):
         seeds = list(range(seed + start, seed + min(start + batch_size, n)))
         z = make_noise((len(seeds), *shape), seed=seeds, device=device)
         x0 = sample(denoiser, z, sampler=sampler, steps=steps, schedule=schedule, sigma_min=sigma_min,
                     sigma_max=sigma_max)
-        zs.append(z.float().cpu())
-        xs.append(x0.float().cpu())
-    return torch.cat(zs), torch.cat(xs)
+        zs[start:start + len(seeds)] = z.float().cpu()
+        xs[start:start + len(seeds)] = x0.float().cpu()
+    return _dist.all_gather_rows(zs, batch_size, world), _dist.all_gather_rows(xs, batch_size, world)
 
 
 # --------------------------------------------------------------------------- straightness
@@ -200,8 +205,11 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
 
     if init not in ("ema", "none"):
         raise ValueError(f"init must be 'ema' or 'none', got {init!r}")
+    from . import distributed as _dist
+
     device = (overrides or {}).get("train.device", "cpu")  # the couplings are drawn where the student trains
-    teacher = load_run(teacher_run_path, weights="ema", device=device)
+    world = _dist.setup(device)  # under torchrun: the couplings are split over the processes
+    teacher = load_run(teacher_run_path, weights="ema", device=_dist.device_for(device, world))
     cfg = teacher.config
     if cfg.diffusion.parameterization != "flow" or cfg.diffusion.process.get("name") != "flow":
         raise ValueError(f"reflow needs a rectified-flow run (process 'flow', parameterization 'flow'); "
@@ -210,10 +218,11 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     if cfg.conditioning.kind != "none":
         raise ValueError(f"reflow supports unconditional runs only; {teacher_run_path!r} uses "
                          f"conditioning {cfg.conditioning.kind!r}")
+    batch_size = min(batch_size, -(-n // world.size))  # at least one batch for every process
     z, x0 = couplings(teacher.denoiser, n, teacher.shape, seed=seed, sampler=sampler,
                       steps=steps or cfg.sample.steps, schedule=schedule or cfg.sample.schedule,
                       batch_size=batch_size, sigma_min=cfg.sample.sigma_min, sigma_max=cfg.sample.sigma_max,
-                      device=device)
+                      device=_dist.device_for(device, world), world=world)
     data = PairedDataset(x0, z, name=f"reflow of {os.path.abspath(teacher_run_path)}", kind=teacher.kind)
     d = cfg.to_dict()
     if (max_steps is None) == (time_budget is None):
@@ -225,5 +234,6 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     trainer = Trainer(student_cfg, data, out, progress=progress, log=log,
                       init_weights=teacher.denoiser.net.state_dict() if init == "ema" else None)
     length = f"{max_steps} steps" if max_steps is not None else f"{time_budget:g} s"
-    log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}); training {out} for {length}")
+    split = f", drawn by {world.size} processes" if world.distributed else ""
+    log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}){split}; training {out} for {length}")
     return trainer.fit()
