@@ -87,3 +87,28 @@ def test_cli_export_and_errors(run, tmp_path, capsys):
     assert code == 2 and "RUN" in err and "does not exist" in err
     code, _, err = run_main(["export", run, "--format", "onnx", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--out" in err
+
+
+def test_text_conditioned_run_exports_with_token_inputs(tmp_path):
+    """A text run's network takes the caption's token embeddings and mask (batch axis dynamic,
+    the run's caption length fixed): onnxruntime equals PyTorch, samples match."""
+    from undiffuse.conditioning import text_condition
+
+    path = str(tmp_path / "text")
+    ds = data.load("digits")
+    cfg = resolve("digits", ds, {**TINY, "conditioning.kind": "text", "conditioning.max_tokens": 16,
+                                 "train.max_steps": 2, "train.time_budget": None})
+    Trainer(cfg, ds, path, progress=False, log=lambda m: None).fit()
+    loaded = gen.load_run(path)
+    onnx_path = export_onnx(loaded, str(tmp_path / "text.onnx"))
+    net = OnnxNet(onnx_path)
+    assert net.inputs == ["x", "noise_label", "context", "context_mask"]
+    cond = text_condition(["a handwritten seven", "zero", ""], max_tokens=16)
+    x, label = torch.randn(3, 1, 8, 8) * 3, torch.rand(3) * 100
+    with torch.no_grad():
+        ref = loaded.denoiser.net(x, label, **cond)
+    torch.testing.assert_close(net(x, label, **cond), ref, rtol=0, atol=1e-4)
+    den = load_onnx_denoiser(onnx_path)
+    z = noise((3, 1, 8, 8), seed=0)
+    out = sample(den, z, sampler="heun", steps=4, extra=cond)
+    assert (out - sample(loaded.denoiser, z, sampler="heun", steps=4, extra=cond)).abs().max().item() < 1e-3

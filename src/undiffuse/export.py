@@ -29,7 +29,10 @@ Tensor = torch.Tensor
 FORMATS = ("onnx",)
 QUANTIZATIONS = ("int8",)
 #: the network's keyword inputs for each conditioning kind, in the exported order
-COND_INPUTS = {"none": (), "class": ("class_labels",), "lowres": ("cond_image",)}
+COND_INPUTS = {"none": (), "class": ("class_labels",), "lowres": ("cond_image",),
+               "text": ("context", "context_mask")}
+#: inputs that are not float32: class indices (int64) and the token mask (bool, True = a token)
+_INPUT_DTYPES = {"class_labels": torch.long, "context_mask": torch.bool}
 METADATA_KEY = "undiffuse"
 
 
@@ -66,6 +69,12 @@ def _example_inputs(run, batch: int) -> tuple[tuple[str, ...], tuple[Tensor, ...
         inputs.append(torch.zeros(batch, dtype=torch.long))
     elif kind == "lowres":
         inputs.append(torch.randn((batch, *run.shape), generator=g))
+    elif kind == "text":  # token embeddings and mask at the run's caption length (the batch axis is dynamic)
+        from .config import TEXT_EMBEDDING_DIM
+
+        tokens = run.config.conditioning.max_tokens
+        inputs.append(torch.randn((batch, tokens, TEXT_EMBEDDING_DIM), generator=g))
+        inputs.append(torch.arange(tokens).expand(batch, tokens) < torch.tensor([[3], [tokens]])[:batch])
     return ("x", "noise_label", *COND_INPUTS[kind]), tuple(inputs)
 
 
@@ -138,7 +147,7 @@ class OnnxNet:
             if name not in cond:
                 raise ValueError(f"this ONNX network needs the input {name!r}")
             v = cond[name].detach().cpu()
-            feed[name] = (v.long() if name == "class_labels" else v.float()).numpy()
+            feed[name] = v.to(_INPUT_DTYPES.get(name, torch.float32)).numpy()
         (out,) = self.session.run(["out"], feed)
         return torch.from_numpy(out).to(x.device)
 
