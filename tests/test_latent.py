@@ -295,3 +295,22 @@ def test_a_latent_teacher_distils_on_its_latents(tmp_path, latent_run, capsys):
                              "--no-progress"], capsys)
     assert code == 0, err
     assert np.load(npz)["samples"].shape == (3, 1, 8, 8)
+
+
+def test_hflip_on_latent_data_uses_the_flipped_images_latents(ae, digits, tmp_path):
+    """``data.hflip`` on a latent run trains on encode(flip(image)), not flip(encode(image))."""
+    latents = LatentDataset(digits, load_autoencoder(str(ae)))
+    idx = torch.arange(5)
+    want = latents.codec.encode(digits.get(idx).flip(-1))
+    torch.testing.assert_close(latents.flipped(idx), want)
+    assert (latents.flipped(idx) - latents.get(idx).flip(-1)).abs().max() > 1e-3  # not the same thing
+    cfg = resolve("digits", latents, {"model.channels": 8, "model.channel_mult": [1], "model.num_res_blocks": 1,
+                                      "model.attention_levels": [], "model.head_channels": 8,
+                                      "optim.batch_size": 8, "data.hflip": True, "train.tensorboard": False,
+                                      "train.max_steps": 1, "train.time_budget": None})
+    seen = []
+    real = latents.flipped
+    latents.flipped = lambda index: seen.append(index) or real(index)
+    t = Trainer(cfg, latents, str(tmp_path / "run"), progress=False, log=lambda m: None)
+    t.train_step()
+    assert seen and len(seen[0]) == 8

@@ -267,6 +267,13 @@ class LatentDataset:
     def get(self, index) -> Tensor:
         return self.storage[_as_index(index)]
 
+    def flipped(self, index) -> Tensor:
+        """The latents of the horizontally flipped images (``data.hflip``: flipping a latent is
+        not encoding the flipped image). Encoded once, on first use."""
+        if getattr(self, "_flipped", None) is None:
+            self._flipped = self.codec.encode(self.pixels.get(torch.arange(len(self))).flip(-1)).contiguous()
+        return self._flipped[_as_index(index)]
+
     def labels_of(self, index):
         return None if self.labels is None else self.labels[_as_index(index)]
 

@@ -294,7 +294,8 @@ class Trainer:
             x0 = self.data.get(idx[part])
             if cfg.data.hflip and self.data.kind == "image":
                 flip = torch.rand(micro, generator=self.gen)[part] < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+                mirrored = self.data.flipped(idx[part]) if hasattr(self.data, "flipped") else x0.flip(-1)
+                x0 = torch.where(flip[:, None, None, None], mirrored, x0)  # latent data: the flipped image's latent
             x0 = accel.to_device(x0, self.device)
             cond = self._conditions(idx, x0, part)
             sync = contextlib.nullcontext()  # average the gradients over the ranks once, after the last micro-batch
