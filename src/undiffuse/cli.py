@@ -188,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--kid-subsets", type=_positive_int, default=100)
     e.add_argument("--kid-subset-size", type=_positive_int, default=1000)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--device", type=device_option, default="cpu", help="where the Inception network runs "
+                   "(--features inception): cpu (default), cuda, ...")
     e.add_argument("--out", help="also write the JSON to this file")
     e.add_argument("--pairs", help="write a PNG of the closest sample/training pairs (images only)")
 
@@ -754,7 +756,8 @@ def _evaluate(args, sub) -> int:
         train = ev.load_set(args.train, what="--train")[0] if args.train else None
         result = ev.evaluate(samples, reference, feature_space=args.features, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                             reference_name=f"{args.reference}: {ref_desc}", labels=ev.requested_labels(args.samples))
+                             reference_name=f"{args.reference}: {ref_desc}", labels=ev.requested_labels(args.samples),
+                             device=args.device)
     except ValueError as e:
         _usage(sub, str(e))
     out = ev.to_json(result)

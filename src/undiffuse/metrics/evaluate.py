@@ -79,7 +79,9 @@ def _check(arr: np.ndarray, what: str, spec: str) -> np.ndarray:
     return arr
 
 
-def features(x: np.ndarray, space: str) -> np.ndarray:
+def features(x: np.ndarray, space: str, device: str = "cpu") -> np.ndarray:
+    """Feature vectors of ``x`` in ``space``; ``device`` runs the Inception network (the small
+    digits network and raw pixels stay on the CPU)."""
     if space == "digits":
         from .features import digits_features
 
@@ -91,7 +93,7 @@ def features(x: np.ndarray, space: str) -> np.ndarray:
 
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise EvaluationError(f"feature space 'inception' needs images (N, 1 or 3, H, W), got shape {x.shape}")
-        return inception_features(x)
+        return inception_features(x, device=device)
     raise EvaluationError(f"unknown feature space {space!r}; allowed: {', '.join(FEATURE_SPACES)}")
 
 
@@ -104,7 +106,7 @@ def describe(space: str, dim: int) -> str:
 
 def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: int = 5,
              kid_subsets: int = 100, kid_subset_size: int = 1000, copy_threshold: float = 1 / 3,
-             reference_name: str = "reference", seed: int = 0, labels=None) -> dict:
+             reference_name: str = "reference", seed: int = 0, labels=None, device: str = "cpu") -> dict:
     """Score ``samples`` against ``reference`` (arrays as in the module docstring).
 
     ``train`` (default: the reference) is the set that near-copies are searched in.
@@ -128,7 +130,7 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     if feature_space not in FEATURE_SPACES:
         raise EvaluationError(f"unknown feature space {feature_space!r}; allowed: {', '.join(FEATURE_SPACES)}")
     t0 = time.perf_counter()
-    fs, fr = features(samples, feature_space), features(reference, feature_space)
+    fs, fr = features(samples, feature_space, device), features(reference, feature_space, device)
     dim = fs.shape[1]
     out = {"fd": frechet_distance(*gaussian_stats(fs), *gaussian_stats(fr))}
     k_out = _kid(fs, fr, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)

@@ -449,7 +449,7 @@ def _as_images(images01) -> torch.Tensor:
     return x
 
 
-def inception_features(images01, weights=None, batch_size: int = 64) -> np.ndarray:
+def inception_features(images01, weights=None, batch_size: int = 64, device: str | None = None) -> np.ndarray:
     """pool3 features (float64 numpy, (N, 2048)) of the FID Inception network.
 
     ``images01``: array or tensor (N, 1|3, H, W) in [0, 1]. ``weights``: a weights path, an
@@ -457,17 +457,21 @@ def inception_features(images01, weights=None, batch_size: int = 64) -> np.ndarr
     and kept). Runs in eval mode without gradients in float32 (the standard), batch by batch;
     the same input and batch size give the same features. Values for one image may differ in the
     last float32 bits between batch sizes (CPU kernels choose their blocking by batch size).
+    ``device``: where the network runs (moved there and kept; default: where it is).
     """
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x = _as_images(images01)
     model = weights if isinstance(weights, InceptionV3FID) else _cached_model(weights)
+    if device is not None:
+        model.to(device)
+    where = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = [model(x[i:i + batch_size]).double() for i in range(0, len(x), batch_size)]
+            out = [model(x[i:i + batch_size].to(where)).double().cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()
