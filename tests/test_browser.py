@@ -59,6 +59,11 @@ def test_page_generates_with_previews_and_gallery(browser, page_server):
         assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
         time.sleep(0.05)
     assert [o.text for o in Select(browser.find_element(By.ID, "model")).options] == ["digits-cls (class)"]
+    while not browser.find_element(By.ID, "mark").text:  # the page says what the PNGs carry (from /health)
+        assert time.monotonic() < deadline, "the watermark note never appeared"
+        time.sleep(0.05)
+    footer = browser.find_element(By.ID, "provenance").text
+    assert "undiffuse verify IMAGE" in footer and "invisible watermark in its pixels" in footer
     Select(browser.find_element(By.ID, "class")).select_by_visible_text("7")
     for field, value in (("steps", "12"), ("seed", "21"), ("count", "3"), ("guidance", "2")):
         box = browser.find_element(By.ID, field)

@@ -100,6 +100,7 @@ def without_time(rec: dict) -> dict:
 def test_health_and_models(server):
     status, ctype, body = call(server.url, "/health")
     assert status == 200 and ctype.startswith("application/json") and json.loads(body)["status"] == "ok"
+    assert json.loads(body)["watermark"] in (True, False)
     status, _, body = call(server.url, "/v1/models")
     listed = {m["name"]: m for m in json.loads(body)["models"]}
     assert set(listed) == {"cls", "digits"}  # not the link out of the folder, not the empty folder

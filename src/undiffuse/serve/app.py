@@ -1,6 +1,6 @@
 """The HTTP API (Starlette on uvicorn).
 
-    GET    /health                   {"status": "ok", "queued": N}; never needs the token
+    GET    /health                   {"status": "ok", "queued": N, "watermark": true|false}; never needs the token
     GET    /v1/models                the runs: name, kind, conditioning, classes, default sampler/steps
     POST   /v1/generate              generate and wait: JSON (base64 PNGs) or one image/png
     POST   /v1/jobs                  the same body, answered at once with a job id (202)
@@ -135,7 +135,8 @@ def _guarded(server: Server, handler, *, open_: bool = False):
 
 
 async def health(server: Server, request: Request):
-    return JSONResponse({"status": "ok", "queued": server.batcher.queued(), "batches": server.batcher.batches})
+    return JSONResponse({"status": "ok", "queued": server.batcher.queued(), "batches": server.batcher.batches,
+                         "watermark": server.batcher.watermark})
 
 
 async def list_models(server: Server, request: Request):
