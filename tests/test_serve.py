@@ -402,3 +402,33 @@ def test_serve_command_line(models, tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "content filter refused model=digits seed=1003" in out
+
+
+def test_text_prompts_are_served_and_batched_like_the_cli(tmp_path, capsys):
+    """A text-conditioned run over HTTP: requests with different prompts share one network
+    batch, and each gets the pixels `undiffuse sample --prompt` gives for its seeds."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert main(["train", "--data", "digits", "--max-steps", "2", "--conditioning", "text",
+                 "--out", str(folder / "txt"), *TINY]) == 0
+    app = create_app(str(folder), window=0.5)
+    requests = [{"model": "txt", "prompt": p, "count": 2, "seed": s, "steps": 3, "sampler": "euler",
+                 "format": "json"} for p, s in (("a seven", 5), ("the digit zero", 40))]
+    with BackgroundServer(app) as srv:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda body: call(srv.url, "/v1/generate", body), requests))
+        batches = app.state.server.batcher.batches
+        status, _, body = call(srv.url, "/v1/generate", {**requests[0], "class": 3})
+        assert status == 400  # a class for a text model: named in the error
+    assert batches == 1, "the two prompts were not merged into one batch"
+    for req, (status, _, body) in zip(requests, answers):
+        assert status == 200, body
+        out = tmp_path / f"{req['seed']}.npz"
+        code, _, err = run_main(["sample", "--checkpoint", str(folder / "txt"), "--prompt", req["prompt"],
+                                 "--num", "2", "--seed", str(req["seed"]), "--steps", "3", "--sampler", "euler",
+                                 "--format", "npz", "--out", str(out), "--no-progress"], capsys)
+        assert code == 0, err
+        want = gen.to_uint8(__import__("torch").from_numpy(np.load(out)["samples"]))
+        got = [np.asarray(Image.open(io.BytesIO(png))) for png in images_of(body)]
+        for g, w in zip(got, want):
+            assert np.abs(g.astype(int).reshape(w.shape) - w.astype(int)).max() <= 1  # float batch rounding
