@@ -178,6 +178,9 @@ def test_fsdp_two_processes_train_like_one(fsdp_runs):
     for step in (3, 6):
         _assert_close_checkpoints(one, two, step)
     np.testing.assert_allclose([l for _, l in _losses(two)], [l for _, l in _losses(one)], rtol=1e-5)
+    with open(os.path.join(two, "log.jsonl")) as f:
+        norms = [e["grad_norm"] for e in map(json.loads, f) if "grad_norm" in e]
+    assert max(norms) > 1.0  # the default clip (1.0) acted on the sharded gradients
     assert "FSDP: the network's parameters, gradients and optimizer state sharded over 2 processes" in res.stderr
     grids = sorted(os.listdir(os.path.join(two, "samples")))  # rank 0 drew grids from the gathered EMA
     assert grids == ["step_00000003.png", "step_00000006.png"]

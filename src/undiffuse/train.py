@@ -351,8 +351,11 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         beta = ema_beta(cfg, self.samples_seen)
         with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                pe.lerp_(p, 1 - beta)
+            if self.fsdp:  # DTensor shards: one local lerp each
+                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                    pe.lerp_(p, 1 - beta)
+            else:  # one fused call over all tensors (on a GPU: a few kernel launches, not one per tensor)
+                torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - beta)
             for be, b in zip(self.ema.buffers(), self.net.buffers()):
                 be.copy_(b)
         self.step += 1
