@@ -92,3 +92,19 @@ def test_every_command_with_a_network_takes_a_checked_device(command, capsys):
     if not torch.cuda.is_available():
         code, _, err = run_main([*command, "--device", "cuda:0"], capsys)
         assert code == 2 and "has no CUDA device" in err
+
+
+@pytest.mark.slow
+def test_sample_compile_gives_the_same_samples(tmp_path, capsys):
+    import numpy as np
+
+    from _cli import run_main
+
+    _train(tmp_path / "toy", steps=2, toy=True)
+    common = ["sample", "--checkpoint", str(tmp_path / "toy"), "--num", "5", "--batch-size", "3", "--steps", "3",
+              "--format", "npz", "--no-progress"]
+    assert run_main([*common, "--out", str(tmp_path / "a.npz")], capsys)[0] == 0
+    code, _, err = run_main([*common, "--compile", "--out", str(tmp_path / "b.npz")], capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "b.npz")["samples"], np.load(tmp_path / "a.npz")["samples"],
+                               atol=1e-4)
