@@ -110,3 +110,77 @@ def test_calibration_errors(gm):
         calibrate(gm, (8,), 4, sigma_min=0.02, sigma_max=20.0, sampler="dpmpp_2m", learn_weights=True)
     with pytest.raises(ValueError, match="batch_size must be between 1 and train_size"):
         calibrate(gm, (8,), 4, sigma_min=0.02, sigma_max=20.0, train_size=16, batch_size=32)
+
+
+def test_ipndm_full_history_weights(gm):
+    x = undiffuse.noise((4, 8), seed=0, dtype=torch.float64) * 20
+    sig = schedules.get_sigmas("logsnr", 6, sigma_min=0.02, sigma_max=20.0)
+    ipndm = samplers.get("ipndm")
+    # zero weights on every earlier derivative reproduce iPNDM exactly (the start of a fit)
+    assert torch.equal(ipndm(gm, x, sig, deltas=torch.zeros(6, 5), shifts=torch.zeros(6)), ipndm(gm, x, sig))
+    # any weights integrate a constant derivative exactly: D = c gives x(s) = c + (x0 - c) s / s0
+    c = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    const = lambda z, s: c.expand_as(z)  # noqa: E731
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(ipndm(const, x, sig, deltas=w), c.expand_as(x), atol=1e-10)
+    # differentiable in positions, weights and shifts
+    sig_p = sig.clone().requires_grad_()
+    w = torch.zeros(6, 5, dtype=torch.float64, requires_grad=True)
+    sh = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    ipndm(gm, x, sig_p, deltas=w, shifts=sh).pow(2).sum().backward()
+    for g in (sig_p.grad, w.grad, sh.grad):
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+    with pytest.raises(ValueError, match="deltas must have shape"):
+        ipndm(gm, x, sig, deltas=torch.zeros(6, 6))
+
+
+def test_screened_pool_is_an_unbiased_weighted_sample():
+    from undiffuse.calibrate import _screened
+
+    def draw(first, count):
+        return undiffuse.noise((count, 3), seed=list(range(first, first + count)), dtype=torch.float64)
+
+    def hardness(x):
+        return x.pow(2).sum(1) ** 2  # heavy-tailed score
+
+    full = hardness(draw(7, 4096))
+    estimates = []
+    for first in range(7, 7 + 4096 * 20, 4096):  # fresh candidates every time
+        x, w = _screened(draw, first, 512, 8, hardness)
+        assert x.shape == (512, 3) and torch.isclose(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+        cand = draw(first, 4096)
+        score = hardness(cand)
+        assert torch.equal(torch.sort(hardness(x), descending=True).values[:256], score.sort(descending=True).values[:256])
+        estimates.append(float((w * hardness(x)).sum() / score.mean()))  # ratio to the candidates' own mean
+    # exact on the hardest half, an unbiased stratum mean on the rest: the ratio averages to 1
+    assert abs(sum(estimates) / len(estimates) - 1) < 0.01, estimates
+    assert float(full.mean()) > 0
+
+
+def test_full_history_fit_on_a_screened_pool_helps_on_held_out_noise(gm, tmp_path):
+    from undiffuse.calibrate import reference_solution
+    kw = dict(sigma_min=0.02, sigma_max=20.0, sampler="ipndm", learn_weights=True, train_size=64, val_size=64,
+              batch_size=32, select_every=10, lr_decay=True, screen=4, dtype=torch.float64)
+    cal = calibrate(gm, (8,), 5, history="all", position_iters=60, position_lr=0.05, iters=60, lr=0.01, **kw)
+    assert len(cal.options["deltas"]) == 5 and len(cal.options["deltas"][0]) == 4
+    assert cal.meta["history"] == 4 and cal.meta["screen"] == 4
+    # held-out noises never drawn by the fit (its candidates are seeds 0..767)
+    z = undiffuse.noise((256, 8), seed=list(range(10_000, 10_256)), dtype=torch.float64)
+    x = z * 20
+    ref = reference_solution(gm, x, 20.0, 0.02)
+    err = lambda out: float((out - ref).pow(2).mean().sqrt())  # noqa: E731
+    fitted = err(undiffuse.sample(gm, z, **cal.sample_kwargs()))
+    fixed = min(err(samplers.get("ipndm")(gm, x, schedules.get_sigmas(s, 5, sigma_min=0.02, sigma_max=20.0)))
+                for s in ("karras", "logsnr"))
+    assert fitted < 0.7 * fixed, (fitted, fixed)
+    path = tmp_path / "full.json"
+    cal.save(path)
+    again = Calibration.load(path)
+    z = undiffuse.noise((3, 8), seed=5, dtype=torch.float64)
+    assert torch.equal(undiffuse.sample(gm, z, **cal.sample_kwargs()), undiffuse.sample(gm, z, **again.sample_kwargs()))
+    with pytest.raises(ValueError, match="history"):
+        calibrate(gm, (8,), 5, history=9, **kw)
+    with pytest.raises(ValueError, match="history applies"):
+        calibrate(gm, (8,), 5, sigma_min=0.02, sigma_max=20.0, history="all")
+    with pytest.raises(ValueError, match="screen must be"):
+        calibrate(gm, (8,), 5, sigma_min=0.02, sigma_max=20.0, screen=1)

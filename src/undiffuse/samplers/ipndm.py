@@ -7,9 +7,11 @@ Runge-Kutta start, so every step costs exactly one evaluation. ``variable=True``
 exact variable-step Adams-Bashforth weights instead (the same rule as ``lms``) -- the
 "iPNDM-v" variant.
 
-``deltas`` (per step, up to three numbers) add learned corrections sum_j delta_ij (d_i - d_{i-j})
+``deltas`` (per step, k numbers) add learned corrections sum_j delta_ij (d_i - d_{i-j}), j = 1..k,
 to the averaged derivative; they vanish for a constant derivative, so every step stays
-consistent whatever their values. ``shifts`` evaluate the denoiser at ``s_i * exp(shift_i)``.
+consistent whatever their values. k may exceed ``order - 1`` (up to ``steps - 1``: every
+previous derivative, the learned-solver-coefficients form of LD3 / S4S-style solvers); the
+Adams-Bashforth part still uses ``order`` derivatives. ``shifts`` evaluate the denoiser at ``s_i * exp(shift_i)``.
 Both are fitted by ``undiffuse.calibrate`` (zero gives iPNDM back); see ``samplers.calibrated``.
 """
 from __future__ import annotations
@@ -34,21 +36,23 @@ def ipndm(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, ord
         return lms(denoiser, x, sigmas, generator=generator, callback=callback, extra=extra, order=order)
     if deltas is not None:
         deltas = torch.as_tensor(deltas, dtype=sigmas.dtype, device=sigmas.device)
-        if deltas.dim() != 2 or deltas.shape[0] != n or not 1 <= deltas.shape[1] <= order - 1:
-            raise ValueError(f"deltas must have shape ({n}, k) with 1 <= k <= {order - 1} for {n} steps, "
+        most = max(n - 1, order - 1, 1)  # every earlier derivative (or, as before, order - 1)
+        if deltas.dim() != 2 or deltas.shape[0] != n or not 1 <= deltas.shape[1] <= most:
+            raise ValueError(f"deltas must have shape ({n}, k) with 1 <= k <= {most} for {n} steps, "
                              f"got {tuple(deltas.shape)}")
     if shifts is not None:
         shifts = torch.as_tensor(shifts, dtype=sigmas.dtype, device=sigmas.device)
         if shifts.shape != (n,):
             raise ValueError(f"shifts must have shape ({n},) for {n} steps, got {tuple(shifts.shape)}")
     extra = extra or {}
+    keep = order if deltas is None else max(order, deltas.shape[1] + 1)  # derivatives kept, newest first
     ds = []
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = call(denoiser, x, s if shifts is None else s * torch.exp(shifts[i]), **extra)
         report(callback, i, x, s, s_next, den)
-        ds = ([to_d(x, s, den)] + ds)[:order]
-        coef = _AB[len(ds)]
+        ds = ([to_d(x, s, den)] + ds)[:keep]
+        coef = _AB[min(len(ds), order)]
         d = sum(c * dj for c, dj in zip(coef, ds))
         if deltas is not None:
             for j in range(1, min(len(ds), deltas.shape[1] + 1)):
