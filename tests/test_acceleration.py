@@ -77,7 +77,7 @@ def test_compiled_network_trains_the_same_weights(tmp_path):
     _assert_same_weights(tmp_path / "plain", tmp_path / "compiled", 2, 1e-4)
 
 
-DEVICE_COMMANDS = [["train"], ["evaluate", "x.npz"], ["sample", "--checkpoint", "x"], ["sweep", "--checkpoint", "x"],
+DEVICE_COMMANDS = [["train"], ["evaluate", "x.npz"], ["calibrate", "--checkpoint", "x", "--steps", "3"], ["sample", "--checkpoint", "x"], ["sweep", "--checkpoint", "x"],
                    ["distill", "--teacher", "x", "--out", "y"], ["train-autoencoder", "--out", "y"],
                    ["serve", "--models", "."], ["inpaint", "--checkpoint", "x", "--image", "digits"],
                    ["train-classifier", "--out", "y"]]

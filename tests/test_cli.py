@@ -215,6 +215,23 @@ def test_calibrate_then_sample_with_it(tiny_run, tmp_path, capsys):
     assert code == 2 and "not a calibration file" in err
 
 
+def test_calibrate_the_learned_ipndm_solver_from_the_command_line(tiny_run, tmp_path, capsys):
+    cal = tmp_path / "ip.json"
+    code, out, err = _main(["calibrate", "--checkpoint", str(tiny_run), "--steps", "3", "--iters", "4",
+                            "--train-size", "8", "--val-size", "8", "--sampler", "ipndm", "--history", "all",
+                            "--screen", "2", "--out", str(cal)], capsys)
+    assert code == 0, err
+    saved = json.loads(cal.read_text())
+    assert saved["sampler"] == "ipndm" and len(saved["sigmas"]) == 4
+    npz = tmp_path / "s.npz"
+    assert _main(["sample", "--checkpoint", str(tiny_run), "--calibration", str(cal), "--num", "2", "--format",
+                  "npz", "--out", str(npz), "--no-progress"], capsys)[0] == 0
+    code, _, err = _main(["calibrate", "--checkpoint", str(tiny_run), "--steps", "3", "--history", "all"], capsys)
+    assert code == 2 and "--history is for --sampler ipndm" in err
+    code, _, err = _main(["calibrate", "--checkpoint", str(tiny_run), "--steps", "3", "--screen", "1"], capsys)
+    assert code == 2 and "screen must be 0 (off) or an integer >= 2" in err
+
+
 def test_sweep_writes_table_plots_and_report(tiny_run, tmp_path, capsys):
     out = tmp_path / "sweep"
     code, stdout, err = _main(["sweep", "--checkpoint", str(tiny_run), "--samplers", "heun", "euler", "--nfe", "2", "3",

@@ -150,7 +150,7 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
               history: int | str | None = None, screen: int = 0, position_iters: int = 0,
               position_lr: float = 0.05, reference_rtol: float = 1e-8, reference_sigma_min: float | None = None,
               init=None, sampler_options: dict | None = None, extra: dict | None = None,
-              dtype=torch.float32, verbose: bool = False) -> Calibration:
+              dtype=torch.float32, device="cpu", verbose: bool = False) -> Calibration:
     """Fit ``steps`` step positions (and, for ``sampler="calibrated"``, solver weights).
 
     ``shape`` is one sample's shape. Starting noises are seeds ``seed .. seed+train_size-1``
@@ -208,7 +208,7 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
     evals = max(info.evals_per_step, 1)
 
     def draw(first, count):
-        return _noise((count, *shape), seed=list(range(first, first + count)), dtype=dtype) * sigma_max
+        return _noise((count, *shape), seed=list(range(first, first + count)), dtype=dtype, device=device) * sigma_max
 
     if screen:
         probe = _schedules.get_sigmas("logsnr", steps, sigma_min=sigma_min, sigma_max=sigma_max)

@@ -174,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=500_000, help="first noise seed (default: 500000, away from the "
                    "seeds `sample` uses by default)")
     c.add_argument("--weights", choices=("ema", "model"), default="ema")
+    c.add_argument("--sampler", choices=("calibrated", "ipndm"), default="calibrated", help="the solver fitted: "
+                   "calibrated (positions, weights of its multistep correction, shifts; default) or ipndm "
+                   "(positions, learned weights on earlier derivatives, shifts)")
+    c.add_argument("--history", help="ipndm: earlier derivatives each step may weigh, N or 'all' (default: 3)")
+    c.add_argument("--screen", type=int, default=0, help="draw SCREEN times the noises and fit on the hardest half "
+                   "plus a uniform draw of the rest, reweighted (heavy-tailed errors; 0: off, else >= 2)")
+    c.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
 
     e = sub.add_parser("evaluate", help="score samples against a reference set (FD, KID, precision/recall, copies)",
                        description="Score samples against a reference set. Every number comes with its protocol.")
@@ -662,6 +669,13 @@ def _steering(args, sub, run):
     return condition, den, steer
 
 
+def _int_or(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text  # calibrate() names what is allowed
+
+
 def _calibrate(args, sub) -> int:
     from . import generate as gen
     from .calibrate import calibrate
@@ -670,13 +684,20 @@ def _calibrate(args, sub) -> int:
     if args.out and os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} is a folder; give a file name")
     try:
-        run = gen.load_run(args.checkpoint, weights=args.weights)
+        run = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
     except CheckpointError as e:
         _usage(sub, f"--checkpoint: {e}")
+    if args.history is not None and args.sampler != "ipndm":
+        _usage(sub, "--history is for --sampler ipndm")
+    history = None if args.history is None else (args.history if args.history == "all" else _int_or(args.history))
     s = run.config.sample
-    cal = calibrate(run.denoiser, run.shape, args.steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
-                    train_size=args.train_size, val_size=args.val_size, seed=args.seed, iters=args.iters,
-                    reference_rtol=1e-5)
+    try:
+        cal = calibrate(run.denoiser, run.shape, args.steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max,
+                        train_size=args.train_size, val_size=args.val_size, seed=args.seed, iters=args.iters,
+                        reference_rtol=1e-5, sampler=args.sampler, history=history, screen=args.screen,
+                        learn_weights=True if args.sampler == "ipndm" else None, device=args.device)
+    except ValueError as e:
+        _usage(sub, f"{e} (check --history, --screen)")
     cal.meta.update({"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights})
     out = args.out or os.path.join(os.path.dirname(os.path.dirname(run.checkpoint)), f"calibration_{args.steps}.json")
     cal.save(out)
