@@ -627,7 +627,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the overhead timing (default 1: on a shared machine more threads "
                              "make the timings mostly contention)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the per-step overhead timing, printed (the section is not rewritten)")
     args = parser.parse_args(argv)
+    if args.overhead_only:
+        torch.set_num_threads(args.threads)
+        print(f"load average (1 min) {os.getloadavg()[0]:.1f}; median of 15 interleaved repeats, us/step")
+        with torch.no_grad():
+            measure_overhead(15, log=print)
+        return 0
     args.samples = 64 if args.quick else 256
     args.repeats = 3 if args.quick else 9
     try:

@@ -53,7 +53,9 @@ def ipndm(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, ord
         report(callback, i, x, s, s_next, den)
         ds = ([to_d(x, s, den)] + ds)[:keep]
         coef = _AB[min(len(ds), order)]
-        d = sum(c * dj for c, dj in zip(coef, ds))
+        d = ds[0] * coef[0]
+        for c, dj in zip(coef[1:], ds[1:]):
+            d = torch.add(d, dj, alpha=c)  # one fused kernel per term
         if deltas is not None:
             for j in range(1, min(len(ds), deltas.shape[1] + 1)):
                 d = d + deltas[i, j - 1] * (ds[0] - ds[j])
