@@ -19,10 +19,10 @@ started from the teacher's EMA weights (``undiffuse distill``):
   (``schedule=[s, 0]``: one evaluation from ``s * z``), the level best on seeds 0..1796 checked
   on the held-out seeds;
 * with ``--train-on`` (or if their folders exist), the ``TRAIN_ON`` stages that train the
-  2,700-step student on with a changed recipe (uniform intervals, 36 intervals, a lower and
-  then cosine-decayed learning rate), each started from the previous stage's weights with
-  ``undiffuse.distill.consistency_distill(init=...)``; the last stage's rows as for
-  ``consistency_2700``;
+  2,700-step student on with a changed recipe (uniform intervals at lr 0.0003, then l2
+  distance, or lr 0.0001 twice, or 36 intervals and then a cosine-decayed learning rate), each
+  started from an earlier stage's weights with ``undiffuse.distill.consistency_distill(init=...)``;
+  their rows as for ``consistency_2700``;
 * progressive distillation from the teacher's 16 Euler (= DDIM) steps, three rounds of
   ``--pd-steps`` steps each (16 -> 8 -> 4 -> 2), every round's student sampled on its grid,
   next to the teacher's plain Euler on the same grids.
@@ -92,6 +92,10 @@ TRAIN_ON = [
      "consistency_2700", 800, {"optim.lr": 3e-4, "objective.index_sampling": "uniform"}, STARTS),
     ("cd_uniA_l2", "consistency distillation 2700 + 800 + 600 steps (uniform, l2 distance, lr 0.0003)",
      "cd_uniA", 600, {"optim.lr": 3e-4, "objective.index_sampling": "uniform", "objective.distance": "l2"}, STARTS),
+    ("cd_uniA_lr1e4", "consistency distillation 2700 + 800 + 600 steps (uniform, lr 0.0001)",
+     "cd_uniA", 600, {"optim.lr": 1e-4, "objective.index_sampling": "uniform"}, STARTS),
+    ("cd_uniA_lr1e4b", "consistency distillation 2700 + 800 + 600 + 600 steps (uniform, lr 0.0001)",
+     "cd_uniA_lr1e4", 600, {"optim.lr": 1e-4, "objective.index_sampling": "uniform"}, STARTS),
     ("cd_uniA_n36", "consistency distillation 2700 + 800 + 400 steps (uniform, 36 intervals, lr 0.0003)",
      "cd_uniA", 400,
      {"optim.lr": 3e-4, "objective.index_sampling": "uniform", "objective.steps_start": 36,
