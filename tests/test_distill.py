@@ -248,3 +248,34 @@ def test_consistency_training_from_data_alone(tmp_path, eight_data):
     print("distance to the nearest mode: exact one step", float(exact.mean()), "student", float(learnt.mean()),
           "share within 0.3:", float((learnt < 0.3).double().mean()))
     assert float(learnt.mean()) < 0.5 * float(exact.mean())
+
+
+# --------------------------------------------------------------------------- training a student on
+
+
+def test_consistency_student_started_from_another_student(tmp_path):
+    """``init``: the new student starts from the given student's network and EMA (not the
+    teacher's), takes the new recipe, and counts its own steps; a run that is not a
+    consistency student is refused."""
+    from _cli import TINY
+
+    from undiffuse import checkpoint as ckpt
+    from undiffuse.cli import main
+    from undiffuse.distill import consistency_distill
+
+    teacher, first, second = (str(tmp_path / n) for n in ("teacher", "first", "second"))
+    assert main(["train", "--data", "digits", "--max-steps", "2", "--out", teacher, *TINY]) == 0
+    quiet = dict(progress=False, log=lambda m: None)
+    consistency_distill(teacher, first, max_steps=2, steps=6, **quiet)
+    # lr ~0 and an EMA that hardly moves: the second student's weights stay the first's
+    consistency_distill(teacher, second, max_steps=1, steps=6, lr=1e-30, init=first,
+                        overrides={"objective.index_sampling": "uniform", "ema.rampup": 0,
+                                   "ema.halflife_samples": 1e12}, **quiet)
+    a, b, t = ckpt.load_checkpoint(first), ckpt.load_checkpoint(second), ckpt.load_checkpoint(teacher)
+    assert b["state_json"]["step"] == 1 and b["state_json"]["config"]["objective"]["index_sampling"] == "uniform"
+    for key in ("model", "ema"):
+        for name, v in a[key].items():
+            torch.testing.assert_close(b[key][name], v, rtol=0, atol=1e-6)
+    assert any(not torch.equal(a["ema"][k], t["ema"][k]) for k in a["ema"])  # the first student did move
+    with pytest.raises(ValueError, match="not a consistency student"):
+        consistency_distill(teacher, str(tmp_path / "third"), max_steps=1, init=teacher, **quiet)

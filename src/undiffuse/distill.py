@@ -54,7 +54,7 @@ def _stopping(d: dict, max_steps: int | None, time_budget: float | None) -> None
     d["train"]["max_steps"], d["train"]["time_budget"] = max_steps, time_budget
 
 
-def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log) -> dict:
+def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, init: str | None = None) -> dict:
     from . import data as _data
     from .train import Trainer
 
@@ -65,16 +65,36 @@ def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log) ->
         dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
     trainer = Trainer(cfg, dataset, out, resume="auto", progress=progress, log=log)
     if trainer.step == 0:
-        state = teacher.denoiser.net.state_dict()
-        trainer.net.load_state_dict(state)
-        trainer.ema.load_state_dict(state)
+        if init is None:
+            state = teacher.denoiser.net.state_dict()
+            trainer.net.load_state_dict(state)
+            trainer.ema.load_state_dict(state)
+        else:
+            start = _init_weights(init, cfg)
+            trainer.net.load_state_dict(start["model"])
+            trainer.ema.load_state_dict(start["ema"])
     return trainer.fit()
+
+
+def _init_weights(path: str, cfg: RunConfig) -> dict:
+    """A consistency student's weights (its network and EMA) to start another student from,
+    refusing a run of another kind or architecture."""
+    from . import checkpoint as ckpt
+
+    loaded = ckpt.load_checkpoint(path)
+    saved = loaded["state_json"]["config"]
+    if saved.get("objective", {}).get("kind") != "consistency":
+        raise ValueError(f"init {path!r} is not a consistency student (objective.kind "
+                         f"{saved.get('objective', {}).get('kind')!r})")
+    if saved.get("model") != cfg.model:
+        raise ValueError(f"init {path!r} has another network ({saved.get('model')}) than the teacher's ({cfg.model})")
+    return loaded
 
 
 def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = None,
                         time_budget: float | None = None, solver: str = "heun", steps: int = 18,
                         lr: float | None = None, seed: int = 0, overrides: dict | None = None,
-                        progress: bool = False, log=print) -> dict:
+                        init: str | None = None, progress: bool = False, log=print) -> dict:
     """Consistency distillation of a trained run into ``out``.
 
     ``steps``: the grid's intervals N (the teacher solves the ODE in N ``solver`` steps over
@@ -83,6 +103,12 @@ def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = 
     ``--steps 2`` goes through ``sample.sigma_min`` (the middle level of a 2-level Karras
     schedule), 4 sigma_data by default: on digits the best of a sweep from 0.27 to 27 sigma_data
     (BENCHMARKS.md). Runs again with the same ``out`` resume it.
+
+    ``init``: start the student from another consistency student's network and EMA weights
+    (a run or checkpoint folder of the same architecture) instead of the teacher's, with a
+    fresh optimizer and step count: to train a student on with a changed recipe (``overrides``
+    such as ``objective.index_sampling``, ``optim.lr`` or ``ema.halflife_samples``, which a
+    plain resume keeps as saved). With ``ema.rampup`` 0 the EMA goes on from the loaded one.
     """
     teacher = load_teacher(teacher_path)
     d = teacher.config.to_dict()
@@ -97,8 +123,9 @@ def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = 
     _stopping(d, max_steps, time_budget)
     cfg = RunConfig.from_dict(apply_overrides(d, overrides or {}))
     log(f"consistency distillation of {teacher.checkpoint} (step {teacher.step}): {solver} steps on a grid of "
-        f"{cfg.objective.steps_start}..{cfg.objective.steps_end} intervals, lr {cfg.optim.lr:g}, into {out}")
-    return _train_student(teacher, cfg, out, progress=progress, log=log)
+        f"{cfg.objective.steps_start}..{cfg.objective.steps_end} intervals, lr {cfg.optim.lr:g}, into {out}"
+        + (f", starting from the student {init}" if init else ""))
+    return _train_student(teacher, cfg, out, progress=progress, log=log, init=init)
 
 
 def progressive_distill(teacher_path: str, out: str, *, steps: int, rounds: int = 1, max_steps: int | None = None,
