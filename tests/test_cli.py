@@ -247,3 +247,25 @@ def test_sweep_writes_table_plots_and_report(tiny_run, tmp_path, capsys):
     assert "| euler | 3 | 3 | 3 |" in md and "fd_vs_nfe.png" in md
     code, _, err = _main(["sweep", "--checkpoint", str(tiny_run), "--samplers", "fast"], capsys)
     assert code == 2 and "--samplers: unknown fast" in err
+
+
+def test_sample_with_an_explicit_list_of_sigmas(tiny_run, tmp_path, capsys):
+    """--sigmas S0,...,0 steps through exactly those levels (the 1-step-from-a-lower-level
+    sampling of consistency students); it equals the Python call with the same list."""
+    from undiffuse import generate as gen
+
+    npz = tmp_path / "s.npz"
+    code, _, err = _main(["sample", "--checkpoint", str(tiny_run), "--sigmas", "8,2.5,0", "--sampler", "euler",
+                          "--num", "3", "--format", "npz", "--out", str(npz), "--no-progress"], capsys)
+    assert code == 0, err
+    with np.load(npz, allow_pickle=False) as f:
+        got, params = f["samples"], json.loads(str(f["parameters"]))
+    assert params["steps"] == 2 and params["schedule"] == [8.0, 2.5, 0.0]
+    run = gen.load_run(str(tiny_run))
+    want = gen.to_unit(gen.generate(run, 3, seed=0, sampler="euler", schedule=[8.0, 2.5, 0.0])).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    for bad, message in ((["--sigmas", "8,2"], "must end in 0"), (["--sigmas", "2,8,0"], "strictly decreasing"),
+                         (["--sigmas", "8,x"], "comma-separated numbers"),
+                         (["--sigmas", "8,0", "--steps", "3"], "--sigmas replaces")):
+        code, _, err = _main(["sample", "--checkpoint", str(tiny_run), *bad], capsys)
+        assert code == 2 and message in err, (bad, err)

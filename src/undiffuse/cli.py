@@ -49,6 +49,13 @@ def _key_value(text: str) -> tuple[str, object]:
     return k.strip(), parse_value(v)
 
 
+def _sigma_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 8,0 or 80,3,0, got {text!r}") from None
+
+
 # Direct options and the config key each one sets.
 TRAIN_OPTIONS = {
     "max_steps": "train.max_steps", "time_budget": "train.time_budget", "seed": "train.seed",
@@ -128,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", help="sampler name (default: the run's recommendation)")
     s.add_argument("--steps", type=_positive_int, help="sampler steps (default: the run's recommendation)")
     s.add_argument("--schedule", help="sigma schedule (default: the run's recommendation)")
+    s.add_argument("--sigmas", type=_sigma_list, metavar="S0,S1,...,0", help="the noise levels to step through, "
+                   "decreasing and ending in 0 (replaces --steps and --schedule), e.g. 8,0: one step from sigma 8")
     s.add_argument("--calibration", help="a calibration JSON from `undiffuse calibrate` (replaces --sampler, "
                    "--steps and --schedule)")
     s.add_argument("--class", dest="class_", metavar="CLASS", help="class name or index, a comma list, or 'all' "
@@ -543,6 +552,15 @@ def _sample(args, sub) -> int:
         except (OSError, ValueError) as e:
             _usage(sub, f"--calibration: {e}")
     condition, den, steer = _steering(args, sub, run)
+    if args.sigmas is not None:
+        if args.steps is not None or args.schedule is not None or cal is not None:
+            _usage(sub, "--sigmas replaces --steps, --schedule and --calibration; give one or the other")
+        from .schedules import validate
+
+        try:
+            args.schedule = validate(args.sigmas, "--sigmas").tolist()
+        except ValueError as e:
+            _usage(sub, str(e))
     sched = schedule_of(run.config.sample, args.schedule)
     if args.steps is not None and not isinstance(sched, str) and args.steps != len(sched) - 1:
         _usage(sub, f"--steps {args.steps}: this run samples on its fixed list of {len(sched) - 1} steps "
@@ -556,7 +574,8 @@ def _sample(args, sub) -> int:
             return 0
     c = run.config.sample
     params = {"checkpoint": os.path.abspath(run.checkpoint), "step": run.step, "weights": run.weights,
-              "sampler": args.sampler or c.sampler, "steps": args.steps or c.steps,
+              "sampler": args.sampler or c.sampler,
+              "steps": len(args.sigmas) - 1 if args.sigmas is not None else args.steps or c.steps,
               "schedule": args.schedule or c.schedule, **steer}
     if cal is not None:
         params.update(sampler=cal.sampler, steps=cal.steps, schedule=f"calibration {os.path.abspath(args.calibration)}")
