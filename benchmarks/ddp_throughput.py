@@ -57,7 +57,7 @@ def measure(name: str, nproc: int, threads: int, fsdp: bool, steps: int, batch: 
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
          "undiffuse", "--"]
     cmd = [*launcher, "train", "--data", "digits", "--max-steps", str(steps), "--batch-size", str(batch),
-           "--log-every", "10", "--checkpoint-every", str(steps), "--sample-every", "0", "--no-progress",
+           "--log-every", str(max(1, min(10, steps // 4))), "--checkpoint-every", str(steps), "--sample-every", "0", "--no-progress",
            "--out", out, "--set", "train.sample_count=16", "--set", "train.tensorboard=false",
            "--set", f"model.channels={channels}", "--set", f"model.head_channels={channels}",
            *(["--fsdp"] if fsdp else [])]
@@ -133,8 +133,12 @@ def main() -> None:
         f"the load average, 1-minute, as each run started), "
         f"{_dt.date.today().isoformat()}; samples/s is the median over the log entries after the first. Per step, "
         f"DDP adds a gradient all-reduce over loopback gloo; FSDP instead an all-gather of each block's weights in "
-        f"the forward and again in the backward, and a reduce-scatter of its gradients. Reproduce: "
-        f"`python benchmarks/ddp_throughput.py --write BENCHMARKS.md` (and `--channels 96` for the wider rows).")}
+        f"the forward and again in the backward, and a reduce-scatter of its gradients. FSDP's peak memory is not lower here: the peak "
+        f"is the writing rank's, which gathers the whole network, EMA and optimizer state to save the "
+        f"single-process checkpoint format (the other ranks drop each gathered tensor at once), on top of a "
+        f"torch runtime of about 500 MiB per process; between checkpoints each rank holds half of the "
+        f"parameters, gradients and moments. Reproduce: "
+        f"`python benchmarks/ddp_throughput.py --write BENCHMARKS.md` (and `--channels 128 --steps 12 --batch-size 32` for the wider rows).")}
     save_results(results_path, results)
     if args.write:
         write_section(args.write, section(results), START, END)

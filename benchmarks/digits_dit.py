@@ -40,6 +40,7 @@ ROWS = {  # name: (preset, overrides, training steps as a multiple of --steps)
     "DiT, lr 4e-3": ("digits-dit", {"optim.lr": 4e-3}, 1),
     "DiT, patch 1 (64 tokens)": ("digits-dit", {"model.patch_size": 1}, 1),
     "DiT (preset), twice the steps: about the U-Net's training time": ("digits-dit", {}, 2),
+    "DiT, lr 4e-3, twice the steps": ("digits-dit", {"optim.lr": 4e-3}, 2),
 }
 
 

@@ -7,8 +7,8 @@ after. Gradients are averaged over the ranks as under DDP, so N processes still 
 same optimizer steps as one process up to float rounding.
 
 What stays as with one process: checkpoints. Saving gathers the full network, EMA and
-optimizer state (a collective: every rank calls it) and rank 0 writes exactly what a single
-process writes, so a run saved by N sharded processes resumes on M processes with FSDP, DDP
+optimizer state (a collective: every rank calls it; one tensor at a time on the device, the
+whole state in rank 0's host memory) and rank 0 writes exactly what a single process writes, so a run saved by N sharded processes resumes on M processes with FSDP, DDP
 or none. Loading goes the other way: the trainer restores the plain network first and
 shards it afterwards; the optimizer is rebuilt on the sharded parameters and its saved full
 moments cut to each rank's shard (:func:`load_optimizer_state`).
@@ -58,17 +58,28 @@ def full(value):
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def full_state(net: nn.Module) -> dict[str, Tensor]:
-    """``net.state_dict()`` with every sharded entry gathered (every rank must call)."""
-    return {k: full(v).detach() for k, v in net.state_dict().items()}
+def full_state(net: nn.Module, keep: bool = True) -> dict[str, Tensor] | None:
+    """``net.state_dict()`` with every sharded entry gathered (every rank must call). With
+    ``keep=False`` (ranks that do not write) each gathered tensor is dropped at once and
+    None returned, so only the writing rank ever holds the whole state."""
+    out = {}
+    for k, v in net.state_dict().items():
+        t = full(v).detach()
+        if keep:
+            out[k] = t.cpu()  # one whole tensor at a time on the device; the state collects in host memory
+    return out if keep else None
 
 
-def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+def full_optimizer_state(opt: torch.optim.Optimizer, keep: bool = True) -> dict | None:
     """``opt.state_dict()`` with every sharded moment gathered: the same dict a single
-    process's optimizer returns (every rank must call)."""
+    process's optimizer returns (every rank must call; ``keep`` as in :func:`full_state`)."""
     sd = opt.state_dict()
-    return {"state": {i: {k: full(v) for k, v in s.items()} for i, s in sd["state"].items()},
-            "param_groups": sd["param_groups"]}
+    state = {}
+    for i, s in sd["state"].items():
+        entry = {k: full(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+        if keep:
+            state[i] = entry
+    return {"state": state, "param_groups": sd["param_groups"]} if keep else None
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:

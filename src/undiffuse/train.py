@@ -245,8 +245,9 @@ class Trainer:
         if self._gathered is None or self._gathered[0] != self.step:
             from . import sharding
 
-            self._gathered = (self.step, sharding.full_state(self.net), sharding.full_state(self.ema),
-                              sharding.full_optimizer_state(self.opt))
+            keep = self.world.main  # the other ranks take part in the gathers and drop the results
+            self._gathered = (self.step, sharding.full_state(self.net, keep), sharding.full_state(self.ema, keep),
+                              sharding.full_optimizer_state(self.opt, keep))
         return self._gathered[1:]
 
     def save(self) -> str:
