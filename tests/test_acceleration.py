@@ -59,11 +59,12 @@ def test_channels_last_trains_the_same_weights(tmp_path):
 
 def test_resume_takes_execution_choices_from_the_request(tmp_path):
     run = tmp_path / "r"
-    _train(run, steps=2)
-    t = _train(run, steps=3, **{"train.channels_last": True, "optim.lr": 0.5})  # lr: the saved one is kept
+    constant = {"optim.schedule": "constant"}  # so that extending 2 steps to 3 is the straight 3-step run
+    _train(run, steps=2, **constant)
+    t = _train(run, steps=3, **{**constant, "train.channels_last": True, "optim.lr": 0.5})  # lr: the saved one
     assert t.cfg.train.channels_last is True and t.channels_last
     assert t.cfg.optim.lr != 0.5
-    _train(tmp_path / "straight", steps=3)
+    _train(tmp_path / "straight", steps=3, **constant)
     _assert_same_weights(tmp_path / "straight", run, 3, 1e-5)
 
 
