@@ -448,6 +448,12 @@ def _distill(args, sub) -> int:
         _usage(sub, f"--teacher: {e}")
     except (TrainingError, ValueError) as e:
         _usage(sub, str(e))
+    finally:
+        from .distributed import teardown
+
+        # under torchrun: every rank waits for the others (rank 0 still writing) before leaving the
+        # group; a rank that exits first aborts its gloo threads and torchrun fails the job
+        teardown()
     if main_rank:
         print(json.dumps({"run": args.out, "method": args.method, **result}))
     return 0
