@@ -184,3 +184,26 @@ def test_full_history_fit_on_a_screened_pool_helps_on_held_out_noise(gm, tmp_pat
         calibrate(gm, (8,), 5, sigma_min=0.02, sigma_max=20.0, history="all")
     with pytest.raises(ValueError, match="screen must be"):
         calibrate(gm, (8,), 5, sigma_min=0.02, sigma_max=20.0, screen=1)
+
+
+class _Trainable(torch.nn.Module):
+    """The mixture's denoiser times a trainable factor 1: a user's module that still trains."""
+
+    def __init__(self, gm):
+        super().__init__()
+        self.gm, self.scale = gm, torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x, sigma):
+        return self.gm(x, sigma) * self.scale
+
+
+def test_fit_leaves_a_trainable_modules_parameters_alone(gm):
+    net = _Trainable(gm)
+    calibrate(net, (8,), 3, sigma_min=0.02, sigma_max=20.0, train_size=8, val_size=8, iters=3,
+              dtype=torch.float64)
+    # the fit differentiated through the module but computed no weight gradients, and the
+    # parameter still trains afterwards
+    assert net.scale.grad is None and net.scale.requires_grad
+    with pytest.raises(ValueError, match="steps"):
+        calibrate(net, (8,), 0, sigma_min=0.02, sigma_max=20.0)
+    assert net.scale.requires_grad  # restored after an error too
