@@ -235,10 +235,73 @@ def test_latent_training_evaluates_decoded_samples(ae, tmp_path, capsys):
     assert "digits" in evals[0]["eval_features"]  # scored as 1x8x8 images, i.e. decoded
 
 
-def test_inverse_commands_refuse_latent_runs(latent_run, tmp_path, capsys):
-    code, _, err = _main(["img2img", "--checkpoint", str(latent_run), "--image", "digits", "--strength", "0.5",
+def _digit_png(path, index):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    Image.fromarray((load_digits().images[index] / 16.0 * 255).round().astype(np.uint8)).save(path)
+    return np.asarray(Image.open(path))
+
+
+def _pngs(out, n):
+    from PIL import Image
+
+    return [np.asarray(Image.open(out / f"{i:06d}.png")) for i in range(n)]
+
+
+def test_img2img_on_a_latent_run_edits_the_images_latents(latent_run, ae, tmp_path, capsys):
+    from undiffuse import generate as gen
+
+    src = _digit_png(tmp_path / "d.png", 3)
+    base = ["img2img", "--checkpoint", str(latent_run), "--image", str(tmp_path / "d.png"), "--num", "2",
+            "--steps", "10"]
+    # strength 0.04 of 10 steps rounds to no step: the result is the image's autoencoder round trip
+    code, _, err = _main([*base, "--strength", "0.04", "--out", str(tmp_path / "zero")], capsys)
+    assert code == 0, err
+    codec = load_autoencoder(str(ae))
+    x = torch.tensor(src, dtype=torch.float32)[None, None] / 255 * 2 - 1
+    expected = np.asarray(gen.to_uint8(gen.to_unit(codec.decode(codec.encode(x))))).reshape(8, 8)
+    assert np.abs(expected.astype(int) - src).max() > 10  # the round trip is not the image itself
+    for img in _pngs(tmp_path / "zero", 2):
+        assert img.shape == (8, 8)  # decoded images, not 2x2 latents
+        assert np.abs(img.astype(int) - expected).max() <= 1  # rounding of the float32 path
+    code, _, err = _main([*base, "--strength", "0.6", "--out", str(tmp_path / "edit")], capsys)
+    assert code == 0, err
+    a, b = _pngs(tmp_path / "edit", 2)
+    assert a.shape == (8, 8) and not np.array_equal(a, b)  # seeds 0 and 1 differ
+
+
+def test_inpaint_on_a_latent_run_keeps_the_kept_pixels_exactly(latent_run, tmp_path, capsys):
+    from PIL import Image
+
+    src = _digit_png(tmp_path / "d.png", 5)
+    out = tmp_path / "out"
+    code, _, err = _main(["inpaint", "--checkpoint", str(latent_run), "--image", str(tmp_path / "d.png"),
+                          "--mask", "top", "--num", "2", "--steps", "6", "--jump-length", "2", "--jump-count", "1",
+                          "--out", str(out)], capsys)
+    assert code == 0, err
+    for i, img in enumerate(_pngs(out, 2)):
+        assert img.shape == (8, 8)
+        assert np.array_equal(img[4:], src[4:])  # the bottom half was kept
+        assert not np.array_equal(img[:4], src[:4])  # the top half was drawn by the tiny model
+        meta = json.loads(Image.open(out / f"{i:06d}.png").text["undiffuse"])
+        assert meta["latent"] is True and meta["seed"] == i
+
+
+def test_latent_inpaint_mask_must_keep_whole_latent_cells(latent_run, tmp_path, capsys):
+    _digit_png(tmp_path / "d.png", 5)
+    # the centre square touches every 4x4-pixel cell of the 2x2 latents: no cell is wholly kept
+    code, _, err = _main(["inpaint", "--checkpoint", str(latent_run), "--image", str(tmp_path / "d.png"),
+                          "--mask", "center", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "no latent cell" in err and "wholly kept" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["upscale"], ["restore", "--degradation", "blur"]])
+def test_upscale_and_restore_refuse_latent_runs(command, latent_run, tmp_path, capsys):
+    code, _, err = _main([*command, "--checkpoint", str(latent_run), "--image", "digits", "--index", "0",
                           "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "latent diffusion run" in err, err
+    assert code == 2 and "latent diffusion run" in err and "inpaint or img2img" in err, err
 
 
 def test_resume_with_another_autoencoder_exits_2(latent_run, ae, tmp_path, capsys):

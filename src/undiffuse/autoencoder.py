@@ -69,7 +69,8 @@ class LatentCodec:
     @torch.no_grad()
     def encode(self, x: Tensor, batch_size: int = 256) -> Tensor:
         """Images (N, C, H, W) in [-1, 1] -> posterior means times the scale factor."""
-        out = [self.net.encode(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)]
+        dev = next(self.net.parameters()).device
+        out = [self.net.encode(x[i:i + batch_size].to(dev, torch.float32))[0] for i in range(0, len(x), batch_size)]
         return torch.cat(out) * self.scale_factor
 
     @torch.no_grad()

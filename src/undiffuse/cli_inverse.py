@@ -19,6 +19,9 @@ from .acceleration import device_option
 
 MASK_NAMES = ("top", "bottom", "left", "right", "center")
 DEGRADATIONS = ("blur", "noise", "downsample", "mask")
+# Latent runs: these work in the autoencoder's latent space (upscale and restore would need guidance
+# through the decoder, not done)
+LATENT_COMMANDS = ("inpaint", "img2img")
 
 
 def add_parsers(sub, positive_int) -> None:
@@ -92,10 +95,10 @@ def run(args, sub) -> int:
         usage(f"--checkpoint: {e}")
     if loaded.kind != "image":
         usage(f"{args.command} needs an image model; {args.checkpoint!r} models vectors")
-    if loaded.decoder is not None:
+    if loaded.decoder is not None and args.command not in LATENT_COMMANDS:
         usage(f"{args.command} works on pixel-space runs; {args.checkpoint!r} is a latent diffusion run "
-              f"(train --latent), which it does not support yet")
-    images = _match_channels(_load_images(args, usage), loaded.shape[0])
+              f"(train --latent): on latent runs use {' or '.join(LATENT_COMMANDS)}")
+    images = _match_channels(_load_images(args, usage), loaded.image_shape[0])
     out = args.out or args.command
     if os.path.exists(out) and not os.path.isdir(out):
         usage(f"--out {out!r} exists and is not a folder")
@@ -226,25 +229,50 @@ def _inpaint(args, run, x, seeds, extra, params, usage):
     from . import inverse
     from .samplers._common import per_sample_generators
 
-    _check_shape(x, run.shape, "--image", usage)
+    _check_shape(x, run.image_shape, "--image", usage)
     if args.sampler not in inverse.INPAINT_STEPS:
         usage(f"--sampler {args.sampler!r}: inpaint steps with one of {', '.join(inverse.INPAINT_STEPS)}")
     if args.jump_count < 0:
         usage(f"--jump-count must be >= 0, got {args.jump_count}")
-    mask = _mask(args.mask, run.shape, usage).expand(len(x), *run.shape)
-    y = inverse.inpaint(run.denoiser, x, mask, _sigmas(args, run), generator=per_sample_generators(seeds),
-                        jump_length=args.jump_length, jump_count=args.jump_count, step=args.sampler, extra=extra)
-    return y, {**params, "mask": args.mask, "jump_length": args.jump_length, "jump_count": args.jump_count}
+    mask = _mask(args.mask, run.image_shape, usage).expand(len(x), *run.image_shape)
+    options = dict(generator=per_sample_generators(seeds), jump_length=args.jump_length,
+                   jump_count=args.jump_count, step=args.sampler, extra=extra)
+    params = {**params, "mask": args.mask, "jump_length": args.jump_length, "jump_count": args.jump_count}
+    if run.decoder is None:
+        return inverse.inpaint(run.denoiser, x, mask, _sigmas(args, run), **options), params
+    # latent run: RePaint on the latents, then the kept pixels pasted back exactly
+    codec = run.decoder
+    keep = _latent_keep(mask, run.shape, usage)
+    known = codec.encode(x * mask)  # the region to fill does not reach the encoder (it sees 0 there)
+    z = inverse.inpaint(run.denoiser, known, keep, _sigmas(args, run), **options)
+    return mask * x + (1 - mask) * codec.decode(z).to(x.device), {**params, "latent": True}
+
+
+def _latent_keep(mask: torch.Tensor, latent_shape: tuple, usage) -> torch.Tensor:
+    """A pixel mask (1 = keep) as a latent mask: a latent cell is kept only when every pixel it
+    covers is kept, so the filled region grows to whole cells."""
+    import torch.nn.functional as F
+
+    factor = mask.shape[-1] // latent_shape[-1]
+    keep = -F.max_pool2d(-mask[:, :1], factor)  # minimum over each cell
+    if not keep.bool().any():
+        usage(f"--mask {mask.shape[-2]}x{mask.shape[-1]}: no latent cell ({factor}x{factor} pixels) is wholly kept, "
+              f"so nothing is left to condition on in this latent run; keep larger regions")
+    return keep.expand(-1, latent_shape[0], -1, -1)
 
 
 def _img2img(args, run, x, seeds, extra, params, usage):
     from . import inverse
 
-    _check_shape(x, run.shape, "--image", usage)
+    _check_shape(x, run.image_shape, "--image", usage)
     s = run.config.sample
-    y = inverse.sdedit(run.denoiser, x, args.strength, sampler=args.sampler, steps=args.steps,
+    codec = run.decoder  # latent run: SDEdit on the image's latents, then decoded
+    start = codec.encode(x) if codec is not None else x
+    y = inverse.sdedit(run.denoiser, start, args.strength, sampler=args.sampler, steps=args.steps,
                        schedule=args.schedule, sigma_min=s.sigma_min, sigma_max=s.sigma_max, seed=seeds, extra=extra)
-    return y, {**params, "strength": args.strength}
+    if codec is None:
+        return y, {**params, "strength": args.strength}
+    return codec.decode(y).to(x.device), {**params, "strength": args.strength, "latent": True}
 
 
 def _upscale(args, run, x, seeds, extra, params, usage):
