@@ -12,6 +12,14 @@ EMA weights. Both are sampled with Euler at 1, 2 and 4 steps on two schedules
 (``trailing``: uniform in flow time from t = 1, so 2 steps are t = 1, 0.5, 0, the usual choice
 for flow models; ``karras``: the run's default, whose last steps sit at sigma_min) and the teacher with Heun 10 steps (19 evaluations); FD is ``metrics.fd_digits`` of 1,797 samples (seeds 0..1796),
 and straightness the mean S of ``reflow.straightness`` over 256 noises (0 = straight paths).
+
+Recipe variants (issue 7's goal: 1 and 2 steps within 1.3x the teacher's best 20-step FD):
+students from DPM-Solver++ 2M 20-step couplings with the training options of Lee et al. 2024
+(``diffusion.noise_sampling=u_shaped``, ``diffusion.distance=pseudo_huber``), more couplings
+(kept in a ``--couplings-file`` and shared by the variants; drawn from seeds 200000.., so that
+both FD seed sets below are noises the students never trained on) and longer training. Each is
+sampled with Euler at 1 step (from sigma_max) and 2 steps through a middle level chosen from
+``MIDDLES`` on seeds 0..1796, and both are checked on the held-out seeds 100000..101796.
 """
 from __future__ import annotations
 
@@ -37,20 +45,78 @@ def run(cmd):
 _STRAIGHTNESS: dict = {}
 
 
-def measure(path: str, sampler: str, steps: int, schedule: str) -> dict:
+HELD = 100_000  # held-out seeds: choices made on seeds 0..1796 are checked on 100000..101796
+SMAX = 999.0  # the flow process's sigma_max (t_max = 0.999): where every sampler starts
+MIDDLES = (0.5, 1.0, 2.0, 4.0, 8.0)  # 2-step middle levels swept on seeds 0..1796
+COUPLINGS_SEED = 200_000
+# (folder, label, distill arguments) of the recipe variants, all from the teacher's EMA weights and
+# DPM-Solver++ 2M 20-step couplings; one run each.
+RECIPE = [
+    ("u4", "U-shaped t (a = 4), 8192 couplings (seeds 0..8191), 1300 steps",
+     ["--couplings", "8192", "--max-steps", "1300", "--set", "diffusion.noise_sampling=u_shaped"]),
+    ("u4_32k", "U-shaped t, 32768 couplings, 1300 steps",
+     ["--couplings", "32768", "--max-steps", "1300", "--set", "diffusion.noise_sampling=u_shaped"]),
+]
+
+
+def measure(path: str, sampler: str, steps: int | None, schedule, seed: int = 0) -> dict:
     from undiffuse import generate as gen
     from undiffuse.metrics import fd_digits
     from undiffuse.reflow import straightness
 
     r = gen.load_run(path)
     t0 = time.perf_counter()
-    x = gen.generate(r, 1797, seed=0, sampler=sampler, steps=steps, schedule=schedule, batch_size=600)
+    x = gen.generate(r, 1797, seed=seed, sampler=sampler, steps=steps, schedule=schedule, batch_size=600)
     secs = time.perf_counter() - t0
     if path not in _STRAIGHTNESS:  # a property of the model, not of the sampler
         z = torch.randn(256, *r.shape, generator=torch.Generator().manual_seed(123))
         _STRAIGHTNESS[path] = float(straightness(r.denoiser, z, steps=100).mean())
     s = _STRAIGHTNESS[path]
-    return {"fd": fd_digits(gen.to_unit(x).numpy()), "straightness": s, "seconds": round(secs, 1)}
+    return {"fd": fd_digits(gen.to_unit(x).numpy()), "straightness": s, "seconds": round(secs, 1),
+            "seeds": f"{seed}..{seed + 1796}"}
+
+
+def train_recipe(teacher: str, results: dict) -> None:
+    """Train the ``RECIPE`` students not trained yet; note each one's wall time."""
+    couplings_file = os.path.join(ROOT, f"couplings_dpmpp2m20_s{COUPLINGS_SEED}.safetensors")
+    for folder, _, args in RECIPE:
+        out = os.path.join(ROOT, folder)
+        if os.path.isdir(os.path.join(out, "checkpoints")):
+            continue
+        seed = [] if folder == "u4" else ["--seed", str(COUPLINGS_SEED), "--couplings-file", couplings_file]
+        t0 = time.perf_counter()
+        run(["distill", "--method", "reflow", "--teacher", teacher, "--out", out, "--sampler", "dpmpp_2m",
+             "--steps", "20", *seed, *args])
+        results.setdefault("_meta", {}).setdefault("recipe_seconds", {})[folder] = round(time.perf_counter() - t0)
+
+
+def train_seconds(run_path: str) -> int:
+    """The student's training wall time (the trainer's last logged ``elapsed``; couplings not included)."""
+    import json
+
+    with open(os.path.join(run_path, "log.jsonl")) as f:
+        return round(max(json.loads(line).get("elapsed", 0) for line in f if line.strip()))
+
+
+def recipe_rows(results: dict, again: bool) -> None:
+    """1 step, the 2-step middle level sweep on seeds 0..1796, and the held-out checks."""
+    for folder, label, _ in RECIPE:
+        path = os.path.join(ROOT, folder)
+        tag = f"reflow student ({label}; {train_seconds(path)} s training)"
+        todo = [(f"{tag}, Euler 1 step", [SMAX, 0.0], 0, 1)]
+        todo += [(f"{tag}, Euler 2 steps via sigma {m:g}", [SMAX, m, 0.0], 0, 2) for m in MIDDLES]
+        for name, sigmas, seed, nfe in todo:
+            if name not in results or again:
+                results[name] = {**measure(path, "euler", None, sigmas, seed), "nfe": nfe}
+                print(name, results[name], flush=True)
+        sweep = {m: results[f"{tag}, Euler 2 steps via sigma {m:g}"]["fd"] for m in MIDDLES}
+        best = min(sweep, key=sweep.get)
+        for name, sigmas, nfe in ((f"held-out seeds: {tag}, Euler 1 step", [SMAX, 0.0], 1),
+                                  (f"held-out seeds: {tag}, Euler 2 steps via sigma {best:g} (best on seeds 0..1796)",
+                                   [SMAX, best, 0.0], 2)):
+            if name not in results or again:
+                results[name] = {**measure(path, "euler", None, sigmas, HELD), "nfe": nfe}
+                print(name, results[name], flush=True)
 
 
 def main() -> None:
@@ -84,11 +150,16 @@ def main() -> None:
                 for steps in (4, 2, 1):
                     rows.append((f"{who}, Euler {steps} step{'s' if steps > 1 else ''}, {schedule}", rpath, "euler",
                                  steps, steps, schedule))
-        for name, rpath, sampler, steps, nfe, schedule in rows:
+        rows.append(("held-out seeds: teacher, DPM-Solver++ 2M 20 steps, karras", teacher, "dpmpp_2m", 20, 20,
+                     "karras", HELD))
+        for name, rpath, sampler, steps, nfe, schedule, *seed in rows:
             if name in results and not args.again:
                 continue
-            results[name] = {**measure(rpath, sampler, steps, schedule), "nfe": nfe}
+            results[name] = {**measure(rpath, sampler, steps, schedule, *seed), "nfe": nfe}
             print(name, results[name], flush=True)
+        train_recipe(teacher, results)
+        save_results(path, results)
+        recipe_rows(results, args.again)
         results["_meta"] = {**results.get("_meta", {}), "date": _dt.date.today().isoformat(), "steps": args.steps,
                             "couplings": args.couplings}
         save_results(path, results)
@@ -100,10 +171,14 @@ def main() -> None:
                  f"steps from the teacher's EMA weights; {meta.get('distill_seconds', '?')} s for couplings and "
                  "training on a shared CPU). FD: `fd_digits` of 1,797 samples; straightness: mean S over 256 "
                  "noises, 0 = straight.")
-        section = table_section(START, END, "## Reflow on digits (issue 7, first part)", intro,
-                                ["model, sampler", "NFE", "FD", "straightness", "sampling s"], results,
-                                lambda r: [f"{r['nfe']}", f"{r['fd']:.3g}", f"{r['straightness']:.3g}",
-                                           f"{r['seconds']:.1f}"])
+        best = {HELD if k.startswith("held-out") else 0: r["fd"] for k, r in results.items()
+                if k.endswith("teacher, DPM-Solver++ 2M 20 steps, karras")}
+        section = table_section(START, END, "## Reflow on digits (issue 7)", intro,
+                                ["model, sampler", "NFE", "seeds", "FD", "FD / teacher's best", "straightness",
+                                 "sampling s"], results,
+                                lambda r: [f"{r['nfe']}", r.get("seeds", "0..1796"), f"{r['fd']:.3g}",
+                                           f"{r['fd'] / best[int(r.get('seeds', '0..').split('..')[0])]:.2f}",
+                                           f"{r['straightness']:.3g}", f"{r['seconds']:.1f}"])
         write_section(args.write, section, START, END)
 
 
