@@ -71,6 +71,10 @@ RECIPE = [
      "restarted; 1300 + 4800 steps in all)",
      [*SHARED, "--init", os.path.join(ROOT, "huber_1step_2400"), "--max-steps", "2400", "--lr", "5e-4",
       "--set", "diffusion.noise_sampling=sigma_max", *HUBER]),
+    ("huber_1step_7200", "the last one + the 1-step stage a third time, 2400 steps at lr 5e-4 (1300 + 7200 steps "
+     "in all)",
+     [*SHARED, "--init", os.path.join(ROOT, "huber_1step_4800"), "--max-steps", "2400", "--lr", "5e-4",
+      "--set", "diffusion.noise_sampling=sigma_max", *HUBER]),
 ]
 
 

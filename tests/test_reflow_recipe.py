@@ -225,3 +225,30 @@ def test_reflow_starts_from_another_run_and_refuses_a_bad_init(tmp_path, tiny_te
     rf.reflow(tiny_teacher, narrow, max_steps=0, init="none", overrides={"model.width": 8}, **quiet)
     with pytest.raises(ValueError, match="another network"):
         rf.reflow(tiny_teacher, str(tmp_path / "y"), max_steps=0, init=narrow, **quiet)
+
+
+def test_distill_reflow_couplings_file_and_init_from_the_command_line(tmp_path, tiny_teacher, capsys):
+    from undiffuse.cli import main
+
+    pairs = str(tmp_path / "pairs.safetensors")
+    common = ["distill", "--method", "reflow", "--teacher", tiny_teacher, "--couplings", "16", "--sampler", "euler",
+              "--steps", "2", "--couplings-file", pairs, "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--max-steps", "1"]) == 0
+    assert rf.load_couplings(pairs)[2]["n"] == 16
+    assert main([*common, "--out", str(tmp_path / "b"), "--max-steps", "1", "--init", str(tmp_path / "a"),
+                 "--set", "diffusion.noise_sampling=sigma_max"]) == 0
+    capsys.readouterr()
+
+    def code(args):
+        try:
+            return main(args)
+        except SystemExit as e:
+            return e.code
+
+    assert code([*common, "--out", str(tmp_path / "c"), "--init", str(tmp_path / "nothing")]) == 2
+    assert "--init" in capsys.readouterr().err
+    assert code(["distill", "--method", "consistency", "--teacher", tiny_teacher, "--out", str(tmp_path / "d"),
+                 "--couplings-file", pairs]) == 2
+    assert "--couplings-file is for --method reflow" in capsys.readouterr().err
+    assert code([*common, "--out", str(tmp_path / "e"), "--seed", "3"]) == 2  # drawn with seed 0
+    assert "drawn differently" in capsys.readouterr().err
