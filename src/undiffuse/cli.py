@@ -268,6 +268,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rounds", type=_positive_int, default=1, help="progressive: halvings (default: 1)")
     r.add_argument("--schedule", help="progressive and reflow: the teacher's schedule (default: the teacher's)")
     r.add_argument("--couplings", type=_positive_int, default=4096, help="reflow: noise-sample pairs (default: 4096)")
+    r.add_argument("--init", help="reflow: start the student from this run's EMA weights (same network) instead "
+                   "of the teacher's, e.g. a reflow student for a 1-step stage with --set "
+                   "diffusion.noise_sampling=sigma_max")
+    r.add_argument("--couplings-file", help="reflow: a .safetensors file keeping the pairs for the next student: "
+                   "read if it exists and was drawn the same way (teacher, sampler, steps, schedule, --seed), "
+                   "written otherwise")
     r.add_argument("--set", dest="overrides", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="any student config key, e.g. --set objective.index_sampling=uniform (repeatable)")
     r.add_argument("--seed", type=int, default=0)
@@ -410,6 +416,12 @@ def _distill(args, sub) -> int:
         _usage(sub, f"--lr must be > 0, got {args.lr}")
     if args.method != "progressive" and args.rounds != 1:
         _usage(sub, "--rounds is for --method progressive")
+    if args.couplings_file is not None and args.method != "reflow":
+        _usage(sub, "--couplings-file is for --method reflow")
+    if args.init is not None and args.method != "reflow":
+        _usage(sub, "--init is for --method reflow")
+    if args.init is not None and not os.path.isdir(args.init):
+        _usage(sub, f"--init {args.init!r} is not a run folder")
     solver = args.sampler or {"consistency": "heun", "progressive": "euler", "reflow": "heun"}[args.method]
     try:
         check_solver(solver)
@@ -443,7 +455,9 @@ def _distill(args, sub) -> int:
             if args.lr:
                 overrides["optim.lr"] = args.lr
             result = reflow(args.teacher, args.out, n=args.couplings, sampler=solver, steps=args.steps,
-                            schedule=args.schedule, overrides=overrides, **stop, **common)
+                            schedule=args.schedule, overrides=overrides, couplings_file=args.couplings_file,
+                            init=args.init or "ema",
+                            **stop, **common)
     except CheckpointError as e:
         _usage(sub, f"--teacher: {e}")
     except (TrainingError, ValueError) as e:

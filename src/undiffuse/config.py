@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from . import nets, process as _process
-from .losses import NOISE_SAMPLING, WEIGHTINGS
+from .losses import DISTANCES as LOSS_DISTANCES, NOISE_SAMPLING, WEIGHTINGS
 from .precond import PARAMETERIZATIONS, Denoiser
 
 
@@ -31,11 +31,14 @@ class DiffusionConfig:
     process: dict = field(default_factory=lambda: {"name": "edm"})  # process.get(name, **rest)
     parameterization: str = "edm"  # eps | x0 | v | edm | flow
     sigma_data: float = 0.5       # data standard deviation (EDM preconditioning and weighting)
-    noise_sampling: str = "lognormal"  # uniform_t | lognormal
+    noise_sampling: str = "lognormal"  # uniform_t | lognormal | u_shaped | sigma_max (see losses)
     p_mean: float = -1.2          # lognormal: mean of ln(sigma)
     p_std: float = 1.2            # lognormal: std of ln(sigma)
+    u_a: float = 4.0              # u_shaped: a of the density cosh(a (u - 1/2)) over t (larger: more at the ends)
     weighting: str = "uniform"    # uniform | min_snr | edm (see losses)
     min_snr_gamma: float = 5.0
+    distance: str = "l2"          # l2 | pseudo_huber: the per-sample distance of the network output (see losses)
+    huber_c: float | None = None  # pseudo_huber: its c (None: 0.00054 * sqrt(elements per sample))
     time_scale: float = 1.0       # multiplies the network's noise label
     boundary_sigma: float | None = None  # consistency models: D(x, boundary_sigma) = x exactly (precond)
 
@@ -343,6 +346,7 @@ def validate(cfg: RunConfig) -> None:
         (dif.parameterization in PARAMETERIZATIONS, "diffusion.parameterization", dif.parameterization, PARAMETERIZATIONS),
         (dif.noise_sampling in NOISE_SAMPLING, "diffusion.noise_sampling", dif.noise_sampling, NOISE_SAMPLING),
         (dif.weighting in WEIGHTINGS, "diffusion.weighting", dif.weighting, WEIGHTINGS),
+        (dif.distance in LOSS_DISTANCES, "diffusion.distance", dif.distance, LOSS_DISTANCES),
         (opt.schedule in ("cosine", "constant"), "optim.schedule", opt.schedule, ("cosine", "constant")),
         (tr.precision in ("fp32", "bf16"), "train.precision", tr.precision, ("fp32", "bf16")),
         (smp.sampler in samplers.names(), "sample.sampler", smp.sampler, samplers.names()),
@@ -360,6 +364,10 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ValueError(f"{key} must be > 0, got {value}")
+    if not dif.u_a > 0:
+        raise ValueError(f"diffusion.u_a must be > 0, got {dif.u_a}")
+    if dif.huber_c is not None and not dif.huber_c > 0:
+        raise ValueError(f"diffusion.huber_c must be > 0 (or null for the default), got {dif.huber_c}")
     if not 0 <= con.dropout < 1:
         raise ValueError(f"conditioning.dropout must be in [0, 1), got {con.dropout}")
     if con.max_tokens < 2:

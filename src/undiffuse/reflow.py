@@ -26,6 +26,7 @@ analytic mixtures alike.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Sequence
@@ -73,6 +74,54 @@ def couplings(denoiser, n: int, shape: Sequence[int], *, seed: int = 0, sampler:
         zs[start:start + len(seeds)] = z.float().cpu()
         xs[start:start + len(seeds)] = x0.float().cpu()
     return _dist.all_gather_rows(zs, batch_size, world), _dist.all_gather_rows(xs, batch_size, world)
+
+
+# --------------------------------------------------------------------------- a couplings file
+
+
+def save_couplings(path: str, z: Tensor, x0: Tensor, meta: dict) -> None:
+    """Write pairs to a safetensors file (tensors ``z`` and ``x0``) with ``meta`` (how they were
+    drawn: JSON-able values) as JSON in its header; atomic."""
+    from .checkpoint import save_tensors
+
+    if z.shape != x0.shape:
+        raise ValueError(f"z and x0 must have the same shape, got {tuple(z.shape)} and {tuple(x0.shape)}")
+    save_tensors(path, {"z": z.contiguous(), "x0": x0.contiguous()},
+                 metadata={"couplings": json.dumps({**meta, "n": int(z.shape[0])}, sort_keys=True)})
+
+
+def load_couplings(path: str) -> tuple[Tensor, Tensor, dict]:
+    """``(z, x0, meta)`` of a file written by :func:`save_couplings`."""
+    from safetensors import safe_open
+
+    from .checkpoint import CheckpointError, load_tensors
+
+    t = load_tensors(path)  # refuses anything that is not a safetensors file
+    with safe_open(path, framework="pt") as f:
+        header = (f.metadata() or {}).get("couplings")
+    if header is None or set(t) != {"z", "x0"}:
+        raise CheckpointError(f"{path} is not a couplings file (tensors z and x0 with a 'couplings' header)")
+    return t["z"], t["x0"], json.loads(header)
+
+
+def _cached_couplings(path: str, n: int, meta: dict, draw) -> tuple[Tensor, Tensor]:
+    """The first ``n`` pairs of the couplings file ``path`` if it was drawn the same way
+    (``meta``), else ``draw()``'s pairs, then saved there. Pair i depends on its seed alone, so
+    the first n of a larger file are exactly the pairs a draw of n would give."""
+    if os.path.exists(path):
+        z, x0, saved = load_couplings(path)
+        differ = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+        if differ:
+            raise ValueError(f"couplings file {path!r} was drawn differently: " + ", ".join(
+                f"{k} {a!r} there, {b!r} here" for k, (a, b) in sorted(differ.items()))
+                + "; give another file or delete it")
+        if saved["n"] < n:
+            raise ValueError(f"couplings file {path!r} holds {saved['n']} pairs, fewer than the {n} asked for; "
+                             f"give another file, delete it or ask for at most {saved['n']}")
+        return z[:n], x0[:n]
+    z, x0 = draw()
+    save_couplings(path, z, x0, meta)
+    return z, x0
 
 
 # --------------------------------------------------------------------------- straightness
@@ -189,26 +238,37 @@ def _as_index(index):
 def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = None,
            time_budget: float | None = None, seed: int = 0, sampler: str = "heun",
            steps: int | None = None, schedule: str | None = None, batch_size: int = 256, init: str = "ema",
-           overrides: dict | None = None, progress: bool = False, log=print) -> dict:
+           overrides: dict | None = None, couplings_file: str | None = None, progress: bool = False,
+           log=print) -> dict:
     """Reflow a trained flow run: ``n`` couplings of the teacher's EMA model (seeds
     ``seed .. seed + n - 1``; ``sampler``, and ``steps``/``schedule`` defaulting to the
     teacher's sample settings), then train a student with the teacher's config (same network,
     process and loss) on them for ``max_steps`` steps into ``out``.
 
     ``init``: ``"ema"`` starts the student (and its EMA) from the teacher's EMA weights,
-    ``"none"`` from a fresh initialisation. ``overrides`` are dotted config overrides for the
-    student (e.g. ``{"optim.lr": 1e-4}``). Returns the trainer's ``fit()`` result.
+    ``"none"`` from a fresh initialisation, a run folder from that run's EMA weights (the
+    same network as the teacher's; e.g. a reflow student, for a second stage with other
+    training options such as ``diffusion.noise_sampling=sigma_max``, the 1-step distillation
+    of Liu et al. 2023, sec. 2.3; the student's config is still the teacher's with
+    ``overrides``). ``overrides`` are dotted config overrides for the
+    student (e.g. ``{"optim.lr": 1e-4}``). ``couplings_file``: a safetensors file that keeps
+    the pairs (with how they were drawn) for the next student: read when it exists and was
+    drawn the same way (its first ``n`` pairs), written otherwise. Returns the trainer's
+    ``fit()`` result.
     """
     from .config import RunConfig, apply_overrides
     from .generate import load_run
     from .train import Trainer
 
-    if init not in ("ema", "none"):
-        raise ValueError(f"init must be 'ema' or 'none', got {init!r}")
+    if init not in ("ema", "none") and not os.path.isdir(init):
+        raise ValueError(f"init must be 'ema', 'none' or a run folder, got {init!r}")
     from . import distributed as _dist
 
     device = (overrides or {}).get("train.device", "cpu")  # the couplings are drawn where the student trains
     world = _dist.setup(device)  # under torchrun: the couplings are split over the processes
+    if couplings_file is not None and world.distributed:
+        raise ValueError("couplings_file is for one process; under torchrun the couplings are drawn by all "
+                         "processes each time")
     teacher = load_run(teacher_run_path, weights="ema", device=_dist.device_for(device, world))
     cfg = teacher.config
     if cfg.diffusion.parameterization != "flow" or cfg.diffusion.process.get("name") != "flow":
@@ -219,10 +279,19 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
         raise ValueError(f"reflow supports unconditional runs only; {teacher_run_path!r} uses "
                          f"conditioning {cfg.conditioning.kind!r}")
     batch_size = min(batch_size, -(-n // world.size))  # at least one batch for every process
-    z, x0 = couplings(teacher.denoiser, n, teacher.shape, seed=seed, sampler=sampler,
-                      steps=steps or cfg.sample.steps, schedule=schedule or cfg.sample.schedule,
-                      batch_size=batch_size, sigma_min=cfg.sample.sigma_min, sigma_max=cfg.sample.sigma_max,
-                      device=_dist.device_for(device, world), world=world)
+    how = dict(sampler=sampler, steps=steps or cfg.sample.steps, schedule=schedule or cfg.sample.schedule,
+               sigma_min=cfg.sample.sigma_min, sigma_max=cfg.sample.sigma_max)
+
+    def draw():
+        return couplings(teacher.denoiser, n, teacher.shape, seed=seed, batch_size=batch_size,
+                         device=_dist.device_for(device, world), world=world, **how)
+
+    if couplings_file is None:
+        z, x0 = draw()
+    else:
+        meta = {"teacher": os.path.abspath(teacher.checkpoint), "teacher_step": int(teacher.step), "seed": seed,
+                "shape": list(teacher.shape), **how}
+        z, x0 = _cached_couplings(couplings_file, n, meta, draw)
     data = PairedDataset(x0, z, name=f"reflow of {os.path.abspath(teacher_run_path)}", kind=teacher.kind)
     d = cfg.to_dict()
     if (max_steps is None) == (time_budget is None):
@@ -231,8 +300,15 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     d["data"]["hflip"] = False  # a flipped x0 would no longer be the end of its z's path
     d = apply_overrides(d, overrides or {})
     student_cfg = RunConfig.from_dict(d)
-    trainer = Trainer(student_cfg, data, out, progress=progress, log=log,
-                      init_weights=teacher.denoiser.net.state_dict() if init == "ema" else None)
+    if init in ("ema", "none"):
+        start = teacher.denoiser.net.state_dict() if init == "ema" else None
+    else:
+        other = load_run(init, weights="ema")
+        if other.config.model != cfg.model:
+            raise ValueError(f"init {init!r} has another network ({other.config.model}) than the teacher's "
+                             f"({cfg.model})")
+        start = other.denoiser.net.state_dict()
+    trainer = Trainer(student_cfg, data, out, progress=progress, log=log, init_weights=start)
     length = f"{max_steps} steps" if max_steps is not None else f"{time_budget:g} s"
     split = f", drawn by {world.size} processes" if world.distributed else ""
     log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}){split}; training {out} for {length}")

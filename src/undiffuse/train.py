@@ -319,7 +319,8 @@ class Trainer:
                 total += loss.detach().item() / o.accumulation
                 continue
             sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
-                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std)[part].to(self.device)
+                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std,
+                                 u_a=cfg.diffusion.u_a)[part].to(self.device)
             if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
                 eps = self.data.noise_of(idx[part]).to(device=self.device, dtype=x0.dtype)
             else:
@@ -327,7 +328,9 @@ class Trainer:
             with sync:
                 with autocast:
                     loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
-                                          min_snr_gamma=cfg.diffusion.min_snr_gamma, **cond).mean()
+                                          min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                                          distance=cfg.diffusion.distance, huber_c=cfg.diffusion.huber_c,
+                                          **cond).mean()
                 (loss / o.accumulation).backward()
             total += loss.detach().item() / o.accumulation
         total = _dist.mean(total, self.world)  # every rank logs and judges the same global loss
