@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from test_losses import Const  # a network that outputs one constant
 from undiffuse import process
 from undiffuse import reflow as rf
 from undiffuse import train as train_mod
@@ -53,15 +54,6 @@ def test_uniform_t_draws_are_unchanged_by_the_new_option():
     g = torch.Generator().manual_seed(3)
     idx = torch.randint(0, len(vp.sigmas[torch.isfinite(vp.sigmas)]), (100,), generator=g)
     torch.testing.assert_close(a, vp.sigmas[torch.isfinite(vp.sigmas)][idx])
-
-
-class Const(torch.nn.Module):
-    def __init__(self, value):
-        super().__init__()
-        self.value = value
-
-    def forward(self, x, label):
-        return torch.full_like(x, self.value)
 
 
 def test_pseudo_huber_distance_matches_its_formula():
