@@ -75,6 +75,17 @@ RECIPE = [
      "in all)",
      [*SHARED, "--init", os.path.join(ROOT, "huber_1step_4800"), "--max-steps", "2400", "--lr", "5e-4",
       "--set", "diffusion.noise_sampling=sigma_max", *HUBER]),
+    # after the helper's stages levelled off at lr 5e-4 with cosine decay: a constant lower lr, as
+    # the consistency student's last stages (pseudo-Huber, and l2 for comparison)
+    ("huber_1step_4800_lr1e4", "huber_1step_4800 + the 1-step stage for 1200 steps at a constant lr 1e-4 "
+     "(1300 + 6000 steps in all)",
+     [*SHARED, "--init", os.path.join(ROOT, "huber_1step_4800"), "--max-steps", "1200", "--lr", "1e-4",
+      "--set", "diffusion.noise_sampling=sigma_max", "--set", "optim.schedule=constant",
+      "--set", "optim.warmup_steps=0", *HUBER]),
+    ("l2_1step_4800_lr1e4", "the same with the squared error instead of pseudo-Huber",
+     [*SHARED, "--init", os.path.join(ROOT, "huber_1step_4800"), "--max-steps", "1200", "--lr", "1e-4",
+      "--set", "diffusion.noise_sampling=sigma_max", "--set", "optim.schedule=constant",
+      "--set", "optim.warmup_steps=0", "--set", "diffusion.distance=l2"]),
 ]
 
 
