@@ -244,3 +244,16 @@ def test_distill_reflow_couplings_file_and_init_from_the_command_line(tmp_path, 
     assert "--couplings-file is for --method reflow" in capsys.readouterr().err
     assert code([*common, "--out", str(tmp_path / "e"), "--seed", "3"]) == 2  # drawn with seed 0
     assert "drawn differently" in capsys.readouterr().err
+    # a folder that is not a run, a file that is not a couplings file: the option named, not --teacher
+    (tmp_path / "empty").mkdir()
+    assert code([*common, "--out", str(tmp_path / "f"), "--max-steps", "1", "--init", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "--init '" in err and "--teacher" not in err.splitlines()[-1], err
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not safetensors")
+    before = bogus.read_bytes()
+    args = [a if a != pairs else str(bogus) for a in common]
+    assert code([*args, "--out", str(tmp_path / "g"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("undiffuse distill: error: --couplings-file: "), err
+    assert bogus.read_bytes() == before  # the file is left as it was

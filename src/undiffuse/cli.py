@@ -454,10 +454,12 @@ def _distill(args, sub) -> int:
 
             if args.lr:
                 overrides["optim.lr"] = args.lr
-            result = reflow(args.teacher, args.out, n=args.couplings, sampler=solver, steps=args.steps,
-                            schedule=args.schedule, overrides=overrides, couplings_file=args.couplings_file,
-                            init=args.init or "ema",
-                            **stop, **common)
+            try:
+                result = reflow(args.teacher, args.out, n=args.couplings, sampler=solver, steps=args.steps,
+                                schedule=args.schedule, overrides=overrides, couplings_file=args.couplings_file,
+                                init=args.init or "ema", **stop, **common)
+            except ValueError as e:  # name the CLI options, not the function's arguments
+                _usage(sub, str(e).replace("couplings_file: ", "--couplings-file: ").replace("init '", "--init '"))
     except CheckpointError as e:
         _usage(sub, f"--teacher: {e}")
     except (TrainingError, ValueError) as e:

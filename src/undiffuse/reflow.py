@@ -256,6 +256,7 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     drawn the same way (its first ``n`` pairs), written otherwise. Returns the trainer's
     ``fit()`` result.
     """
+    from .checkpoint import CheckpointError
     from .config import RunConfig, apply_overrides
     from .generate import load_run
     from .train import Trainer
@@ -291,7 +292,10 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     else:
         meta = {"teacher": os.path.abspath(teacher.checkpoint), "teacher_step": int(teacher.step), "seed": seed,
                 "shape": list(teacher.shape), **how}
-        z, x0 = _cached_couplings(couplings_file, n, meta, draw)
+        try:
+            z, x0 = _cached_couplings(couplings_file, n, meta, draw)
+        except CheckpointError as e:  # not the teacher's fault: name the file's option
+            raise ValueError(f"couplings_file: {e}") from None
     data = PairedDataset(x0, z, name=f"reflow of {os.path.abspath(teacher_run_path)}", kind=teacher.kind)
     d = cfg.to_dict()
     if (max_steps is None) == (time_budget is None):
@@ -303,7 +307,10 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     if init in ("ema", "none"):
         start = teacher.denoiser.net.state_dict() if init == "ema" else None
     else:
-        other = load_run(init, weights="ema")
+        try:
+            other = load_run(init, weights="ema")
+        except CheckpointError as e:
+            raise ValueError(f"init {init!r}: {e}") from None
         if other.config.model != cfg.model:
             raise ValueError(f"init {init!r} has another network ({other.config.model}) than the teacher's "
                              f"({cfg.model})")
