@@ -80,13 +80,47 @@ class GaussianMixture:
         """The exact posterior mean E[x0 | x0 + sigma eps = x] (float64 inside)."""
         dtype = x.dtype
         x = x.to(torch.float64)
-        var = self._noisy_var(sigma, x.shape[0])  # (B, K, d)
+        s = torch.as_tensor(sigma, dtype=torch.float64)
+        shared = self._shared_level(s)
+        if shared is None:
+            return self._denoise_per_sample(x, s).to(dtype)
+        # one noise level for the whole batch: fold it into the bases, two matrix products in all.
+        # In component k's eigenbasis scaled by 1/sqrt(var) = (l_k + s^2)^-1/2, q = W_k^T (x - mu_k)
+        # gives the log-density -|q|^2/2 - log det / 2, and the posterior mean is
+        # mu_k + U_k diag(l_k / sqrt(var)) q.
+        var = self.evals + shared**2  # (K, d)
+        root = var.rsqrt()
+        w = self.evecs * root.unsqueeze(1)  # (K, d, e): columns scaled
+        v = self.evecs * (self.evals * root).unsqueeze(1)
+        k, d = self.evals.shape
+        q = (x @ w.permute(1, 0, 2).reshape(d, k * d)).view(-1, k, d) - torch.einsum("kd,kde->ke", self.means, w)
+        logp = -0.5 * q.square().sum(-1) - 0.5 * var.log().sum(-1) + self.weights.log()
+        resp = torch.softmax(logp, dim=1)  # (B, K)
+        post = (resp.unsqueeze(-1) * q).reshape(-1, k * d) @ v.transpose(1, 2).reshape(k * d, d)
+        return (resp @ self.means + post).to(dtype)
+
+    @staticmethod
+    def _shared_level(s: Tensor):
+        """The single noise level of a batch as a 0-dim tensor, or None when levels differ.
+        A level expanded from one value (stride 0, as the samplers pass it) keeps its gradient
+        path; equal per-sample levels that need separate gradients take the general path."""
+        if s.dim() == 0:
+            return s
+        flat = s.reshape(-1)
+        if flat.numel() == 1 or (s.dim() == 1 and s.stride(0) == 0):
+            return flat[0]
+        if not s.requires_grad and bool((flat == flat[0]).all()):
+            return flat[0]
+        return None
+
+    def _denoise_per_sample(self, x: Tensor, s: Tensor) -> Tensor:
+        var = self._noisy_var(s, x.shape[0])  # (B, K, d)
         proj = self._projected(x)  # (B, K, d)
         logp = -0.5 * (proj**2 / var).sum(-1) - 0.5 * var.log().sum(-1) + self.weights.log()
         resp = torch.softmax(logp, dim=1)  # (B, K)
         shrunk = proj * (self.evals.unsqueeze(0) / var)  # C (C + s^2)^-1 (x - mu) in eigenbasis
         post = self.means.unsqueeze(0) + torch.einsum("bke,kde->bkd", shrunk, self.evecs)
-        return (resp.unsqueeze(-1) * post).sum(1).to(dtype)
+        return (resp.unsqueeze(-1) * post).sum(1)
 
     def __call__(self, x: Tensor, sigma) -> Tensor:
         """Denoiser interface ``D(x, sigma)`` for flat vectors or any shape with ``dim`` entries."""
