@@ -52,3 +52,15 @@ def test_shared_and_per_sample_levels_agree_in_values_and_gradients(gm):
     assert torch.allclose(g_shared, g_each.sum(), rtol=1e-10)
     # equal per-sample levels that are separate leaves keep separate gradients
     assert g_each.abs().min() > 0 and g_each.std() > 0
+
+
+def test_an_expanded_float32_level_takes_the_shared_path(gm, monkeypatch):
+    # float32 samplers pass sigma cast to float32 and expanded: still one level for the batch
+    x = _batch().float()
+    s = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    expected = gm(x, s.expand(40))
+    monkeypatch.setattr(type(gm), "_denoise_per_sample", lambda *a: pytest.fail("took the per-sample path"))
+    out = gm(x, s.float().expand(40))
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
+    g, = torch.autograd.grad(out.pow(2).sum(), s)
+    assert torch.isfinite(g) and g != 0

@@ -80,10 +80,11 @@ class GaussianMixture:
         """The exact posterior mean E[x0 | x0 + sigma eps = x] (float64 inside)."""
         dtype = x.dtype
         x = x.to(torch.float64)
-        s = torch.as_tensor(sigma, dtype=torch.float64)
-        shared = self._shared_level(s)
+        s = torch.as_tensor(sigma)
+        shared = self._shared_level(s)  # before the cast: a cast copy of an expanded level loses its zero stride
         if shared is None:
-            return self._denoise_per_sample(x, s).to(dtype)
+            return self._denoise_per_sample(x, s.to(torch.float64)).to(dtype)
+        shared = shared.to(torch.float64)
         # one noise level for the whole batch: fold it into the bases, two matrix products in all.
         # In component k's eigenbasis scaled by 1/sqrt(var) = (l_k + s^2)^-1/2, q = W_k^T (x - mu_k)
         # gives the log-density -|q|^2/2 - log det / 2, and the posterior mean is
