@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
     c.add_argument("--steps", type=_positive_int, required=True, help="network evaluations per sample")
     c.add_argument("--out", help="calibration JSON (default: RUN/calibration_STEPS.json)")
-    c.add_argument("--iters", type=_positive_int, default=150, help="optimizer iterations (default: 150)")
+    c.add_argument("--iters", type=_positive_int, default=100, help="optimizer iterations (default: 100)")
     c.add_argument("--train-size", type=_positive_int, default=64, help="noises fitted (default: 64)")
     c.add_argument("--val-size", type=_positive_int, default=64, help="held-out noises (default: 64)")
     c.add_argument("--seed", type=int, default=500_000, help="first noise seed (default: 500000, away from the "
