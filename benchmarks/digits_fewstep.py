@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     p.add_argument("--num", type=int, default=1797)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--iters", type=int, default=100)  # the CLI default
     p.add_argument("--write")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

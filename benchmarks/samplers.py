@@ -198,11 +198,11 @@ CALIBRATION = dict(train_size=1024, val_size=256, batch_size=256, iters=400, sel
 # times as many candidates, the rest a weighted uniform draw; see calibrate's ``screen``): the
 # positions alone first, then everything together. Candidates: seeds 100000 .. (training) and the
 # next ones (validation), disjoint from the benchmark batch. Chosen on the check batch (seeds
-# 50000..52047), never on the benchmark batch.
-# Cost: 150 + 150 Adam steps scored every 25 and a DOP853 reference at rtol 1e-5 (error ~1e-5, far
-# below the fitted errors) take two thirds of the time of 300 + 300 steps scored every 10 against
-# rtol 1e-8; they passed 2 of 3 fits on the check batch (300 + 300: 3 of 3; BENCHMARKS.md). A weaker
-# screen (3x, or a 2x-NFE probe) failed.
+# 50000.., 2,048 noises at first, 16,384 now), never on the benchmark batch.
+# Cost: about a minute on one thread at NFE 10. With calibrate's last-level search these settings
+# scored 0.86-0.94 of diffusers' best NFE-20 RMSE on 16,384 check noises in 3 of 3 fits; 300 + 300
+# steps scored every 10 did worse (1 of 3), and so did a weaker screen (3x, or a 2x-NFE probe)
+# before (BENCHMARKS.md).
 SCREENED = dict(learn_weights=True, history="all", screen=4, train_size=2048, val_size=1024, batch_size=256,
                 position_iters=150, position_lr=0.05, iters=150, lr=0.005, select_every=25, lr_decay=True,
                 init="trailing", reference_rtol=1e-5, seed=100_000)
