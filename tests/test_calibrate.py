@@ -89,6 +89,8 @@ def test_searched_last_level_is_a_better_start_on_held_out_noise(gm, steps):
     assert searched.meta["start_sigmas"][:-2] == plain.meta["start_sigmas"][:-2]
     # measured: 0.601 vs 0.733 (3 steps), 0.230 vs 0.281 (6 steps)
     assert searched.val_rmse < 0.9 * plain.val_rmse, (searched.val_rmse, plain.val_rmse)
+    with pytest.raises(ValueError, match="last_level_grid must be an integer >= 0"):
+        calibrate(gm, (8,), steps, last_level_grid=-1, **kw)
 
 
 def test_round_trip_gives_the_same_samples(tmp_path, gm, fitted):

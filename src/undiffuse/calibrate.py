@@ -265,6 +265,8 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
         if not isinstance(history, int) or not 1 <= history <= max(steps - 1, 3):
             raise ValueError(f"history must be 'all' or an integer between 1 and {max(steps - 1, 3)}, got {history!r}")
     history = HISTORY if history is None else history
+    if not isinstance(last_level_grid, int) or last_level_grid < 0:
+        raise ValueError(f"last_level_grid must be an integer >= 0 (0: off), got {last_level_grid!r}")
     if not isinstance(screen, int) or screen < 0 or screen == 1:
         raise ValueError(f"screen must be 0 (off) or an integer >= 2, got {screen!r}")
     opts = dict(sampler_options or {})
