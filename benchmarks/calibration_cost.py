@@ -51,58 +51,45 @@ class Counted:
 CHECK_SEED = 50_000  # the check batch: seeds 50000 .., never used to fit
 
 
-def check_batch(size: int, cache: str, bar_nfe: int = 20) -> dict:
-    """The check batch of ``size`` noises, its exact ODE solution (rtol 1e-10) and, per noise,
-    the squared error of diffusers' best scheduler at ``bar_nfe`` evaluations there (twice the
-    NFE of a fit: the bar of issue 3's goal), cached in ``cache`` (safetensors + JSON) because
-    the reference costs minutes (9 minutes for 16,384 noises on one thread)."""
+def check_batch(size: int, cache: str, bar_nfe: int = 20) -> tuple:
+    """The samplers benchmark's problem on the check batch of ``size`` noises (seeds 50000 ..),
+    with its exact ODE solution (rtol 1e-10), and per noise the squared error of diffusers' best
+    scheduler at ``bar_nfe`` evaluations there (twice the NFE of a fit: the bar of issue 3's
+    goal) with that scheduler's name. Both are cached in ``cache`` (safetensors + JSON, written
+    atomically) because the reference costs minutes (4 for 16,384 noises on one thread)."""
     import samplers as bench
     from safetensors.torch import load_file, save_file
 
-    import undiffuse
-    from undiffuse.analytic import GaussianMixture, ode_solution
-    from undiffuse.process import VPDiscrete
+    from undiffuse._io import write_json
 
     def save(tensors, meta, path):
         os.makedirs(cache, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, path + ".tmp")
         os.replace(path + ".tmp", path)
-        with open(path + ".json", "w") as f:
-            json.dump(meta, f)
+        write_json(path + ".json", meta)
 
-    class Check(bench.Problem):  # the samplers benchmark's problem on the check noises
-        def __init__(self):  # noqa: super().__init__ would solve the benchmark batch
-            self.n, self.calls = size, 0
-            self.gm = GaussianMixture.random(dim=64, components=16, seed=0, scale_range=(0.2, 1.0))
-            self.process = VPDiscrete()
-            self.sigma_max, self.sigma_min = self.process.sigma_max, self.process.sigma_min
-            self.x_start = undiffuse.noise((size, 64), seed=list(range(CHECK_SEED, CHECK_SEED + size)),
-                                           dtype=torch.float64) * self.sigma_max
-
-    p = Check()
     ref_path = os.path.join(cache, f"check_{size}.safetensors")
     if os.path.exists(ref_path):
-        ref = load_file(ref_path)["reference"]
+        p = bench.Problem(size, first_seed=CHECK_SEED, reference=load_file(ref_path)["reference"])
     else:
-        t0 = time.perf_counter()
-        ref, _ = ode_solution(p.gm, p.x_start, p.sigma_max, 1e-6, rtol=1e-10, atol=1e-10)
-        save({"x": p.x_start, "reference": ref}, {"seconds": time.perf_counter() - t0}, ref_path)
+        p = bench.Problem(size, first_seed=CHECK_SEED)
+        save({"x": p.x_start, "reference": p.reference}, {"seconds": p.reference_seconds}, ref_path)
     bar_path = os.path.join(cache, f"check_{size}_bar{bar_nfe}.safetensors")
     if not os.path.exists(bar_path):
         best = None
         for m in bench.build_methods(p):
-            if m.library != "diffusers":
+            if m.library != "diffusers" or not m.in_best:
                 continue
             out = m.run(bar_nfe)
-            if out is None or not m.in_best:
+            if out is None:
                 continue
-            err = bench.sq_errors(out, ref)
+            err = bench.sq_errors(out, p.reference)
             if best is None or err.mean() < best[1].mean():
                 best = (f"{m.name}/{m.schedule}", err)
         save({"bar_sq_error": best[1]}, {"bar_method": best[0], "bar_rmse": float(best[1].mean().sqrt())}, bar_path)
     with open(bar_path + ".json") as f:
         meta = json.load(f)
-    return {"x": p.x_start, "reference": ref, **load_file(bar_path), **meta, "bar_nfe": bar_nfe}
+    return p, load_file(bar_path)["bar_sq_error"], meta
 
 
 def mixture(nfe: int, settings: dict, check_size: int = 16384, cache: str = "runs/cache") -> dict:
@@ -110,13 +97,9 @@ def mixture(nfe: int, settings: dict, check_size: int = 16384, cache: str = "run
 
     import undiffuse.calibrate as cal_mod
     from undiffuse import samplers, schedules
-    from undiffuse.analytic import GaussianMixture
-    from undiffuse.process import VPDiscrete
 
-    # the samplers benchmark's problem (bench.Problem would also solve its own benchmark batch)
-    gm, proc = GaussianMixture.random(dim=64, components=16, seed=0, scale_range=(0.2, 1.0)), VPDiscrete()
-    check = check_batch(check_size, cache, 2 * nfe)
-    x, ref = check["x"], check["reference"]
+    p, bar_sq_error, bar = check_batch(check_size, cache, 2 * nfe)
+    gm, proc, x, ref = p.gm, p.process, p.x_start, p.reference
     kw = {**bench.SCREENED, **settings}
     cal_mod._PROBE_FACTOR = kw.pop("probe", 4)
     if kw.get("init") == "trailing":
@@ -132,11 +115,11 @@ def mixture(nfe: int, settings: dict, check_size: int = 16384, cache: str = "run
     with torch.no_grad():
         y = fn(gm, x.clone(), sig, **k)
     err = bench.sq_errors(y, ref)
-    lo, hi = bench.ratio_interval(err, check["bar_sq_error"])
+    lo, hi = bench.ratio_interval(err, bar_sq_error)
     return {"seconds": round(seconds, 1), "evaluations": den.evals, "check_size": check_size,
             "check_rmse": float(err.mean().sqrt()), "check_median": float(err.sqrt().median()),
-            "bar_rmse": check["bar_rmse"], "bar_method": check["bar_method"], "bar_nfe": check["bar_nfe"],
-            "ratio": float(err.mean().sqrt()) / check["bar_rmse"], "ratio_90": [round(lo, 3), round(hi, 3)],
+            "bar_rmse": bar["bar_rmse"], "bar_method": bar["bar_method"], "bar_nfe": 2 * nfe,
+            "ratio": float(err.mean().sqrt()) / bar["bar_rmse"], "ratio_90": [round(lo, 3), round(hi, 3)],
             "val_rmse": cal.val_rmse, "calibration": {"sigmas": cal.sigmas, **cal.options}}
 
 
@@ -180,6 +163,9 @@ def main() -> None:
         if not isinstance(value, dict):
             p.error(f"{item!r}: expected NAME=JSON with a JSON object, e.g. short='{{\"iters\": 150}}'")
         named.append((name, value))
+    for option, value in (("--nfe", args.nfe), ("--threads", args.threads), ("--check-size", args.check_size)):
+        if value < 1:
+            p.error(f"{option} must be a positive integer, got {value}")
     if args.problem == "digits" and not os.path.isdir(args.run):
         p.error(f"--run {args.run!r} does not exist; train it with benchmarks/train_digits.py")
     for name, settings in named:

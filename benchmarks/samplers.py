@@ -63,15 +63,21 @@ Tensor = torch.Tensor
 class Problem:
     """The mixture, the process, the starting points, the reference, and an NFE counter."""
 
-    def __init__(self, n: int, seed: int = 0):
+    def __init__(self, n: int, seed: int = 0, *, first_seed: int | None = None, reference: Tensor | None = None):
+        """``first_seed``: noise i from its own seed ``first_seed + i`` instead of one generator
+        seeded ``1000 + seed``; ``reference``: the exact solution when already known (then
+        neither it nor the floor is solved for)."""
         self.n = n
         self.gm = GaussianMixture.random(dim=64, components=16, seed=seed, scale_range=(0.2, 1.0))
         self.process = VPDiscrete()  # linear betas 1e-4 .. 0.02, 1000 steps
         self.sigma_max = self.process.sigma_max
         self.sigma_min = self.process.sigma_min
-        noise = undiffuse.noise((n, 64), seed=1000 + seed, dtype=torch.float64)
-        self.x_start = noise * self.sigma_max
+        noise_seed = 1000 + seed if first_seed is None else list(range(first_seed, first_seed + n))
+        self.x_start = undiffuse.noise((n, 64), seed=noise_seed, dtype=torch.float64) * self.sigma_max
         self.calls = 0
+        if reference is not None:
+            self.reference, self.reference_nfe, self.floor, self.reference_seconds = reference, None, math.nan, 0.0
+            return
         t0 = time.perf_counter()
         self.reference, self.reference_nfe = ode_solution(self.gm, self.x_start, self.sigma_max, 1e-6,
                                                           rtol=1e-10, atol=1e-10)
