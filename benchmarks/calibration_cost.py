@@ -60,7 +60,7 @@ def check_batch(size: int, cache: str, bar_nfe: int = 20) -> tuple:
     import samplers as bench
     from safetensors.torch import load_file, save_file
 
-    from undiffuse._io import write_json
+    from undiffuse.utils.atomic import write_json
 
     def save(tensors, meta, path):
         os.makedirs(cache, exist_ok=True)
@@ -95,8 +95,9 @@ def check_batch(size: int, cache: str, bar_nfe: int = 20) -> tuple:
 def mixture(nfe: int, settings: dict, check_size: int = 16384, cache: str = "runs/cache") -> dict:
     import samplers as bench
 
-    import undiffuse.calibrate as cal_mod
-    from undiffuse import samplers, schedules
+    import undiffuse.fewstep.calibrate as cal_mod
+    from undiffuse import samplers
+    from undiffuse.core import schedules
 
     p, bar_sq_error, bar = check_batch(check_size, cache, 2 * nfe)
     gm, proc, x, ref = p.gm, p.process, p.x_start, p.reference
@@ -124,10 +125,11 @@ def mixture(nfe: int, settings: dict, check_size: int = 16384, cache: str = "run
 
 
 def digits(nfe: int, settings: dict, run_path: str) -> dict:
-    from undiffuse import generate as gen
-    from undiffuse.calibrate import calibrate
+    from undiffuse.inference import generate as gen
+    from undiffuse.fewstep.calibrate import calibrate
     from undiffuse.metrics import fd_digits
-    from undiffuse.sampling import noise, sample
+    from undiffuse.core.noise import noise
+    from undiffuse.samplers.driver import sample
 
     run = gen.load_run(run_path)
     den = Counted(run.denoiser)

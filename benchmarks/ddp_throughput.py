@@ -81,7 +81,7 @@ def measure(name: str, nproc: int, threads: int, fsdp: bool, steps: int, batch: 
 def _parameters(run: str) -> int:
     from safetensors import safe_open
 
-    from undiffuse import checkpoint as ckpt
+    from undiffuse.io import checkpoint as ckpt
 
     path = os.path.join(run, "checkpoints", ckpt.read_latest(run), "model.safetensors")
     with safe_open(path, "pt") as f:

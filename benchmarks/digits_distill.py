@@ -21,7 +21,7 @@ started from the teacher's EMA weights (``undiffuse distill``):
 * with ``--train-on`` (or if their folders exist), the ``TRAIN_ON`` stages that train the
   2,700-step student on with a changed recipe (uniform intervals at lr 0.0003, then l2
   distance, or lr 0.0001 twice, or 36 intervals and then a cosine-decayed learning rate), each
-  started from an earlier stage's weights with ``undiffuse.distill.consistency_distill(init=...)``;
+  started from an earlier stage's weights with ``undiffuse.fewstep.distill.consistency_distill(init=...)``;
   their rows as for ``consistency_2700``;
 * progressive distillation from the teacher's 16 Euler (= DDIM) steps, three rounds of
   ``--pd-steps`` steps each (16 -> 8 -> 4 -> 2), every round's student sampled on its grid,
@@ -59,7 +59,7 @@ def training_seconds(run: str) -> int:
 
 
 def measure(path: str, **kw) -> dict:
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
     from undiffuse.metrics import fd_digits
 
     r = gen.load_run(path)
@@ -114,7 +114,7 @@ def final(folder: str, steps: int) -> str:
 
 def train_on(teacher: str) -> None:
     """Train the missing ``TRAIN_ON`` stages (needs ``consistency_2700``)."""
-    from undiffuse.distill import consistency_distill
+    from undiffuse.fewstep.distill import consistency_distill
 
     made = {"consistency_2700": os.path.join(ROOT, "consistency_2700")}
     for folder, _, init, steps, overrides, _ in TRAIN_ON:
@@ -188,7 +188,7 @@ def main() -> None:
         meta["cd_s"] = training_seconds(cm)
         meta["pd_s"] = sum(training_seconds(os.path.join(pd, "rounds", f)) for f in ("08_steps", "04_steps")) \
             + training_seconds(pd)
-        from undiffuse.generate import load_run
+        from undiffuse.inference.generate import load_run
 
         rows = [(f"teacher, {name} 20 steps", teacher, sampler, 20, nfe, {}) for name, sampler, nfe in
                 (("Heun", "heun", 39), ("DPM-Solver++ 2M", "dpmpp_2m", 20), ("Euler", "euler", 20))]

@@ -63,7 +63,7 @@ def train(name: str, preset: str, over: dict, steps: int) -> str:
 def measure(run: str) -> dict:
     import torch
 
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
     from undiffuse.metrics import fd_digits
 
     r = gen.load_run(run)

@@ -7,7 +7,7 @@
 On a trained digits run (by default the one ``benchmarks/train_digits.py`` leaves behind, the
 ``digits`` preset after 300 s), for each budget of NFE network evaluations per sample:
 
-* ``calibrated``: ``undiffuse.calibrate`` fits step positions, multistep weights and noise-level
+* ``calibrated``: ``undiffuse.fewstep.calibrate`` fits step positions, multistep weights and noise-level
   shifts against an accurate DOP853 solve of the model's own probability-flow ODE on 64 noises
   (seeds 500000+), validated on 64 others; its fitting time is reported;
 * the fixed-schedule samplers at the same NFE (Karras schedule): DPM-Solver++ 2M and 3M,
@@ -43,10 +43,11 @@ def main() -> None:
     p.add_argument("--write")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from undiffuse import generate as gen
-    from undiffuse.calibrate import calibrate
+    from undiffuse.inference import generate as gen
+    from undiffuse.fewstep.calibrate import calibrate
     from undiffuse.metrics import fd_digits
-    from undiffuse.sampling import noise, sample
+    from undiffuse.core.noise import noise
+    from undiffuse.samplers.driver import sample
 
     run = gen.load_run(args.run)
     den = run.denoiser

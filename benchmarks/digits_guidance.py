@@ -79,7 +79,7 @@ WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 
 def measure(name: str, spec: dict, args, run, real: np.ndarray) -> dict:
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
     from undiffuse.metrics.adherence import class_adherence
     from undiffuse.metrics.evaluate import evaluate
 
@@ -95,14 +95,14 @@ def measure(name: str, spec: dict, args, run, real: np.ndarray) -> dict:
     if spec.get("weak") == "early":
         weak = gen.load_run(early_checkpoint(args.run))
     if spec.get("classifier_scale"):
-        from undiffuse.classifier import load_classifier
+        from undiffuse.training.classifier import load_classifier
 
         classifier = load_classifier(args.classifier)
     guidance = spec.get("guidance", 1.0)
     den = gen.guided(target, guidance=guidance, interval=spec.get("interval"), weak=weak, classifier=classifier,
                      classifier_scale=spec.get("classifier_scale", 0.0))
     if spec.get("unconditional"):  # classifier guidance alone: the class only reaches the classifier
-        from undiffuse.guidance import ClassifierGuidance
+        from undiffuse.steering.guidance import ClassifierGuidance
 
         base = gen.guided(target, guidance=0.0)  # the null class
         den = ClassifierGuidance(base, classifier.log_prob, spec["classifier_scale"])
@@ -158,7 +158,7 @@ def main() -> None:
     if not args.render:
         if not os.path.isdir(os.path.join(args.run, "checkpoints")):
             train(args.run, args.train_steps)
-        from undiffuse import generate as gen
+        from undiffuse.inference import generate as gen
         from undiffuse.data import load
 
         run = gen.load_run(args.run)

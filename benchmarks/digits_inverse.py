@@ -60,7 +60,7 @@ def prepare(steps: int, name: str = "prior", extra: tuple = ()) -> str:
 
 
 def tasks():
-    from undiffuse.cli_inverse import _mask
+    from undiffuse.cli.inverse import _mask
 
     shape = (1, 8, 8)
     masks = {name: _mask(name, shape, None) for name in ("bottom", "top", "center")}
@@ -78,8 +78,9 @@ def tasks():
 
 
 def measure(name, spec, run, x_held, labels, read) -> dict:
-    from undiffuse import degradations, inverse, schedules
-    from undiffuse.samplers._common import per_sample_generators
+    from undiffuse.steering import degradations, inverse
+    from undiffuse.core import schedules
+    from undiffuse.core.noise import per_sample_generators
 
     den = run.denoiser
     n = len(x_held)
@@ -101,8 +102,8 @@ def measure(name, spec, run, x_held, labels, read) -> dict:
         degraded = torch.where(mask > 0, x_held, torch.full_like(x_held, -1.0))
         nfe = 35
     elif spec["kind"] == "sr3":
-        from undiffuse import generate as gen
-        from undiffuse.conditioning import upsample_condition
+        from undiffuse.inference import generate as gen
+        from undiffuse.steering.conditioning import upsample_condition
 
         sr = gen.load_run(prepare(run.step, "sr3", ("--conditioning", "lowres", "--set", "conditioning.factor=2")))
         low = torch.nn.functional.avg_pool2d(x_held, 2)
@@ -157,7 +158,7 @@ def main() -> None:
     if not args.render:
         from sklearn.datasets import load_digits
 
-        from undiffuse import generate as gen
+        from undiffuse.inference import generate as gen
         from undiffuse.metrics.adherence import class_adherence
 
         run = gen.load_run(prepare(args.train_steps))

@@ -23,7 +23,7 @@ Networks, equal parameter count (printed; within ~3 %):
 
 Training images/s, the same batch size (``--batch-size``) and number of steps for each row:
 
-* ``undiffuse Trainer``: the real ``undiffuse.train.Trainer`` built from ``resolve("small",
+* ``undiffuse Trainer``: the real ``undiffuse.training.trainer.Trainer`` built from ``resolve("small",
   ...)``, stepped with ``Trainer.train_step`` (what ``fit`` runs each step: batch from the
   data order, EDM noise levels and noise, loss, backward, gradient clipping at 1.0, AdamW,
   EMA; ``fit``'s log/checkpoint cadence is left out, as the diffusers loop has none). Its
@@ -125,7 +125,7 @@ class OursRow:
 
     def __init__(self, ds, device: str, args, compile_: bool):
         from undiffuse.config import resolve
-        from undiffuse.train import Trainer
+        from undiffuse.training.trainer import Trainer
 
         self.run = os.path.join(ROOT, _slug(device), "undiffuse_compile" if compile_ else "undiffuse")
         shutil.rmtree(self.run, ignore_errors=True)  # the Trainer refuses a folder with checkpoints
@@ -235,7 +235,7 @@ def counted(net: torch.nn.Module, fn) -> tuple[object, int]:
 def sampling(ours: OursRow, theirs: DiffusersRow, args, device: torch.device) -> dict:
     from diffusers import DPMSolverMultistepScheduler
 
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
 
     ours.trainer.save()  # the checkpoint load_run reads (EMA weights)
     run = gen.load_run(ours.run, device=str(device))
@@ -422,7 +422,7 @@ def _native_bf16(device: torch.device) -> bool:
 
 
 def main() -> None:
-    from undiffuse.acceleration import device_option
+    from undiffuse.utils.acceleration import device_option
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -109,7 +109,7 @@ def scores(x01: torch.Tensor, ref01: torch.Tensor, net: Features) -> dict:
 
 
 def sample_timed(path: str) -> tuple[torch.Tensor, float]:
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
 
     run = gen.load_run(path)
     out, rates = [], []
@@ -138,7 +138,7 @@ def main() -> None:
         return
     t_all = time.perf_counter()
     from undiffuse import data
-    from undiffuse.autoencoder import load_autoencoder
+    from undiffuse.training.autoencoder import load_autoencoder
 
     shutil.rmtree(args.root, ignore_errors=True)
     os.makedirs(args.root)

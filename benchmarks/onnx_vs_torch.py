@@ -5,7 +5,7 @@
 
 The ``digits`` preset U-Net, trained for ``--train-time`` seconds into ``runs/bench_onnx/digits``
 unless that run exists (call times do not depend on how good the weights are; the quality
-comparison needs a model that makes digits). Exported with ``undiffuse.export.export_onnx``
+comparison needs a model that makes digits). Exported with ``undiffuse.inference.export.export_onnx``
 as float32 and as int8 (onnxruntime dynamic quantisation), then:
 
 * time per network call at batch 1 and 64 (random inputs, median of ``--repeats`` calls after
@@ -62,9 +62,9 @@ def main() -> None:
     p.add_argument("--write", help="update this Markdown file's section")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
     from undiffuse.config import schedule_of
-    from undiffuse.export import OnnxNet, export_onnx, load_onnx_denoiser
+    from undiffuse.inference.export import OnnxNet, export_onnx, load_onnx_denoiser
     from undiffuse.metrics.features import fd_digits
 
     _train(args.train_time)

@@ -5,7 +5,7 @@ an exact answer, plus the per-step overhead of each sampler.
     python benchmarks/samplers.py [--write BENCHMARKS.md] [--quick]
 
 Accuracy. Data: a 64-dimensional mixture of 16 anisotropic Gaussians, whose exact denoiser is
-known (``undiffuse.analytic``). Process: the discrete DDPM VP process (linear betas, 1000
+known (``undiffuse.core.analytic``). Process: the discrete DDPM VP process (linear betas, 1000
 steps). From one batch of starting points x_start = noise * sigma_max every method solves the
 probability-flow ODE down to sigma = 0; the reference is a DOP853 solve at tolerance 1e-10.
 The score is the RMSE against the reference at a fixed number of denoiser evaluations (NFE).
@@ -40,9 +40,9 @@ from _sections import write_section as _write_section
 
 import undiffuse
 from undiffuse import samplers as S
-from undiffuse import schedules
-from undiffuse.analytic import GaussianMixture, ode_solution
-from undiffuse.process import VPDiscrete
+from undiffuse.core import schedules
+from undiffuse.core.analytic import GaussianMixture, ode_solution
+from undiffuse.core.process import VPDiscrete
 
 NFES = (5, 10, 20, 50)
 START_MARK, END_MARK = "<!-- samplers:start -->", "<!-- samplers:end -->"
@@ -216,7 +216,7 @@ SCREENED = dict(learn_weights=True, history="all", screen=4, train_size=2048, va
 
 def _calibrated_method(p: Problem, sampler: str, label: str, settings: dict = CALIBRATION,
                        nfes=CALIBRATED_NFES) -> Method:
-    from undiffuse.calibrate import calibrate
+    from undiffuse.fewstep.calibrate import calibrate
 
     method = Method("undiffuse", label, "calibrated", None)
 
@@ -563,7 +563,7 @@ def report(p: Problem, methods: list[Method], rk45_rows, overhead, den_step, arg
         secs = "; ".join(f"`{m.name}`: " + ", ".join(f"NFE {n} {t:.0f}s" for n, t in sorted(m.calibration_seconds.items()))
                          for m in cal_rows)
         out += ["Schedule `calibrated`: step positions (and for the `calibrated` solver also its multistep weights "
-                "and noise-level shifts) fitted by `undiffuse.calibrate.calibrate` for each NFE on a pool of "
+                "and noise-level shifts) fitted by `undiffuse.fewstep.calibrate.calibrate` for each NFE on a pool of "
                 f"{c['train_size']} *other* starting noises (seeds {c['seed']}..{c['seed'] + c['train_size'] - 1}; "
                 f"minibatches of {c['batch_size']}, {c['iters']} Adam steps with cosine learning-rate decay), keeping "
                 f"the parameters that score best every {c['select_every']} steps on {c['val_size']} more noises, against "

@@ -81,7 +81,7 @@ def main() -> None:
                         str(args.train_steps), "--out", os.path.join(MODELS, "digits"), "--sample-every", "0",
                         "--set", "train.sample_count=4", "--set", "train.tensorboard=false", "--no-progress"],
                        check=True)
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
 
     run = gen.load_run(os.path.join(MODELS, "digits"))
     params = sum(v.numel() for v in run.denoiser.net.parameters())

@@ -109,7 +109,7 @@ def timed_sampling(net: torch.nn.Module, n: int, draw) -> tuple[torch.Tensor, di
 
 def score(samples01: torch.Tensor, out: Path, name: str) -> dict:
     """FD and near-copies of samples in [0, 1]; the samples are kept as .npz and a PNG grid."""
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
     from undiffuse.metrics import fd_digits, nearest_copies
 
     x, real = samples01.clamp(0, 1).double(), real01()
@@ -124,9 +124,10 @@ def score(samples01: torch.Tensor, out: Path, name: str) -> dict:
 
 
 def run_undiffuse(args, out: Path) -> dict:
-    from undiffuse import data, generate as gen
+    from undiffuse import data
+    from undiffuse.inference import generate as gen
     from undiffuse.config import resolve
-    from undiffuse.train import Trainer
+    from undiffuse.training.trainer import Trainer
 
     ds = data.load("digits")
     run_dir = out / "undiffuse_run"

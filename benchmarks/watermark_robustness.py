@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _sections import write_section  # noqa: E402
 
-from undiffuse import provenance as prov  # noqa: E402
-from undiffuse import watermark as wm  # noqa: E402
+from undiffuse.io import provenance as prov  # noqa: E402
+from undiffuse.io import watermark as wm  # noqa: E402
 
 START, END = "<!-- watermark-robustness:start -->", "<!-- watermark-robustness:end -->"
 SIZES = (32, 64, 128, 256)
@@ -66,9 +66,10 @@ def generated_digits(n: int, seed: int = 0) -> np.ndarray:
     """(n, 8, 8, 1) uint8 samples of the exact digits Gaussian-mixture denoiser (heun, 10 steps)."""
     import torch
 
-    from undiffuse import generate as gen
-    from undiffuse.analytic_demo import digits_mixture
-    from undiffuse.sampling import noise, sample
+    from undiffuse.inference import generate as gen
+    from undiffuse.cli.analytic_demo import digits_mixture
+    from undiffuse.core.noise import noise
+    from undiffuse.samplers.driver import sample
 
     gm, _ = digits_mixture()
     z = noise((n, 1, 8, 8), seed=seed, dtype=torch.float64)
@@ -93,7 +94,7 @@ class Images:
             s = int(rng.integers(size, min(p.shape[:2])))
             y, x = rng.integers(0, p.shape[0] - s + 1), rng.integers(0, p.shape[1] - s + 1)
             return np.asarray(Image.fromarray(p[y:y + s, x:x + s]).resize((size, size), Image.BICUBIC))
-        from undiffuse import generate as gen
+        from undiffuse.inference import generate as gen
 
         n = max(1, int(np.ceil((size / 4 - 1) / 9)))
         pick = self.samples[rng.choice(len(self.samples), n * n, replace=False)]
@@ -190,7 +191,7 @@ def smallest(res: dict, source: str, rate: float = 0.95, attacks=("clean", "jpeg
 
 def section(res: dict, trip, meta: dict) -> str:
     lines = [START, "## Invisible watermark: robustness and false positives (issue 8)", "",
-             "`undiffuse.watermark` (our own, NumPy/SciPy): a keyed spread-spectrum mark, a sync pattern plus 32 "
+             "`undiffuse.io.watermark` (our own, NumPy/SciPy): a keyed spread-spectrum mark, a sync pattern plus 32 "
              "payload bits (the first 32 bits of the model's weights SHA-256), tiled with a 32 px period over the "
              "luminance in the 3/32..9/32 cycles/px band at PSNR 40 dB; detection folds the image onto one tile, "
              "whitens it (phase only) and correlates at all 1024 cyclic shifts; threshold "

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse.analytic import GaussianMixture, ode_solution
+from undiffuse.core.analytic import GaussianMixture, ode_solution
 
 SMIN, SMAX = 0.05, 20.0
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from undiffuse import acceleration as accel
-from undiffuse import checkpoint as ckpt
+from undiffuse.utils import acceleration as accel
+from undiffuse.io import checkpoint as ckpt
 from undiffuse import data
 from undiffuse.config import resolve
-from undiffuse.train import Trainer
+from undiffuse.training.trainer import Trainer
 
 TINY = {"model.channels": 8, "model.channel_mult": [1, 2], "model.num_res_blocks": 1,
         "model.attention_levels": [1], "model.head_channels": 8, "optim.batch_size": 16,

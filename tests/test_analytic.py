@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from undiffuse.analytic import GaussianMixture
+from undiffuse.core.analytic import GaussianMixture
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse import samplers, schedules
-from undiffuse.analytic import GaussianMixture
-from undiffuse.precond import Denoiser
-from undiffuse.process import VPDiscrete
+from undiffuse import samplers
+from undiffuse.core import schedules
+from undiffuse.core.analytic import GaussianMixture
+from undiffuse.core.precond import Denoiser
+from undiffuse.core.process import VPDiscrete
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
 from _cli import TINY  # noqa: E402
-from undiffuse import provenance as prov  # noqa: E402
+from undiffuse.io import provenance as prov  # noqa: E402
 from undiffuse.cli import main  # noqa: E402
 from undiffuse.serve import create_app  # noqa: E402
 from undiffuse.serve.background import BackgroundServer  # noqa: E402

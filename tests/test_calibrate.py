@@ -3,9 +3,10 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse import samplers, schedules
-from undiffuse.analytic import GaussianMixture
-from undiffuse.calibrate import Calibration, calibrate
+from undiffuse import samplers
+from undiffuse.core import schedules
+from undiffuse.core.analytic import GaussianMixture
+from undiffuse.fewstep.calibrate import Calibration, calibrate
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_exponential_adams_weights(gm):
         assert torch.allclose(torch.stack(adams_weights(sig, i, 3)), torch.stack(base_weights(sig, i, 3)), atol=1e-12)
     # order 4 converges faster than 3 on a smooth problem
     x = undiffuse.noise((16, 8), seed=0, dtype=torch.float64) * 20
-    from undiffuse.calibrate import reference_solution
+    from undiffuse.fewstep.calibrate import reference_solution
     ref = reference_solution(gm, x, 20.0, 0.02, rtol=1e-12)
     sig40 = schedules.get_sigmas("logsnr", 40, sigma_min=0.02, sigma_max=20.0)
     run = samplers.get("calibrated")
@@ -150,7 +151,7 @@ def test_ipndm_full_history_weights(gm):
 
 
 def test_screened_pool_is_an_unbiased_weighted_sample():
-    from undiffuse.calibrate import _screened
+    from undiffuse.fewstep.calibrate import _screened
 
     def draw(first, count):
         return undiffuse.noise((count, 3), seed=list(range(first, first + count)), dtype=torch.float64)
@@ -173,7 +174,7 @@ def test_screened_pool_is_an_unbiased_weighted_sample():
 
 
 def test_full_history_fit_on_a_screened_pool_helps_on_held_out_noise(gm, tmp_path):
-    from undiffuse.calibrate import reference_solution
+    from undiffuse.fewstep.calibrate import reference_solution
     kw = dict(sigma_min=0.02, sigma_max=20.0, sampler="ipndm", learn_weights=True, train_size=64, val_size=64,
               batch_size=32, select_every=10, lr_decay=True, screen=4, dtype=torch.float64)
     cal = calibrate(gm, (8,), 5, history="all", position_iters=60, position_lr=0.05, iters=60, lr=0.01, **kw)

@@ -252,7 +252,7 @@ def test_sweep_writes_table_plots_and_report(tiny_run, tmp_path, capsys):
 def test_sample_with_an_explicit_list_of_sigmas(tiny_run, tmp_path, capsys):
     """--sigmas S0,...,0 steps through exactly those levels (the 1-step-from-a-lower-level
     sampling of consistency students); it equals the Python call with the same list."""
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
 
     npz = tmp_path / "s.npz"
     code, _, err = _main(["sample", "--checkpoint", str(tiny_run), "--sigmas", "8,2.5,0", "--sampler", "euler",

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from _cli import TINY, run_main
-from undiffuse.generate import load_run
+from undiffuse.inference.generate import load_run
 
 
 @pytest.fixture(scope="module")

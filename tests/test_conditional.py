@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from undiffuse import generate as gen
+from undiffuse.inference import generate as gen
 from _cli import TINY
 from _cli import run_main as _main
 from undiffuse.cli import main
-from undiffuse.conditioning import TrainingConditions, lowres_image
+from undiffuse.steering.conditioning import TrainingConditions, lowres_image
 from undiffuse.config import ConditioningConfig, resolve
 from undiffuse.data import load
 

@@ -25,10 +25,11 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from undiffuse import samplers, schedules  # noqa: E402
-from undiffuse.analytic import GaussianMixture  # noqa: E402
-from undiffuse.precond import Denoiser  # noqa: E402
-from undiffuse.process import VPDiscrete  # noqa: E402
+from undiffuse import samplers
+from undiffuse.core import schedules  # noqa: E402
+from undiffuse.core.analytic import GaussianMixture  # noqa: E402
+from undiffuse.core.precond import Denoiser  # noqa: E402
+from undiffuse.core.process import VPDiscrete  # noqa: E402
 
 # diffusers' own numpy-2 deprecation noise (np.array on a tensor), not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse import consistency as cm
+from undiffuse.training import consistency as cm
 from undiffuse import data, samplers
-from undiffuse.analytic import GaussianMixture
+from undiffuse.core.analytic import GaussianMixture
 from undiffuse.config import resolve
-from undiffuse.odestep import check_solver, ode_step
-from undiffuse.precond import PARAMETERIZATIONS, Denoiser
-from undiffuse.process import EDM, VPContinuous
-from undiffuse.progressive import ProgressiveObjective, student_grid
-from undiffuse.sampling import sample
-from undiffuse.train import Trainer
+from undiffuse.samplers.odestep import check_solver, ode_step
+from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
+from undiffuse.core.process import EDM, VPContinuous
+from undiffuse.training.progressive import ProgressiveObjective, student_grid
+from undiffuse.samplers.driver import sample
+from undiffuse.training.trainer import Trainer
 
 SMIN, SMAX = 0.002, 80.0
 
@@ -48,7 +48,7 @@ class _Net(torch.nn.Module):
 @pytest.mark.parametrize("param", PARAMETERIZATIONS)
 def test_boundary_condition_is_exact_for_every_parameterization(param):
     torch.manual_seed(0)
-    proc = undiffuse.process.get("flow") if param == "flow" else VPContinuous()
+    proc = undiffuse.core.process.get("flow") if param == "flow" else VPContinuous()
     b = float(proc.sigma_min) * 1.5
     den = Denoiser(_Net(), proc, param, boundary_sigma=b).double()
     base = Denoiser(den.net, proc, param)
@@ -189,7 +189,7 @@ def test_progressive_round_beats_the_plain_two_step_sampler(tmp_path, eight_data
     Measured (seed 0): squared distance to the teacher's 4-step output: plain 2-step 5.7e-4,
     student 2.2e-5; to the exact ODE map: plain 0.116, teacher 0.1025, student 0.1024."""
     g, ds, z, ref = eight_data
-    fine = undiffuse.schedules.get_sigmas("karras", 4, sigma_min=SMIN, sigma_max=SMAX)
+    fine = undiffuse.core.schedules.get_sigmas("karras", 4, sigma_min=SMIN, sigma_max=SMAX)
     obj = ProgressiveObjective(g, fine, "euler")
     t = _toy_trainer(tmp_path, ds, {"train.max_steps": 800, "optim.lr": 2e-3}, obj, "pd")
     t.fit()
@@ -259,9 +259,9 @@ def test_consistency_student_started_from_another_student(tmp_path):
     consistency student is refused."""
     from _cli import TINY
 
-    from undiffuse import checkpoint as ckpt
+    from undiffuse.io import checkpoint as ckpt
     from undiffuse.cli import main
-    from undiffuse.distill import consistency_distill
+    from undiffuse.fewstep.distill import consistency_distill
 
     teacher, first, second = (str(tmp_path / n) for n in ("teacher", "first", "second"))
     assert main(["train", "--data", "digits", "--max-steps", "2", "--out", teacher, *TINY]) == 0

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from undiffuse import checkpoint as ckpt
-from undiffuse import distributed as dist
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.utils import distributed as dist
 
 from _cli import run_main
 
@@ -204,7 +204,7 @@ def test_fsdp_shards_blocks_and_gathers_the_single_process_state():
     the plain network's, and an optimizer state survives the round trip through shards."""
     import torch.distributed as tdist
 
-    from undiffuse import sharding
+    from undiffuse.training import sharding
     from undiffuse.nets.unet import UNet, UNetConfig
 
     if tdist.is_initialized():

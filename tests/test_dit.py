@@ -167,8 +167,8 @@ TINY_DIT = {"kind": "dit", "in_channels": 1, "patch_size": 2, "width": 64, "dept
 
 @pytest.mark.parametrize("kind", ["dit", "unet"])
 def test_same_trainer_trains_dit_and_unet(kind, tmp_path, monkeypatch):
-    from undiffuse import generate as gen
-    from undiffuse.train import Trainer
+    from undiffuse.inference import generate as gen
+    from undiffuse.training.trainer import Trainer
 
     monkeypatch.setitem(nets.KINDS, "dit", (DiT, DiTConfig))  # build() and load_run() see the DiT
     ds = data.load("digits")
@@ -198,7 +198,7 @@ def test_same_trainer_trains_dit_and_unet(kind, tmp_path, monkeypatch):
 def _held_out_loss(trainer) -> float:
     """The training loss of the current weights on a fixed draw of 512 digits, noise levels and
     noise (its own generator: the trainer's random state is untouched)."""
-    from undiffuse.losses import denoising_loss, sample_sigma
+    from undiffuse.core.losses import denoising_loss, sample_sigma
 
     g = torch.Generator().manual_seed(1234)
     dif = trainer.cfg.diffusion

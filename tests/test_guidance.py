@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse.analytic import GaussianMixture
-from undiffuse.guidance import Autoguidance, ClassifierFree, ClassifierGuidance
+from undiffuse.core.analytic import GaussianMixture
+from undiffuse.steering.guidance import Autoguidance, ClassifierFree, ClassifierGuidance
 
 DIM = 4
 

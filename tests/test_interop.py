@@ -8,9 +8,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from undiffuse import process  # noqa: E402
-from undiffuse.interop import (load_diffusers, parameterization_of, process_of,  # noqa: E402
-                               sample_diffusers, scheduler_sigmas)
+from undiffuse.core import process  # noqa: E402
+from undiffuse.inference.interop import load_diffusers, parameterization_of, process_of, sample_diffusers, scheduler_sigmas
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -98,7 +97,7 @@ def test_cli_samples_a_diffusers_folder_like_the_python_call(tmp_path, capsys):
     the scheduler's timesteps, any sampler; run-only options are a usage error."""
     from _cli import run_main
 
-    from undiffuse.sampling import noise
+    from undiffuse.core.noise import noise
 
     _save(tmp_path / "pipe", "epsilon")
     common = ["sample", "--diffusers", str(tmp_path / "pipe"), "--num", "3", "--sampler", "dpmpp_2m", "--steps",

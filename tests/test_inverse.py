@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiffuse import degradations as dg
-from undiffuse import samplers, schedules
-from undiffuse.analytic import GaussianMixture
-from undiffuse.inverse import PosteriorGuided, inpaint, restore, sdedit, upscale
-from undiffuse.samplers._common import per_sample_generators
+from undiffuse.steering import degradations as dg
+from undiffuse import samplers
+from undiffuse.core import schedules
+from undiffuse.core.analytic import GaussianMixture
+from undiffuse.steering.inverse import PosteriorGuided, inpaint, restore, sdedit, upscale
+from undiffuse.core.noise import per_sample_generators
 
 D = 8
 IMAGE = (1, 2, 4)  # the same 8 numbers seen as a (C, H, W) image
@@ -428,7 +429,7 @@ def test_everything_runs_on_a_float32_network_denoiser():
     """Plumbing with a real (tiny, untrained) network: float32 images, shapes, exact observed
     pixels, and no gradient left on the network's parameters by the posterior guidance."""
     from undiffuse import Denoiser
-    from undiffuse.process import EDM
+    from undiffuse.core.process import EDM
 
     torch.manual_seed(0)
     net = torch.nn.Conv2d(3, 3, 3, padding=1)
@@ -450,7 +451,7 @@ def test_everything_runs_on_a_float32_network_denoiser():
 
 def test_restore_and_upscale_errors(prior):
     model, y = prior[2], torch.zeros(2, 4, dtype=f64)
-    with pytest.raises(ValueError, match=r"operator must be an undiffuse.degradations.Operator, got str"):
+    with pytest.raises(ValueError, match=r"operator must be an undiffuse.steering.degradations.Operator, got str"):
         restore(model, y, "downsample")
     with pytest.raises(ValueError, match=r"y must be finite"):
         restore(model, torch.full((2, 4), math.nan, dtype=f64), dg.Downsample(2))

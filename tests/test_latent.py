@@ -10,13 +10,12 @@ import torch
 
 from _cli import TINY
 from _cli import run_main as _main
-from undiffuse import checkpoint as ckpt
+from undiffuse.io import checkpoint as ckpt
 from undiffuse import data
-from undiffuse.autoencoder import (AutoencoderError, LatentDataset, load_autoencoder, reconstruction_mse,
-                                   save_autoencoder, split, train_autoencoder)
+from undiffuse.training.autoencoder import AutoencoderError, LatentDataset, load_autoencoder, reconstruction_mse, save_autoencoder, split, train_autoencoder
 from undiffuse.config import resolve
 from undiffuse.nets.autoencoder import Autoencoder, AutoencoderConfig
-from undiffuse.train import Trainer
+from undiffuse.training.trainer import Trainer
 
 NET = {"channels": 16, "channel_mult": (1, 2, 2)}  # 8x8 digits -> 4 x 2 x 2 latents
 
@@ -250,7 +249,7 @@ def _pngs(out, n):
 
 
 def test_img2img_on_a_latent_run_edits_the_images_latents(latent_run, ae, tmp_path, capsys):
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
 
     src = _digit_png(tmp_path / "d.png", 3)
     base = ["img2img", "--checkpoint", str(latent_run), "--image", str(tmp_path / "d.png"), "--num", "2",
@@ -349,7 +348,7 @@ def test_a_latent_teacher_distils_on_its_latents(tmp_path, latent_run, capsys):
     code, _, err = run_main(["distill", "--method", "consistency", "--teacher", str(latent_run), "--out", out,
                              "--max-steps", "2", "--steps", "4", "--no-progress"], capsys)
     assert code == 0, err
-    from undiffuse.generate import load_run
+    from undiffuse.inference.generate import load_run
 
     teacher, student = load_run(str(latent_run)), load_run(out)
     assert student.config.latent == teacher.config.latent and student.shape == teacher.shape

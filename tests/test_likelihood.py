@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from undiffuse import process as processes
-from undiffuse.analytic import GaussianMixture
-from undiffuse.metrics.likelihood import (BIN_WIDTH_8BIT, bits_per_dim, ddpm_vlb, dequantize,
-                                          discretized_gaussian_log_prob, ode_log_likelihood)
-from undiffuse.precond import Denoiser
+from undiffuse.core import process as processes
+from undiffuse.core.analytic import GaussianMixture
+from undiffuse.metrics.likelihood import BIN_WIDTH_8BIT, bits_per_dim, ddpm_vlb, dequantize, discretized_gaussian_log_prob, ode_log_likelihood
+from undiffuse.core.precond import Denoiser
 
 LN2 = math.log(2)
 

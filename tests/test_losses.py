@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from undiffuse import process
-from undiffuse.losses import denoising_loss, sample_sigma
-from undiffuse.precond import Denoiser, coefficients
+from undiffuse.core import process
+from undiffuse.core.losses import denoising_loss, sample_sigma
+from undiffuse.core.precond import Denoiser, coefficients
 
 CASES = [("eps", "vp"), ("x0", "vp"), ("v", "vp"), ("v", "vp_continuous"), ("edm", "edm"), ("eps", "ve"),
          ("flow", "flow")]

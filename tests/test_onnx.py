@@ -8,12 +8,13 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from undiffuse import data, sample  # noqa: E402
-from undiffuse import generate as gen  # noqa: E402
+from undiffuse import data
+from undiffuse import sample  # noqa: E402
+from undiffuse.inference import generate as gen  # noqa: E402
 from undiffuse.config import resolve  # noqa: E402
-from undiffuse.export import OnnxNet, export_onnx, load_onnx_denoiser  # noqa: E402
-from undiffuse.sampling import noise  # noqa: E402
-from undiffuse.train import Trainer  # noqa: E402
+from undiffuse.inference.export import OnnxNet, export_onnx, load_onnx_denoiser  # noqa: E402
+from undiffuse.core.noise import noise  # noqa: E402
+from undiffuse.training.trainer import Trainer  # noqa: E402
 
 from _cli import run_main  # noqa: E402
 
@@ -92,7 +93,7 @@ def test_cli_export_and_errors(run, tmp_path, capsys):
 def test_text_conditioned_run_exports_with_token_inputs(tmp_path):
     """A text run's network takes the caption's token embeddings and mask (batch axis dynamic,
     the run's caption length fixed): onnxruntime equals PyTorch, samples match."""
-    from undiffuse.conditioning import text_condition
+    from undiffuse.steering.conditioning import text_condition
 
     path = str(tmp_path / "text")
     ds = data.load("digits")

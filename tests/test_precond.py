@@ -3,8 +3,8 @@ sees the input and noise label it was trained with."""
 import pytest
 import torch
 
-from undiffuse.precond import PARAMETERIZATIONS, Denoiser, coefficients
-from undiffuse.process import EDM, VE, RectifiedFlow, VPContinuous, VPDiscrete
+from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser, coefficients
+from undiffuse.core.process import EDM, VE, RectifiedFlow, VPContinuous, VPDiscrete
 
 
 def _target(param, x0, eps, s, sd):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from undiffuse import process as P
+from undiffuse.core import process as P
 
 
 @pytest.mark.parametrize("schedule", P.BETA_SCHEDULES)

@@ -7,8 +7,8 @@ from PIL import Image
 import undiffuse
 from _cli import TINY
 from _cli import run_main
-from undiffuse import generate as gen
-from undiffuse import provenance as prov
+from undiffuse.inference import generate as gen
+from undiffuse.io import provenance as prov
 from undiffuse.cli import main
 
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse import data, reflow as rf
-from undiffuse import train as train_mod
-from undiffuse.analytic import GaussianMixture
+from undiffuse import data
+from undiffuse.fewstep import reflow as rf
+from undiffuse.training import trainer as train_mod
+from undiffuse.core.analytic import GaussianMixture
 from undiffuse.config import resolve
-from undiffuse.precond import Denoiser
-from undiffuse.sampling import sample
-from undiffuse.train import Trainer
+from undiffuse.core.precond import Denoiser
+from undiffuse.samplers.driver import sample
+from undiffuse.training.trainer import Trainer
 
 T_MAX = 0.999  # RectifiedFlow's default t range
 SMIN, SMAX = 1e-3 / (1 - 1e-3), T_MAX / (1 - T_MAX)
@@ -190,7 +191,7 @@ def teacher_run(tmp_path_factory):
 
 
 def test_reflow_starts_from_the_teacher_ema(tmp_path, teacher_run):
-    from undiffuse.generate import load_run
+    from undiffuse.inference.generate import load_run
 
     run, _ = teacher_run
     out = str(tmp_path / "s0")
@@ -221,7 +222,7 @@ def test_reflow_of_a_trained_teacher_gives_straight_one_step_sampling(tmp_path, 
     """Measured (seed 0): S teacher 0.43 -> student 0.008; 1-step squared error against the
     teacher's held-out couplings 0.56 -> 0.038; mean distance of 1-step samples to the nearest
     data point 0.47 -> 0.16 (the teacher's 40-step ODE samples: 0.11)."""
-    from undiffuse.generate import load_run
+    from undiffuse.inference.generate import load_run
 
     run, ds = teacher_run
     out = str(tmp_path / "student")

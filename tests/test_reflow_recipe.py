@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from test_losses import Const  # a network that outputs one constant
-from undiffuse import process
-from undiffuse import reflow as rf
-from undiffuse import train as train_mod
+from undiffuse.core import process
+from undiffuse.fewstep import reflow as rf
+from undiffuse.training import trainer as train_mod
 from undiffuse.config import RunConfig, resolve, validate
-from undiffuse.losses import denoising_loss, sample_sigma, u_shaped
-from undiffuse.precond import Denoiser
-from undiffuse.train import Trainer
+from undiffuse.core.losses import denoising_loss, sample_sigma, u_shaped
+from undiffuse.core.precond import Denoiser
+from undiffuse.training.trainer import Trainer
 
 
 def _cdf(u, a):
@@ -181,7 +181,7 @@ def test_couplings_file_is_written_then_reused(tmp_path, tiny_teacher, monkeypat
 
 
 def test_a_file_that_is_not_couplings_is_refused(tmp_path):
-    from undiffuse.checkpoint import CheckpointError, save_tensors
+    from undiffuse.io.checkpoint import CheckpointError, save_tensors
 
     path = str(tmp_path / "w.safetensors")
     save_tensors(path, {"weight": torch.zeros(2)})
@@ -198,7 +198,7 @@ def test_sigma_max_sampling_is_the_one_step_level():
 
 
 def test_reflow_starts_from_another_run_and_refuses_a_bad_init(tmp_path, tiny_teacher):
-    from undiffuse.generate import load_run
+    from undiffuse.inference.generate import load_run
 
     quiet = dict(n=8, steps=2, sampler="euler", log=lambda m: None)
     first = str(tmp_path / "first")

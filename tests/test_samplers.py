@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse import samplers, schedules
-from undiffuse.analytic import GaussianMixture, ode_solution
+from undiffuse import samplers
+from undiffuse.core import schedules
+from undiffuse.core.analytic import GaussianMixture, ode_solution
 
 from conftest import SMAX, SMIN
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from undiffuse import schedules
-from undiffuse.process import EDM, VPDiscrete
+from undiffuse.core import schedules
+from undiffuse.core.process import EDM, VPDiscrete
 
 
 @pytest.mark.parametrize("name", [n for n in schedules.names() if n != "custom"])

@@ -19,8 +19,8 @@ pytest.importorskip("uvicorn")
 
 from _cli import TINY  # noqa: E402
 from _cli import run_main  # noqa: E402
-from undiffuse import generate as gen  # noqa: E402
-from undiffuse import provenance as prov  # noqa: E402
+from undiffuse.inference import generate as gen  # noqa: E402
+from undiffuse.io import provenance as prov  # noqa: E402
 from undiffuse.cli import main  # noqa: E402
 from undiffuse.serve import Limits, create_app, load_filter  # noqa: E402
 from undiffuse.serve.background import BackgroundServer  # noqa: E402

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from undiffuse import text
+from undiffuse.steering import text
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -61,7 +61,7 @@ def test_loads_offline_in_fresh_process_with_sockets_blocked(tmp_path):
         "def boom(*a, **k): raise OSError('network')\n"
         "socket.socket.connect = socket.socket.connect_ex = boom\n"
         "socket.create_connection = socket.getaddrinfo = boom\n"
-        "from undiffuse.text import TextEncoder\n"
+        "from undiffuse.steering.text import TextEncoder\n"
         "e = TextEncoder().encode(['a handwritten seven', ''])\n"
         "assert tuple(e.tokens.shape) == (2, 16, 384), e.tokens.shape\n"
         "assert 'HF_HUB_OFFLINE' not in os.environ\n"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from undiffuse import checkpoint as ckpt
+from undiffuse.io import checkpoint as ckpt
 from undiffuse import data
 from undiffuse.config import resolve
-from undiffuse.train import Trainer, TrainingError, lr_factor
+from undiffuse.training.trainer import Trainer, TrainingError, lr_factor
 
 TINY = {"model.channels": 16, "model.channel_mult": [1, 2], "model.num_res_blocks": 1,
         "model.attention_levels": [1], "model.head_channels": 16, "optim.batch_size": 32,
@@ -47,7 +47,7 @@ def test_loss_falls_digits(tmp_path):
 def test_moons_mlp_learns_the_data(tmp_path):
     """On 2-D moons the EDM loss has a large irreducible part, so judge the samples: their
     distance to the nearest data point must shrink far below that of the untrained model."""
-    from undiffuse import generate as gen
+    from undiffuse.inference import generate as gen
 
     ds = data.load("moons", num_points=4000)
     cfg = resolve("toy", ds, {"train.max_steps": 400, "train.log_every": 10, "train.tensorboard": False,
@@ -207,7 +207,7 @@ def test_pickle_renamed_safetensors_is_refused_and_never_runs(tmp_path):
 
 
 def test_non_finite_loss_skips_then_stops(tmp_path, monkeypatch):
-    import undiffuse.train as tr
+    import undiffuse.training.trainer as tr
 
     real = tr.denoising_loss
     state = {"n": 0}

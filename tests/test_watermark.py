@@ -11,9 +11,9 @@ from PIL import Image
 
 from _cli import TINY
 from _cli import run_main
-from undiffuse import generate as gen
-from undiffuse import provenance as prov
-from undiffuse import watermark as wm
+from undiffuse.inference import generate as gen
+from undiffuse.io import provenance as prov
+from undiffuse.io import watermark as wm
 from undiffuse.cli import main
 
 CHECKSUM = "c0ffee12" + "ab" * 28

@@ -11,9 +11,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 
-from . import nets, process as _process
-from .losses import DISTANCES as LOSS_DISTANCES, NOISE_SAMPLING, WEIGHTINGS
-from .precond import PARAMETERIZATIONS, Denoiser
+from . import nets
+from .core import process as _process
+from undiffuse.core.losses import DISTANCES as LOSS_DISTANCES, NOISE_SAMPLING, WEIGHTINGS
+from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
 
 
 @dataclass
@@ -85,7 +86,7 @@ class TrainConfig:
 
 
 CONDITIONING = ("none", "class", "text", "lowres")
-TEXT_EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 token embeddings (undiffuse.text)
+TEXT_EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 token embeddings (undiffuse.steering.text)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class ObjectiveConfig:
     """What the trainer minimises. ``denoising``: the ordinary loss (``losses``).
     ``consistency``: consistency distillation from ``teacher`` or, without one, consistency
     training from data alone. ``progressive``: one round of progressive distillation of
-    ``teacher`` (see ``undiffuse.consistency`` and ``undiffuse.progressive``)."""
+    ``teacher`` (see ``undiffuse.training.consistency`` and ``undiffuse.training.progressive``)."""
 
     kind: str = "denoising"       # denoising | consistency | progressive
     teacher: str | None = None    # teacher checkpoint folder (absolute path; loaded with its EMA weights)
@@ -336,7 +337,8 @@ def _condition_model(d: dict, dataset) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Check names and ranges; each error names the config key and the allowed values."""
-    from . import samplers, schedules
+    from . import samplers
+    from .core import schedules
 
     dif, opt, tr, smp = cfg.diffusion, cfg.optim, cfg.train, cfg.sample
     pname = dif.process.get("name")
@@ -401,7 +403,7 @@ def _validate_objective(cfg: RunConfig) -> None:
         if not ok:
             raise ValueError(f"{key} {value!r} is not allowed; allowed: {', '.join(allowed)}")
     if ob.kind != "denoising":
-        from .odestep import check_solver
+        from undiffuse.samplers.odestep import check_solver
 
         check_solver(ob.solver)
     if not 1 <= ob.steps_start <= ob.steps_end:
@@ -415,13 +417,13 @@ def _validate_objective(cfg: RunConfig) -> None:
     if ob.kind == "progressive":
         if ob.teacher is None:
             raise ValueError("objective.kind 'progressive' needs objective.teacher")
-        from . import schedules
+        from .core import schedules
 
         grid = schedules.validate(ob.grid or [], "objective.grid")
         if len(grid) % 2 == 0:
             raise ValueError(f"objective.grid must hold an even number of steps (2n + 1 levels), got {len(grid)} levels")
     if smp.schedule == "custom":
-        from . import schedules
+        from .core import schedules
 
         schedules.validate(smp.sigmas or [], "sample.sigmas")
     elif smp.sigmas is not None:

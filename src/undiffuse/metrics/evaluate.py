@@ -40,7 +40,7 @@ def load_set(spec: str, *, what: str = "samples") -> tuple[np.ndarray, str]:
     ``spec``: an ``.npz`` (array ``samples``, as ``undiffuse sample --format npz`` writes, or the
     keys ``data.load`` accepts), an ``.npy``, an image folder, or a built-in dataset name.
     """
-    from .. import data as _data
+    from undiffuse import data as _data
 
     if spec.endswith(".npz") and os.path.isfile(spec):
         try:

@@ -65,7 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._io import write_atomic
+from undiffuse.utils.atomic import write_atomic
 from .frechet import frechet_distance, gaussian_stats
 
 __all__ = ["DigitsNet", "digits_features", "digits_classifier", "fd_digits", "calibration_scores",
@@ -120,11 +120,6 @@ def digits_data() -> tuple[np.ndarray, np.ndarray]:
 
     d = load_digits()
     return (d.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), d.target.astype(np.int64)
-
-
-def cache_dir() -> str:
-    """``$UNDIFFUSE_CACHE`` if set (and non-empty), else ``~/.cache/undiffuse``."""
-    return os.environ.get("UNDIFFUSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "undiffuse")
 
 
 @functools.lru_cache(maxsize=None)

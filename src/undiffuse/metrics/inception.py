@@ -400,7 +400,7 @@ def convert_to_safetensors(pth, out) -> str:
     """
     from safetensors.torch import save_file
 
-    from .._io import write_atomic
+    from undiffuse.utils.atomic import write_atomic
 
     pth, out = resolve_path(pth), os.fspath(out)
     state, source = _read_state(pth)

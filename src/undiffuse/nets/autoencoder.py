@@ -10,7 +10,7 @@ side divided by ``2 ** (len(channel_mult) - 1)`` (the *down-sampling factor*; it
 image size). The decoder mirrors it with nearest up-sampling followed by a 3x3 conv.
 
 No training maths here: ``encode(x) -> (mean, logvar)``, ``decode(z) -> x``; the loss, the
-scale factor and the file format live in ``undiffuse.autoencoder``.
+scale factor and the file format live in ``undiffuse.training.autoencoder``.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ Pooling:
   relies on the convolutions' zero padding for position, so it works for any size too.
 
 Images only: ``forward(x, noise_label)`` takes ``(B, C, H, W)``. No diffusion maths lives
-here; ``undiffuse.classifier.ClassifierGuide`` applies the input scaling and the noise label.
+here; ``undiffuse.training.classifier.ClassifierGuide`` applies the input scaling and the noise label.
 Unlike the denoiser networks nothing is zero-initialised at the output: a zero head would
 make the untrained classifier's input gradient exactly zero.
 """

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (ClassEmbedding, check_levels, condition_embedding, context_inputs, image_input,
-                     noise_embedding, zero_)
+from .layers import ClassEmbedding, check_levels, condition_embedding, context_inputs, image_input, noise_embedding, zero_
 
 Tensor = torch.Tensor
 

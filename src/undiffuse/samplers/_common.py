@@ -5,27 +5,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from undiffuse.core.noise import Generators, per_sample_generators, randn_like  # noqa: F401 (the samplers' noise)
+
 Tensor = torch.Tensor
-Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-def per_sample_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
-    """One seeded generator per sample, so sample i never depends on the batch size."""
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-
-def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
-    """Standard normal noise shaped like ``x``.
-
-    With a list of generators, row i is drawn from generator i alone (EDM's per-image
-    seeding): the same row whatever else is in the batch.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    if len(generator) != x.shape[0]:
-        raise ValueError(f"generator list has {len(generator)} entries but the batch has {x.shape[0]} samples")
-    return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device).to(x.device)
-                        for g in generator])
 
 
 def call(denoiser: Callable, x: Tensor, sigma, **extra) -> Tensor:

@@ -17,7 +17,7 @@ evaluate the denoiser at ``s_i * exp(shift_i)`` instead of ``s_i`` (a learned co
 the noise level the network is asked about, in the spirit of time-shift samplers). Learning the positions and
 the offsets on a small batch against an accurate ODE solve is the idea of learned solvers
 such as "Align Your Steps" (Sabour et al. 2024, positions) and LD3 / BNS-style solver
-distillation (coefficients); see ``undiffuse.calibrate``.
+distillation (coefficients); see ``undiffuse.fewstep.calibrate``.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ to the averaged derivative; they vanish for a constant derivative, so every step
 consistent whatever their values. k may exceed ``order - 1`` (up to ``steps - 1``: every
 previous derivative, the learned-solver-coefficients form of LD3 / S4S-style solvers); the
 Adams-Bashforth part still uses ``order`` derivatives. ``shifts`` evaluate the denoiser at ``s_i * exp(shift_i)``.
-Both are fitted by ``undiffuse.calibrate`` (zero gives iPNDM back); see ``samplers.calibrated``.
+Both are fitted by ``undiffuse.fewstep.calibrate`` (zero gives iPNDM back); see ``samplers.calibrated``.
 """
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ async def list_models(server: Server, request: Request):
             out.append(server.registry.describe(name))
         except RequestError as e:
             out.append({"name": name, "error": e.message})
-    from .. import samplers
+    from undiffuse import samplers
 
     return JSONResponse({"models": out, "samplers": samplers.names()})
 

@@ -24,12 +24,12 @@ import traceback
 import numpy as np
 import torch
 
-from .. import generate as gen
-from .. import provenance as prov
-from .. import watermark as wm
-from ..content_filter import refusal
-from ..sampling import noise as make_noise
-from ..sampling import sample
+from undiffuse.inference import generate as gen
+from undiffuse.io import provenance as prov
+from undiffuse.io import watermark as wm
+from undiffuse.io.content_filter import refusal
+from undiffuse.core.noise import noise as make_noise
+from undiffuse.samplers.driver import sample
 from .jobs import Job
 from .limits import RequestError
 

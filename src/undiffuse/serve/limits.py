@@ -70,8 +70,8 @@ def _int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
 
 def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
     """Check a generation request body against the registry and the limits."""
-    from .. import samplers
-    from ..generate import class_labels
+    from undiffuse import samplers
+    from undiffuse.inference.generate import class_labels
 
     if not isinstance(body, dict):
         raise RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}")

@@ -12,9 +12,9 @@ import os
 import re
 import threading
 
-from .. import checkpoint as ckpt
-from ..generate import LoadedRun, load_run
-from ..provenance import model_checksum
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.inference.generate import LoadedRun, load_run
+from undiffuse.io.provenance import model_checksum
 from .limits import RequestError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -1,0 +1,370 @@
+"""Sampling from trained runs, and writing the results (PNG grid, per-image PNGs with their
+generation parameters in PNG text metadata, or an ``.npz`` array).
+
+Image ``i`` of a call with ``seed`` uses the starting noise and (for stochastic samplers)
+the fresh noise of seed ``seed + i``, so it is the same image whatever the batch size or
+the number of images requested.
+
+Conditional runs take their condition per image (``condition``: batch-aligned keyword
+arguments from :func:`class_condition` or :func:`prompt_condition`) and optional guidance
+(classifier-free with an interval, autoguidance with a weaker run, or a classifier's
+gradient); see ``undiffuse.steering.guidance``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.utils import distributed as _dist
+from undiffuse.utils.atomic import write_atomic
+from undiffuse.config import RunConfig, build_denoiser, schedule_of
+from undiffuse.core.precond import Denoiser
+from undiffuse.core.noise import noise as make_noise
+from undiffuse.samplers.driver import sample
+
+FORMATS = ("png", "npz")
+
+
+@dataclass
+class LoadedRun:
+    denoiser: Denoiser
+    config: RunConfig
+    checkpoint: str       # the checkpoint folder the weights came from
+    step: int
+    weights: str          # "ema" or "model"
+    shape: tuple          # per-sample shape (C, H, W) or (D,)
+    kind: str             # "image" or "vector"
+    class_names: tuple = ()  # the training data's class names (index = label)
+    decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
+
+    @property
+    def image_shape(self) -> tuple:
+        """Shape of the samples ``generate`` returns (decoded images for a latent run)."""
+        return self.decoder.image_shape if self.decoder is not None else self.shape
+
+    @property
+    def conditioning(self) -> str:
+        return self.config.conditioning.kind
+
+
+def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedRun:
+    """Load a run folder (its latest complete checkpoint) or a checkpoint folder."""
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    loaded = ckpt.load_checkpoint(path, device=device)
+    state = loaded["state_json"]
+    cfg = RunConfig.from_dict(state["config"])
+    den = build_denoiser(cfg).to(device).eval()
+    den.net.load_state_dict(loaded[weights])
+    den.net.requires_grad_(False)
+    m = cfg.model
+    if m["kind"] == "mlp":
+        shape, kind = (m["dim"],), "vector"
+    else:
+        shape, kind = (m["in_channels"], *state["sample_size"]), "image"
+    names = tuple(state.get("dataset", {}).get("class_names", ()))
+    return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
+                     _latent_decoder(cfg, tuple(shape), device))
+
+
+def _latent_decoder(cfg: RunConfig, shape: tuple, device):
+    """The autoencoder of a latent run, checked against the checksum and shape the run recorded
+    (``CheckpointError`` when it is missing or changed); None for a pixel run."""
+    lat = cfg.latent
+    if lat.autoencoder is None:
+        return None
+    from undiffuse.inference.codec import AutoencoderError, load_autoencoder
+
+    try:
+        codec = load_autoencoder(lat.autoencoder, device=device, expect_sha256=lat.sha256)
+    except AutoencoderError as e:
+        raise ckpt.CheckpointError(f"this latent run needs its autoencoder {lat.autoencoder!r}: {e}") from None
+    if codec.latent_shape != shape:
+        raise ckpt.CheckpointError(f"the autoencoder {lat.autoencoder!r} makes latents of shape {codec.latent_shape}, "
+                                   f"the run was trained on {shape}")
+    codec.scale_factor = float(lat.scale_factor)  # the scale the run was trained with
+    return codec
+
+
+def class_labels(run: LoadedRun, spec, num: int) -> torch.Tensor:
+    """Labels for ``num`` images from a class name or index, a list of them, or ``"all"``
+    (the count spread evenly over the classes, in order)."""
+    names = list(run.class_names)
+    if not names:
+        raise ValueError("this run's training data has no classes; --class needs a class-conditional run "
+                         "(train --conditioning class) or a classifier")
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return torch.arange(num) * len(names) // num
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    labels = []
+    for item in items:
+        item = str(item).strip()
+        if item in names:
+            labels.append(names.index(item))
+        elif item.lstrip("-").isdigit() and 0 <= int(item) < len(names):
+            labels.append(int(item))
+        else:
+            raise ValueError(f"unknown class {item!r}; allowed: {', '.join(names)} (or an index 0..{len(names) - 1}, "
+                             f"or 'all')")
+    return torch.tensor(labels).repeat((num + len(labels) - 1) // len(labels))[:num]
+
+
+def prompt_condition(run: LoadedRun, prompts, num: int | None = None) -> dict:
+    """``context``/``context_mask`` for one prompt (shared) or one per image."""
+    if run.conditioning != "text":
+        raise ValueError(f"a prompt needs a text-conditioned run (train --conditioning text); this run's "
+                         f"conditioning is {run.conditioning!r}")
+    from undiffuse.steering.conditioning import text_condition
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    device = next(run.denoiser.net.parameters()).device
+    return text_condition(prompts, run.config.conditioning.max_tokens, device)
+
+
+def guided(run: LoadedRun, *, guidance: float = 1.0, interval=None, negative_prompt: str | None = None,
+           weak: "LoadedRun | None" = None, classifier=None, classifier_scale: float = 0.0):
+    """The run's denoiser wrapped for guidance (unchanged when no guidance is asked for).
+
+    ``guidance`` is the classifier-free scale, or the autoguidance scale when a ``weak`` run
+    is given; ``negative_prompt`` replaces the empty prompt of the unconditional branch;
+    ``classifier`` (with ``log_prob(x, sigma, labels)``) adds classifier guidance.
+    """
+    from undiffuse.steering import guidance as g
+
+    den = _guided_by_model(run, guidance, interval, negative_prompt, weak)
+    if classifier is not None and classifier_scale != 0:
+        den = g.ClassifierGuidance(den, classifier.log_prob, classifier_scale, interval=interval,
+                                   forward_labels=run.conditioning == "class")
+    return den
+
+
+def _guided_by_model(run: LoadedRun, guidance, interval, negative_prompt, weak):
+    from undiffuse.steering import guidance as g
+
+    if weak is not None:
+        if weak.conditioning != run.conditioning or weak.shape != run.shape:
+            raise ValueError("the autoguidance model must have the same conditioning and sample shape as the main "
+                             f"model; got {weak.conditioning!r} {weak.shape} vs {run.conditioning!r} {run.shape}")
+        return g.Autoguidance(run.denoiser, weak.denoiser, guidance, interval=interval)
+    if guidance == 1 and negative_prompt is None:
+        return run.denoiser
+    if run.conditioning == "class":
+        return g.ClassifierFree(run.denoiser, guidance, interval=interval)
+    if run.conditioning == "text":
+        return g.ClassifierFree(run.denoiser, guidance, interval=interval,
+                                uncond=prompt_condition(run, negative_prompt or ""))
+    raise ValueError(f"classifier-free guidance needs a class- or text-conditioned run; this run's conditioning is "
+                     f"{run.conditioning!r} (use a classifier or an autoguidance model instead)")
+
+
+def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+             schedule: str | None = None, batch_size: int = 256, progress: bool = False, calibration=None,
+             condition: dict | None = None, denoiser=None, **options) -> torch.Tensor:
+    """``num`` samples in model space (images in [-1, 1]; a latent run's samples decoded), float32
+    on the CPU.
+
+    ``calibration`` (a ``calibrate.Calibration``) replaces sampler, steps and schedule by its
+    fitted solver and sigmas. ``condition`` holds the network's conditioning keyword
+    arguments, each with ``num`` rows or one shared row; ``denoiser`` replaces the run's own
+    (e.g. by :func:`guided`).
+
+    Under ``torchrun`` (an initialised process group) the batches are dealt to the ranks in
+    turn and gathered on rank 0, which returns the same tensor, byte for byte, as one process;
+    the other ranks return None.
+    """
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    s = run.config.sample
+    if calibration is not None:
+        kw = {**calibration.sample_kwargs(), **options}
+    else:
+        sched = schedule_of(s, schedule)
+        if not isinstance(sched, str) and steps is not None and steps != len(sched) - 1:
+            raise ValueError(f"this run samples on its fixed list of {len(sched) - 1} steps (sample.sigmas, e.g. "
+                             f"from progressive distillation); steps {steps} do not fit it (give {len(sched) - 1}, "
+                             f"or a schedule name)")
+        kw = dict(sampler=sampler or s.sampler, steps=steps or s.steps, schedule=sched,
+                  sigma_min=s.sigma_min, sigma_max=s.sigma_max, **options)
+    device = next(run.denoiser.net.parameters()).device
+    den = denoiser or run.denoiser
+    condition = _check_condition(run, condition or {}, num)
+    world = _dist.current()
+    starts = _dist.my_batches(num, batch_size, world)  # all batches for a single process
+    out = []
+    bar = None
+    if progress and world.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(min(batch_size, num - s) for s in starts), unit="img", desc="sample")
+    for start in starts:
+        seeds = list(range(seed + start, seed + min(start + batch_size, num)))
+        z = make_noise((len(seeds), *run.shape), seed=seeds, device=device)
+        extra = {k: v if v.shape[0] == 1 else v[start:start + len(seeds)] for k, v in condition.items()}
+        x = sample(den, z, seed=seeds, extra=extra, **kw)
+        if run.decoder is not None:  # latent run: scaled latents -> images
+            x = run.decoder.decode(x)
+        out.append(x.float().cpu())
+        if bar is not None:
+            bar.update(len(seeds))
+    if bar is not None:
+        bar.close()
+    if not world.distributed:
+        return torch.cat(out)
+    full = torch.zeros((num, *run.shape))
+    for start, x in zip(starts, out):
+        full[start:start + len(x)] = x
+    return _dist.gather_rows(full, batch_size, world)
+
+
+def _check_condition(run: LoadedRun, condition: dict, num: int) -> dict:
+    needs = {"class": (), "text": ("context",), "lowres": ("cond_image",), "none": ()}[run.conditioning]
+    missing = [k for k in needs if k not in condition]
+    if missing:
+        raise ValueError(f"this run is conditioned on {run.conditioning!r}; give {', '.join(missing)} "
+                         f"(e.g. a prompt)")
+    out = {}
+    for k, v in condition.items():
+        v = torch.as_tensor(v)
+        if v.dim() == 0:
+            v = v.reshape(1)
+        if v.shape[0] not in (1, num):
+            raise ValueError(f"condition {k!r} has {v.shape[0]} rows for {num} samples (give 1 or {num})")
+        out[k] = v
+    return out
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model-space images in [-1, 1] to [0, 1] (clamped)."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def to_uint8(x01: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H, W, C) uint8, rounded."""
+    return (x01.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def grid(images_u8: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile (N, H, W, C) uint8 images into one (rows*(H+pad)+pad, ...) image on white."""
+    n, h, w, c = images_u8.shape
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    rows = (n + nrow - 1) // nrow
+    out = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(images_u8):
+        r, col = divmod(i, nrow)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return out
+
+
+def _pil(arr: np.ndarray, scale: int = 1):
+    from PIL import Image
+
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def save_png(path: str, arr: np.ndarray, *, text: dict[str, str] | None = None, scale: int = 1) -> None:
+    """Write an (H, W, C) uint8 array as PNG, atomically, with optional text chunks."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    img = _pil(arr, scale)
+    write_atomic(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info), suffix=".png")
+
+
+def parameters_text(params: dict) -> str:
+    """One line, ``key: value, ...``, the form image tools read from the ``parameters`` chunk."""
+    return ", ".join(f"{k}: {v}" for k, v in params.items())
+
+
+def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
+    """The JSON provenance record (``undiffuse.io.provenance``) of one image of ``run``: the run
+    folder's name, the checksum of its weights, sampler, steps, seed, guidance."""
+    from undiffuse.io import provenance as prov
+
+    name = os.path.basename(ckpt.run_of(run.checkpoint))
+    return prov.record(name, prov.model_checksum(run.checkpoint, run.weights), sampler=params.get("sampler"),
+                       steps=params.get("steps"), seed=seed, guidance=params.get("guidance", 1.0),
+                       step=run.step, weights=run.weights, **extra)
+
+
+def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individual: bool = True,
+                grid_scale: int = 4, per_image: list[dict] | None = None, run: LoadedRun | None = None,
+                index: list[int] | None = None, watermark: bool = True) -> list[str]:
+    """Write ``out/grid.png`` and ``out/000000.png``...; each image's PNG carries its own seed
+    (and its entry of ``per_image``, e.g. its class). With ``run``, every PNG also carries the
+    JSON ``provenance`` record (``undiffuse verify`` reads it). ``index`` gives each row's
+    position in the request when some were left out (image ``k`` has seed ``seed + k`` and is
+    written as ``k:06d.png``).
+
+    ``watermark``: embed the invisible mark (``undiffuse.io.watermark``; payload: the run's weights
+    checksum, 0 without ``run``) in every PNG at least ``watermark.MIN_SIZE`` px a side (the
+    grid after its ``grid_scale`` upscaling); the record's ``watermark`` field says
+    ``embedded``, ``too small`` or ``off``."""
+    from undiffuse.io import provenance as prov
+    from undiffuse.io import watermark as wm
+
+    os.makedirs(out, exist_ok=True)
+    u8 = to_uint8(x01)
+    index = list(range(len(u8))) if index is None else list(index)
+    first, last = (seed + index[0], seed + index[-1]) if index else (seed, seed - 1)
+    meta = {"parameters": parameters_text({**params, "seed": f"{first}..{last}"}),
+            "undiffuse": json.dumps({**params, "seed": seed, "count": len(u8)})}
+    checksum = prov.model_checksum(run.checkpoint, run.weights) if run is not None else None
+    paths = [os.path.join(out, "grid.png")]
+    if len(u8):
+        g = grid(u8)
+        g = np.repeat(np.repeat(g, grid_scale, 0), grid_scale, 1)  # the nearest-neighbour upscale
+        g, status = wm.mark(g, checksum, enabled=watermark)
+        if run is not None:
+            rec = provenance_record(run, params, seed, count=len(u8), watermark=status)
+            meta["provenance"] = json.dumps(rec, sort_keys=True)
+        save_png(paths[0], g, text=meta)
+    else:
+        paths = []
+    if individual:
+        for i, img in zip(index, u8):
+            p = {**params, **(per_image[i] if per_image else {}), "seed": seed + i}
+            text = {"parameters": parameters_text(p), "undiffuse": json.dumps(p)}
+            img, status = wm.mark(img, checksum, enabled=watermark)
+            if run is not None:
+                rec = provenance_record(run, params, seed + i, **(per_image[i] if per_image else {}),
+                                        watermark=status)
+                text["provenance"] = json.dumps(rec, sort_keys=True)
+            path = os.path.join(out, f"{i:06d}.png")
+            save_png(path, img, text=text)
+            paths.append(path)
+    return paths
+
+
+def save_npz(path: str, samples: np.ndarray, params: dict, *, labels: np.ndarray | None = None) -> None:
+    """``samples`` array plus a JSON string ``parameters`` (and the requested class of each
+    sample as ``labels`` when given); written atomically."""
+    arrays = {"samples": samples, "parameters": np.array(json.dumps(params))}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int64)
+
+    def _write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    write_atomic(path, _write, suffix=".npz")
+
+
+def scatter(points: np.ndarray, size: int = 256, extent: float | None = None) -> np.ndarray:
+    """A 2-D point set as an (size, size, 1) uint8 density picture (dark = many points)."""
+    p = np.asarray(points, np.float64)[:, :2]
+    lim = extent or float(np.abs(p).max() * 1.05 + 1e-9)
+    hist, _, _ = np.histogram2d(p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]])
+    dens = np.log1p(hist[::-1]) / max(np.log1p(hist.max()), 1e-9)
+    return (255 * (1 - dens)).round().astype(np.uint8)[..., None]

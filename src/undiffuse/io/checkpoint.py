@@ -1,0 +1,247 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; never pickle.
+
+A run folder looks like::
+
+    RUN/config.json                    resolved run config (written at start)
+    RUN/log.jsonl                      one JSON object per logged step
+    RUN/checkpoints/step_00001000/     one complete checkpoint:
+        model.safetensors  ema.safetensors  state.safetensors  state.json
+    RUN/latest                         name of the newest complete checkpoint
+
+Writes are atomic at two levels: a checkpoint is written into a hidden temporary folder and
+renamed into place only when every file is complete (and flushed), and ``latest`` is then
+replaced atomically. Old checkpoints beyond ``keep`` are deleted only after that. A crash at
+any moment leaves the previous checkpoint complete and ``latest`` pointing at it.
+
+``load_tensors`` refuses anything that is not a safetensors file judged by its content
+(header length and JSON header), so a pickle renamed ``.safetensors`` is rejected before
+any deserializer sees it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from undiffuse.utils.atomic import write_atomic, write_json, write_text
+
+Tensor = torch.Tensor
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+BEST = "best"
+FILES = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run folder that cannot be used; the message names the path."""
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_safetensors(path: str) -> None:
+    """Raise ``CheckpointError`` unless ``path`` holds a safetensors file (by content)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    what = "a pickle" if head[:1] == b"\x80" else "a zip archive (torch.save)" if head[:2] == b"PK" else None
+    if len(head) < 9:
+        raise CheckpointError(f"{path} is not a safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n + 8 > size or head[8:9] != b"{":
+        raise CheckpointError(f"{path} is not a safetensors file" + (f"; its content looks like {what}" if what else "")
+                              + ". undiffuse only loads safetensors weights and never unpickles files.")
+
+
+def load_tensors(path: str, device: str = "cpu") -> dict[str, Tensor]:
+    check_safetensors(path)
+    try:
+        return load_file(path, device=device)
+    except Exception as e:  # malformed header or truncated payload
+        raise CheckpointError(f"{path} is a damaged safetensors file: {e}") from None
+
+
+def save_tensors(path: str, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), suffix=".safetensors")
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, Tensor], dict]:
+    """Split an optimizer's state_dict (or the optimizer's) into tensors (for safetensors)
+    and JSON-able groups."""
+    sd = opt if isinstance(opt, dict) else opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    groups = []
+    for g, current in zip(meta["param_groups"], opt.state_dict()["param_groups"]):
+        groups.append({k: (tuple(v) if isinstance(current.get(k), tuple) else v) for k, v in g.items()})
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def save_checkpoint(run: str, step: int, *, model: dict[str, Tensor], ema: dict[str, Tensor],
+                    state_tensors: dict[str, Tensor], state: dict, keep: int = 3) -> str:
+    """Write a complete checkpoint for ``step``, point ``latest`` at it, prune old ones."""
+    root = os.path.join(run, CHECKPOINTS)
+    os.makedirs(root, exist_ok=True)
+    name = checkpoint_name(step)
+    final = os.path.join(root, name)
+    tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        meta = {"format": "undiffuse-checkpoint", "step": str(step)}
+        for fname, tensors in (("model.safetensors", model), ("ema.safetensors", ema),
+                               ("state.safetensors", state_tensors)):
+            path = os.path.join(tmp, fname)
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata=meta)
+            _fsync(path)
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(final):  # re-saving the same step (e.g. a final save): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text(os.path.join(run, LATEST), name + "\n")
+    prune(run, keep)
+    return final
+
+
+def complete_checkpoints(run: str) -> list[str]:
+    """Names of complete checkpoints in ``run``, oldest first (temporary folders ignored)."""
+    root = os.path.join(run, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    names = [n for n in os.listdir(root) if n.startswith("step_")
+             and all(os.path.isfile(os.path.join(root, n, f)) for f in FILES)]
+    return sorted(names)
+
+
+def prune(run: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints; never the latest or the best."""
+    names = complete_checkpoints(run)
+    protected = {read_latest(run), read_pointer(run, BEST)}
+    for name in names[:-keep] if keep > 0 else []:
+        if name not in protected:
+            shutil.rmtree(os.path.join(run, CHECKPOINTS, name), ignore_errors=True)
+    root = os.path.join(run, CHECKPOINTS)
+    for n in os.listdir(root):  # temporary folders left by a crashed writer of another process
+        if n.startswith(".tmp-") and not n.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(os.path.join(root, n), ignore_errors=True)
+
+
+def read_pointer(run: str, pointer: str) -> str | None:
+    try:
+        with open(os.path.join(run, pointer)) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    return name or None
+
+
+def read_latest(run: str) -> str | None:
+    return read_pointer(run, LATEST)
+
+
+def mark_best(run: str, name: str) -> None:
+    """Point ``RUN/best`` at a complete checkpoint (kept by ``prune`` from then on)."""
+    write_text(os.path.join(run, BEST), name + "\n")
+
+
+def find_checkpoint(path: str) -> str:
+    """Resolve a run folder (its latest complete checkpoint) or a checkpoint folder."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if all(os.path.isfile(os.path.join(path, f)) for f in FILES):
+        return path
+    parent = os.path.dirname(os.path.normpath(path))
+    if os.path.basename(os.path.normpath(path)) == BEST and os.path.isfile(path):  # RUN/best
+        name = read_pointer(parent, BEST)
+        if name in complete_checkpoints(parent):
+            return os.path.join(parent, CHECKPOINTS, name)
+        raise CheckpointError(f"{path!r} points at {name!r}, which is not a complete checkpoint")
+    if os.path.isdir(os.path.join(path, CHECKPOINTS)) or os.path.isfile(os.path.join(path, "config.json")):
+        latest = read_latest(path)
+        names = complete_checkpoints(path)
+        if latest in names:
+            return os.path.join(path, CHECKPOINTS, latest)
+        if names:
+            return os.path.join(path, CHECKPOINTS, names[-1])
+        raise CheckpointError(f"run {path!r} has no complete checkpoint yet")
+    raise CheckpointError(f"{path!r} is neither a run folder (with config.json and checkpoints/) "
+                          f"nor a checkpoint folder (with {', '.join(FILES)})")
+
+
+def run_of(checkpoint: str) -> str:
+    """The run folder that holds a checkpoint folder."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+
+
+def load_checkpoint(path: str, device: str = "cpu") -> dict:
+    """Load a checkpoint folder (or a run's latest): tensors and state, no pickle anywhere."""
+    ckpt = find_checkpoint(path)
+    out = {name: load_tensors(os.path.join(ckpt, f"{name}.safetensors"), device)
+           for name in ("model", "ema", "state")}
+    with open(os.path.join(ckpt, "state.json")) as f:
+        out["state_json"] = json.load(f)
+    out["path"] = ckpt
+    return out
+
+
+def load_checkpoint_config(path: str) -> dict:
+    """The run config stored with a checkpoint (run folder or checkpoint folder), JSON only."""
+    with open(os.path.join(find_checkpoint(path), "state.json")) as f:
+        return json.load(f)["config"]
+
+
+def write_config(run: str, config: dict) -> None:
+    os.makedirs(run, exist_ok=True)
+    write_json(os.path.join(run, "config.json"), config)
+
+
+def read_config(run: str) -> dict:
+    path = os.path.join(run, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"run {run!r} has no config.json") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None

@@ -1,0 +1,612 @@
+"""The trainer: one loop, exact resume, atomic checkpoints.
+
+Everything random comes from state that is saved: a ``torch.Generator`` for noise levels and
+noise, torch's global generator (dropout), and the data order, which is a permutation drawn
+from ``(seed, epoch)`` plus a position in it. Learning rate and EMA decay are pure functions
+of the step (or, under a time budget, of the training time used), so a run stopped at any
+checkpoint and resumed reproduces the straight run bit for bit when it is step-bounded.
+A time-budget run's length depends on the machine's speed by design.
+
+Under ``torchrun`` (see ``undiffuse.utils.distributed``) each of N processes trains on its slice of
+the same global batch, with the same randomness the single process draws, and the network is
+wrapped in ``DistributedDataParallel``; only rank 0 writes the log, grids and checkpoints,
+which hold the unwrapped network, so a run saved by N processes resumes on M. A pluggable
+``objective`` (distillation) draws its own randomness for the rank's slice from a generator
+seeded by (seed, step, rank): independent over the ranks and the same again on resume, but
+N processes with an objective do not reproduce one process's draws.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from undiffuse.utils import acceleration as accel
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.utils import distributed as _dist
+from undiffuse.steering.conditioning import TrainingConditions
+from undiffuse.config import RunConfig, build_denoiser, schedule_of
+from undiffuse.core.losses import denoising_loss, sample_sigma
+
+Tensor = torch.Tensor
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def lr_factor(cfg: RunConfig, step: int, progress: float) -> float:
+    """Warm-up (linear, by step) then cosine or constant; ``progress`` in [0, 1] is the
+    fraction of the run done (by steps, or by time under a budget)."""
+    o = cfg.optim
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+    if o.schedule == "constant":
+        return warm
+    cos = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
+
+
+def ema_beta(cfg: RunConfig, samples_seen: int) -> float:
+    """Per-step EMA decay for a half-life in samples, with the half-life ramped up early."""
+    e, b = cfg.ema, cfg.optim.batch_size
+    half = e.halflife_samples
+    if e.rampup > 0:
+        half = min(half, e.rampup * samples_seen)
+    return 0.5 ** (b / max(half, 1e-8))
+
+
+@dataclass
+class DataOrder:
+    """Epoch-wise permutations from ``(seed, epoch)``; state is just two ints."""
+
+    n: int
+    seed: int
+    epoch: int = 0
+    pos: int = 0
+
+    def _perm(self) -> Tensor:
+        cached = getattr(self, "_cache", None)
+        if cached is None or cached[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._cache = (self.epoch, torch.randperm(self.n, generator=g))
+        return self._cache[1]
+
+    def next(self, batch: int) -> Tensor:
+        out = []
+        while batch > 0:
+            perm = self._perm()
+            take = perm[self.pos:self.pos + batch]
+            out.append(take)
+            batch -= len(take)
+            self.pos += len(take)
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return torch.cat(out)
+
+
+class Trainer:
+    """Train ``cfg`` on ``dataset`` into the run folder ``run``.
+
+    ``resume``: None (fresh; refuses a folder that already has checkpoints), ``"auto"`` (the
+    latest complete checkpoint of ``run`` if any, else fresh) or a checkpoint/run path, which
+    must exist.
+    """
+
+    def __init__(self, cfg: RunConfig, dataset, run: str, *, resume: str | None = None, progress: bool = True,
+                 log=print, objective=None, fsdp: bool = False, init_weights: dict | None = None):
+        self.world = _dist.setup(cfg.train.device)  # a single process unless started by torchrun
+        self.fsdp = fsdp and self.world.distributed  # one process: nothing to shard
+        main = self.world.main
+        self.cfg, self.data, self.run, self.progress = cfg, dataset, run, progress and main
+        self.log = log if main else (lambda message: None)
+        self.device = torch.device(_dist.device_for(cfg.train.device, self.world))
+        if cfg.train.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError(f"train.precision 'bf16' needs a CUDA device; train.device is {cfg.train.device!r}")
+        start = self._resolve_resume(resume)
+        if start is not None:
+            saved_shape = start["state_json"].get("dataset", {}).get("shape")
+            if saved_shape is not None and tuple(saved_shape) != tuple(dataset.shape):
+                raise TrainingError(f"cannot resume {start['path']}: it was trained on items of shape "
+                                    f"{tuple(saved_shape)}, the data given has {tuple(dataset.shape)}")
+            cfg = self.cfg = _merged_for_resume(start["state_json"]["config"], cfg)
+        torch.manual_seed(cfg.train.seed)  # network initialisation and dropout
+        self.denoiser = build_denoiser(cfg).to(self.device)
+        self.net = self.denoiser.net
+        self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
+        if init_weights is not None and start is None:  # a fresh run started from given weights
+            self.net.load_state_dict(init_weights)
+        self.ema.load_state_dict(self.net.state_dict())
+        if self.fsdp and cfg.train.channels_last:
+            raise ValueError("train.channels_last cannot be combined with --fsdp: FSDP shards contiguous parameters "
+                             "only (omit --channels-last; under FSDP the default is off)")
+        self.channels_last = not self.fsdp and accel.wants_channels_last(cfg.train.channels_last, self.device)
+        if self.channels_last:
+            accel.channels_last(self.net)
+            accel.channels_last(self.ema)
+        if objective is None and cfg.objective.kind != "denoising":
+            from undiffuse.training.objectives import build_objective
+
+            objective = build_objective(cfg, dataset, self.device)
+        self.objective = objective  # None: the denoising loss; else objective(trainer, x0, cond) -> (B,)
+        o = cfg.optim
+        self.opt = self._optimizer()
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        self.order = DataOrder(len(dataset), cfg.train.seed)
+        self.conditions = TrainingConditions(cfg.conditioning, dataset)
+        self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
+        self.window = [0.0, 0]  # loss sum and count since the last log entry
+        self.best: dict | None = None  # lowest evaluation FD so far and its step
+        os.makedirs(run, exist_ok=True)
+        if start is not None:
+            self._restore(start)
+        if main:
+            ckpt.write_config(run, cfg.to_dict())
+            self._truncate_log()
+        self.tb = self._tensorboard() if cfg.train.tensorboard and main else None
+        self._gathered: tuple | None = None  # FSDP: (step, full model, EMA, optimizer states)
+        if self.world.distributed:
+            _dist.local_slice(cfg.optim.batch_size // cfg.optim.accumulation, self.world)  # divisible?
+            self._wrap_fsdp() if self.fsdp else self._wrap_ddp()
+        if cfg.train.compile:  # compile what the forward passes go through (the DDP wrapper, if any)
+            self.denoiser.net = accel.compiled(self.denoiser.net)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                 weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
+
+    def _wrap_fsdp(self) -> None:
+        """Shard the (restored) network and EMA over the ranks with FSDP2; rebuild the
+        optimizer on the sharded parameters with its (restored) state cut to each shard."""
+        from . import sharding
+
+        state = self.opt.state_dict()
+        mesh = sharding.mesh(self.device, self.world.size)
+        sharding.shard(self.net, mesh)
+        sharding.shard(self.ema, mesh)
+        self.opt = self._optimizer()
+        sharding.load_optimizer_state(self.opt, state)
+        units = sum(type(m).__name__.startswith("FSDP") for m in self.net.modules())
+        self.log(f"FSDP: the network's parameters, gradients and optimizer state sharded over {self.world.size} "
+                 f"processes ({units} units gathered one at a time)")
+
+    def _wrap_ddp(self) -> None:
+        """Forward passes go through ``DistributedDataParallel`` (gradients averaged over the
+        ranks); ``self.net`` stays the plain network that is saved and averaged into the EMA."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.denoiser.net = DistributedDataParallel(self.net, device_ids=ids)
+
+    # ------------------------------------------------------------------ resume
+    def _resolve_resume(self, resume):
+        if resume is None:
+            if ckpt.complete_checkpoints(self.run):
+                raise TrainingError(f"{self.run!r} already holds checkpoints; pass --resume auto to continue it "
+                                    f"or choose another --out")
+            return None
+        if resume == "auto":
+            return ckpt.load_checkpoint(self.run) if ckpt.complete_checkpoints(self.run) else None
+        return ckpt.load_checkpoint(resume)  # raises CheckpointError if missing
+
+    def _restore(self, start: dict) -> None:
+        s = start["state_json"]
+        self.net.load_state_dict(start["model"])
+        self.ema.load_state_dict(start["ema"])
+        t = start["state"]
+        ckpt.optimizer_from_tensors(self.opt, t, s["optimizer"])
+        self.gen.set_state(t["rng.generator"])
+        torch.set_rng_state(t["rng.torch"])
+        self.order.epoch, self.order.pos = s["data_order"]["epoch"], s["data_order"]["pos"]
+        self.step, self.elapsed, self.samples_seen = s["step"], s["elapsed"], s["samples_seen"]
+        self.bad_in_row, self.window = s["bad_in_row"], list(s["window"])
+        self.best = s.get("best")
+        self.log(f"resumed from {start['path']} at step {self.step}")
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (a killed run's tail)."""
+        path = os.path.join(self.run, "log.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [ln for ln in f if ln.strip()]
+        keep = []
+        for ln in lines:
+            try:
+                if json.loads(ln).get("step", 0) <= self.step:
+                    keep.append(ln)
+            except json.JSONDecodeError:  # a line cut by a kill
+                break
+        from undiffuse.utils.atomic import write_text
+
+        write_text(path, "".join(keep))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is an optional extra
+            return None
+        return SummaryWriter(os.path.join(self.run, "tensorboard"), purge_step=self.step + 1)
+
+    # ------------------------------------------------------------------ checkpoint
+    def gather(self) -> tuple[dict, dict, dict]:
+        """The full network, EMA and optimizer states, as a single process holds them. Under
+        FSDP a collective (every rank calls it; kept for the step, so rank 0 can then save,
+        evaluate and draw grids alone); otherwise the live states."""
+        if not self.fsdp:
+            return self.net.state_dict(), self.ema.state_dict(), self.opt.state_dict()
+        if self._gathered is None or self._gathered[0] != self.step:
+            from . import sharding
+
+            keep = self.world.main  # the other ranks take part in the gathers and drop the results
+            self._gathered = (self.step, sharding.full_state(self.net, keep), sharding.full_state(self.ema, keep),
+                              sharding.full_optimizer_state(self.opt, keep))
+        return self._gathered[1:]
+
+    def save(self) -> str:
+        """Write a checkpoint (rank 0; under FSDP every rank must call it or :meth:`gather`
+        first at this step)."""
+        if self.fsdp:
+            self.gather()
+        if not self.world.main:  # rank 0 writes; the others only know where
+            return os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))
+        model, ema, opt_state = self.gather()
+        tensors, opt_meta = ckpt.optimizer_to_tensors(opt_state)
+        tensors["rng.generator"] = self.gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
+                 "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta, "best": self.best,
+                 "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
+                 "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
+                 "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
+                             "size": len(self.data), "class_names": list(self.data.class_names)}}
+        return ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
+                                    state_tensors=tensors, state=state, keep=self.cfg.train.keep)
+
+    # ------------------------------------------------------------------ one step
+    def _progress(self) -> float:
+        tr = self.cfg.train
+        if tr.max_steps is not None:
+            return self.step / max(tr.max_steps, 1)
+        return self.elapsed / tr.time_budget
+
+    def train_step(self) -> float | None:
+        cfg, o = self.cfg, self.cfg.optim
+        lr = o.lr * lr_factor(cfg, self.step, self._progress())
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.net.train()
+        if self.world.distributed:
+            self.denoiser.net.train()
+        micro = o.batch_size // o.accumulation
+        part = _dist.local_slice(micro, self.world)  # this rank's rows of the global micro-batch
+        total = 0.0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16" \
+            else contextlib.nullcontext()
+        for k in range(o.accumulation):
+            idx = self.order.next(micro)  # the global micro-batch, the same on every rank
+            x0 = self.data.get(idx[part])
+            if cfg.data.hflip and self.data.kind == "image":
+                flip = torch.rand(micro, generator=self.gen)[part] < 0.5
+                mirrored = self.data.flipped(idx[part]) if hasattr(self.data, "flipped") else x0.flip(-1)
+                x0 = torch.where(flip[:, None, None, None], mirrored, x0)  # latent data: the flipped image's latent
+            x0 = accel.to_device(x0, self.device)
+            cond = self._conditions(idx, x0, part)
+            sync = contextlib.nullcontext()  # average the gradients over the ranks once, after the last micro-batch
+            if self.world.distributed and k < o.accumulation - 1:
+                from . import sharding
+
+                sync = sharding.no_gradient_sync(self.net) if self.fsdp else self.denoiser.net.no_sync()
+            if self.objective is not None:
+                shared = self.gen
+                if self.world.distributed:  # the objective draws from self.gen for its own rows: give each rank
+                    self.gen = torch.Generator().manual_seed(  # its own stream, a function of (seed, step, rank)
+                        hash((cfg.train.seed, self.step, k, self.world.rank)) & (2**63 - 1))
+                try:
+                    with sync:
+                        with autocast:
+                            loss = self.objective(self, x0, cond).mean()
+                        (loss / o.accumulation).backward()
+                finally:
+                    self.gen = shared
+                total += loss.detach().item() / o.accumulation
+                continue
+            sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
+                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std,
+                                 u_a=cfg.diffusion.u_a)[part].to(self.device)
+            if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
+                eps = self.data.noise_of(idx[part]).to(device=self.device, dtype=x0.dtype)
+            else:
+                eps = accel.to_device(torch.randn((micro, *x0.shape[1:]), generator=self.gen)[part], self.device)
+            with sync:
+                with autocast:
+                    loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
+                                          min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                                          distance=cfg.diffusion.distance, huber_c=cfg.diffusion.huber_c,
+                                          **cond).mean()
+                (loss / o.accumulation).backward()
+            total += loss.detach().item() / o.accumulation
+        total = _dist.mean(total, self.world)  # every rank logs and judges the same global loss
+        self.samples_seen += o.batch_size
+        if not math.isfinite(total):
+            self.opt.zero_grad(set_to_none=True)
+            self.bad_in_row += 1
+            self._write_log({"step": self.step + 1, "skipped": "non-finite loss", "loss": str(total)})
+            self.log(f"step {self.step + 1}: non-finite loss ({total}); step skipped "
+                     f"({self.bad_in_row} in a row, limit {cfg.train.max_bad_steps})")
+            if self.bad_in_row >= cfg.train.max_bad_steps:
+                raise TrainingError(f"{self.bad_in_row} non-finite losses in a row at step {self.step + 1}; "
+                                    f"stopping (lower optim.lr or check the data)")
+            self.step += 1
+            return None
+        self.bad_in_row = 0
+        if o.grad_clip > 0:
+            from .sharding import full
+
+            self.grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip)))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        beta = ema_beta(cfg, self.samples_seen)
+        with torch.no_grad():
+            if self.fsdp:  # DTensor shards: one local lerp each
+                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                    pe.lerp_(p, 1 - beta)
+            else:  # one fused call over all tensors (on a GPU: a few kernel launches, not one per tensor)
+                torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - beta)
+            for be, b in zip(self.ema.buffers(), self.net.buffers()):
+                be.copy_(b)
+        self.step += 1
+        self.lr = lr
+        return total
+
+    def _conditions(self, idx: Tensor, x0: Tensor, part: slice) -> dict:
+        """The condition of this rank's rows; random choices are drawn for the whole global
+        batch (as one process draws them) and sliced."""
+        if not self.world.distributed:
+            return self.conditions(idx, x0, self.gen)
+        if self.cfg.conditioning.kind in ("none", "lowres"):  # no random draws
+            return self.conditions(idx[part], x0, self.gen)
+        return {k: v[part] for k, v in self.conditions(idx, x0, self.gen).items()}
+
+    def _write_log(self, entry: dict) -> None:
+        if not self.world.main:
+            return
+        with open(os.path.join(self.run, "log.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def done(self) -> bool:
+        tr = self.cfg.train
+        return ((tr.max_steps is not None and self.step >= tr.max_steps)
+                or (tr.time_budget is not None and self.elapsed >= tr.time_budget))
+
+    def ema_samples(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` samples of the EMA model with the run's sampler (seeds ``seed + i``), in model
+        space on the CPU; the training random state is untouched."""
+        from undiffuse.core.precond import Denoiser
+        from undiffuse.core.noise import noise as make_noise
+        from undiffuse.samplers.driver import sample
+
+        s = self.cfg.sample
+        den = Denoiser(self.plain_ema(), self.denoiser.process, self.denoiser.parameterization,
+                       sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale,
+                       boundary_sigma=self.denoiser.boundary_sigma)
+        rng = torch.get_rng_state()
+        out = []
+        cond = self._sampling_conditions(n)
+        for start in range(0, n, 256):
+            seeds = list(range(seed + start, seed + min(start + 256, n)))
+            z = make_noise((len(seeds), *self.data.shape), seed=seeds, device=self.device)
+            extra = {k: v[start:start + len(seeds)] for k, v in cond.items()}
+            out.append(sample(den, z, sampler=s.sampler, steps=s.steps, schedule=schedule_of(s), sigma_min=s.sigma_min,
+                              sigma_max=s.sigma_max, seed=seeds, extra=extra).float().cpu())
+        torch.set_rng_state(rng)
+        return torch.cat(out)
+
+    def plain_ema(self) -> torch.nn.Module:
+        """The EMA network as one module (under FSDP a plain copy of the states :meth:`gather`
+        collected at this step, which every rank must have called)."""
+        if not self.fsdp:
+            return self.ema
+        if self._gathered is None or self._gathered[0] != self.step:
+            raise RuntimeError("under FSDP, gather() must run on every rank at this step before using the EMA")
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the training state alone
+            net = build_denoiser(self.cfg).net
+        net = net.to(self.device).eval().requires_grad_(False)
+        net.load_state_dict(self._gathered[2])
+        return net
+
+    def _sampling_conditions(self, n: int) -> dict:
+        """Conditions for ``n`` progress samples: classes (or each class's first caption) in
+        turn, or the low-resolution copies of the first ``n`` training images (no guidance)."""
+        kind = self.cfg.conditioning.kind
+        if kind == "none":
+            return {}
+        if kind == "lowres":
+            x0 = self.data.get(torch.arange(n) % len(self.data)).to(self.device)
+            return self.conditions(torch.arange(n), x0, torch.Generator())
+        labels = torch.arange(n) % self.data.num_classes
+        if kind == "class":
+            return {"class_labels": labels.to(self.device)}
+        table = self.conditions.text
+        return table.rows(torch.stack([table.by_label[k][0] for k in labels.tolist()]), self.device)
+
+    def evaluate(self) -> dict:
+        """Score ``eval_samples`` EMA samples against the training data with the evaluation
+        suite; log them; with ``keep_best``, checkpoint and mark a new best (lowest FD)."""
+        from undiffuse.metrics.evaluate import evaluate, to_json
+
+        tr = self.cfg.train
+        x = self.ema_samples(tr.eval_samples, seed=1_000_000)
+        images = getattr(self.data, "pixels", self.data)  # latent data: decoded samples vs the images
+        real = images.get(torch.arange(len(images)))
+        if self.data.kind == "image":
+            x, real = self.data.to_unit(x), images.to_unit(real)
+        res = to_json(evaluate(x.numpy(), real.numpy(), kid_subsets=20, kid_subset_size=min(500, tr.eval_samples),
+                               reference_name=f"training data ({self.data.name})"))
+        scores = {k: res[k] for k in ("fd", "kid", "precision", "recall", "density", "coverage", "copy_rate")}
+        self._write_log({"step": self.step, "eval": scores, "eval_samples": tr.eval_samples,
+                         "eval_features": res["protocol"]["features"]})
+        if self.tb is not None:
+            for k, v in scores.items():
+                self.tb.add_scalar(f"eval/{k}", v, self.step)
+        if tr.keep_best and (self.best is None or scores["fd"] < self.best["fd"]):
+            self.best = {"fd": scores["fd"], "step": self.step}
+            path = self.save()  # the state must record the new best, so save even if saved
+            ckpt.mark_best(self.run, os.path.basename(path))
+            self.log(f"step {self.step}: new best FD {scores['fd']:.4g}; {path}")
+        return scores
+
+    def _saved_now(self) -> bool:
+        return ckpt.read_latest(self.run) == ckpt.checkpoint_name(self.step)
+
+    def sample_grid(self) -> str:
+        """Write ``RUN/samples/step_XXXXXXXX.png`` from the EMA weights (fixed seeds, the run's
+        sampler); the training random state is untouched."""
+        from undiffuse.inference import generate as gen
+
+        x = self.ema_samples(self.cfg.train.sample_count)
+        folder = os.path.join(self.run, "samples")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"step_{self.step:08d}.png")
+        if self.data.kind == "image":
+            x = self.data.to_unit(x)  # [0, 1] images (latent data decodes)
+            gen.save_png(path, gen.grid(gen.to_uint8(x)), scale=4)
+        else:
+            gen.save_png(path, gen.scatter(x.numpy()))
+        if self.tb is not None and self.data.kind == "image":
+            self.tb.add_images("samples", x[:64], self.step)
+        return path
+
+    def fit(self) -> dict:
+        tr = self.cfg.train
+        bar = _bar(self) if self.progress else None
+        stop = {"signal": None}
+
+        def _handler(signum, frame):
+            stop["signal"] = signum
+
+        old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)} \
+            if _main_thread() else {}
+        self.grad_norm, self.lr = float("nan"), 0.0
+        t_log, steps_log = time.perf_counter(), 0
+        try:
+            while not self.done() and stop["signal"] is None:
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                self.elapsed += time.perf_counter() - t0
+                if self.world.distributed:  # all ranks must agree on when to stop
+                    self.elapsed, sig = _dist.agree_max([self.elapsed, stop["signal"] or 0], self.world)
+                    stop["signal"] = int(sig) or None
+                steps_log += 1
+                if loss is not None:
+                    self.window[0] += loss
+                    self.window[1] += 1
+                if bar is not None:
+                    bar.update(self, loss)
+                if self.step % tr.log_every == 0 and self.window[1]:
+                    now = time.perf_counter()
+                    rate = steps_log / max(now - t_log, 1e-9)
+                    entry = {"step": self.step, "loss": self.window[0] / self.window[1], "lr": self.lr,
+                             "grad_norm": self.grad_norm, "steps_per_s": rate,
+                             "samples_per_s": rate * self.cfg.optim.batch_size, "elapsed": self.elapsed}
+                    self._write_log(entry)
+                    if self.tb is not None:
+                        for k in ("loss", "lr", "grad_norm", "samples_per_s"):
+                            self.tb.add_scalar(f"train/{k}", entry[k], self.step)
+                    self.window = [0.0, 0]
+                    t_log, steps_log = now, 0
+                if self.fsdp and ((tr.eval_every and self.step % tr.eval_every == 0)
+                                  or self.step % tr.checkpoint_every == 0
+                                  or (tr.sample_every and self.step % tr.sample_every == 0)):
+                    self.gather()  # every rank takes part; then rank 0 works on the full states alone
+                if not self.world.main:  # evaluations, checkpoints and grids are rank 0's
+                    continue
+                if tr.eval_every and self.step % tr.eval_every == 0:
+                    self.evaluate()  # before the checkpoint, so that it records the best so far
+                if self.step % tr.checkpoint_every == 0 and not self._saved_now():
+                    self.save()
+                if tr.sample_every and self.step % tr.sample_every == 0:
+                    self.sample_grid()
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        path = self.save()
+        if stop["signal"] is None and tr.sample_count > 0 and self.world.main:
+            self.sample_grid()
+        if self.tb is not None:
+            self.tb.flush()
+        if stop["signal"] is not None:
+            self.log(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint {path}")
+        return {"step": self.step, "elapsed": self.elapsed, "checkpoint": path,
+                "interrupted": stop["signal"] is not None}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# How to run, not what to train: taken from the request when resuming (a run started on a
+# CPU continues on a GPU with ``--device cuda``; the request's default device is the CPU).
+EXECUTION = ("device", "precision", "compile", "channels_last")
+
+
+def _merged_for_resume(saved: dict, requested: RunConfig) -> RunConfig:
+    """The saved run config, with the stopping rule (so a run can be extended) and the
+    execution choices (:data:`EXECUTION`) taken from the new request; anything else that
+    differs is reported, not applied."""
+    cfg = RunConfig.from_dict(saved)
+    req = requested.to_dict()
+    for key in ("max_steps", "time_budget", *EXECUTION):
+        setattr(cfg.train, key, req["train"][key])
+    if cfg.train.max_steps is None and cfg.train.time_budget is None:
+        cfg.train.max_steps = saved["train"]["max_steps"]
+        cfg.train.time_budget = saved["train"]["time_budget"]
+    differs = [f"{sec}.{k}" for sec in ("model", "diffusion", "optim", "ema") for k in req[sec]
+               if saved.get(sec, {}).get(k) != req[sec][k]]
+    if differs:
+        warnings.warn(f"resuming with the saved settings; ignoring requested changes to {', '.join(differs)}",
+                      stacklevel=3)
+    return cfg
+
+
+class _bar:
+    """tqdm bar with loss, it/s and an ETA by steps or by time budget."""
+
+    def __init__(self, trainer: Trainer):
+        from tqdm.auto import tqdm
+
+        tr = trainer.cfg.train
+        self.by_time = tr.max_steps is None
+        total = round(tr.time_budget) if self.by_time else tr.max_steps
+        initial = round(trainer.elapsed) if self.by_time else trainer.step
+        unit = "s" if self.by_time else "step"
+        self.bar = tqdm(total=total, initial=min(initial, total), unit=unit, desc="train", dynamic_ncols=True)
+        self.last = trainer.elapsed
+
+    def update(self, trainer: Trainer, loss) -> None:
+        if self.by_time:
+            whole = int(trainer.elapsed) - int(self.last)
+            if whole > 0:
+                self.bar.update(whole)
+                self.last = trainer.elapsed
+        else:
+            self.bar.update(1)
+        if trainer.step % 10 == 0:
+            rate = trainer.step / max(trainer.elapsed, 1e-9)
+            self.bar.set_postfix(step=trainer.step, loss=f"{loss:.4f}" if loss is not None else "nan",
+                                 steps_per_s=f"{rate:.1f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
