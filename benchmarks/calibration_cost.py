@@ -125,10 +125,10 @@ def mixture(nfe: int, settings: dict, check_size: int = 16384, cache: str = "run
 
 
 def digits(nfe: int, settings: dict, run_path: str) -> dict:
-    from undiffuse.inference import generate as gen
-    from undiffuse.fewstep.calibrate import calibrate
-    from undiffuse.metrics import fd_digits
     from undiffuse.core.noise import noise
+    from undiffuse.fewstep.calibrate import calibrate
+    from undiffuse.inference import generate as gen
+    from undiffuse.metrics import fd_digits
     from undiffuse.samplers.driver import sample
 
     run = gen.load_run(run_path)

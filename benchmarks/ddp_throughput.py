@@ -104,7 +104,7 @@ def section(results: dict) -> str:
         return [params, f"{r.get('steps', '-')} x {r.get('batch', '-')}", f"{r['samples_per_s']:.0f}", ratio, rss, f"{r['wall_s']:.0f}",
                 f"{r.get('load1', float('nan')):.1f}"]
 
-    intro = (f"The `digits` preset U-Net (at the width in the row's name; the preset's is 32 channels) trained "
+    intro = ("The `digits` preset U-Net (at the width in the row's name; the preset's is 32 channels) trained "
              "from scratch for the given steps at the given global batch (see benchmarks/ddp_throughput.py). 2 processes split every global batch in two and average gradients "
              "over gloo, replicated (DDP) or sharded (FSDP); their weights equal the single process's to float "
              "rounding (tests/test_distributed.py). Peak memory: the largest process of the command.")

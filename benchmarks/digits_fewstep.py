@@ -43,10 +43,10 @@ def main() -> None:
     p.add_argument("--write")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from undiffuse.inference import generate as gen
-    from undiffuse.fewstep.calibrate import calibrate
-    from undiffuse.metrics import fd_digits
     from undiffuse.core.noise import noise
+    from undiffuse.fewstep.calibrate import calibrate
+    from undiffuse.inference import generate as gen
+    from undiffuse.metrics import fd_digits
     from undiffuse.samplers.driver import sample
 
     run = gen.load_run(args.run)

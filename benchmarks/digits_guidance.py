@@ -158,8 +158,8 @@ def main() -> None:
     if not args.render:
         if not os.path.isdir(os.path.join(args.run, "checkpoints")):
             train(args.run, args.train_steps)
-        from undiffuse.inference import generate as gen
         from undiffuse.data import load
+        from undiffuse.inference import generate as gen
 
         run = gen.load_run(args.run)
         digits = load("digits")

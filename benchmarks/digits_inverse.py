@@ -78,9 +78,9 @@ def tasks():
 
 
 def measure(name, spec, run, x_held, labels, read) -> dict:
-    from undiffuse.steering import degradations, inverse
     from undiffuse.core import schedules
     from undiffuse.core.noise import per_sample_generators
+    from undiffuse.steering import degradations, inverse
 
     den = run.denoiser
     n = len(x_held)

@@ -90,9 +90,9 @@ RECIPE = [
 
 
 def measure(path: str, sampler: str, steps: int | None, schedule, seed: int = 0) -> dict:
+    from undiffuse.fewstep.reflow import straightness
     from undiffuse.inference import generate as gen
     from undiffuse.metrics import fd_digits
-    from undiffuse.fewstep.reflow import straightness
 
     r = gen.load_run(path)
     t0 = time.perf_counter()

@@ -79,7 +79,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _sections import load_results, save_results, write_section
 
 START, END = "<!-- gpu-vs-diffusers:start -->", "<!-- gpu-vs-diffusers:end -->"

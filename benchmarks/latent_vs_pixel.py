@@ -38,9 +38,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from _sections import save_results, table_section, write_section
+from torch import nn
 
 START, END = "<!-- latent-vs-pixel:start -->", "<!-- latent-vs-pixel:end -->"
 ROOT = "runs/bench_latent"

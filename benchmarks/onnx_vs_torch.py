@@ -26,7 +26,6 @@ import sys
 import time
 
 import torch
-
 from _sections import load_results, save_results, write_section
 
 START, END = "<!-- onnx-vs-torch:start -->", "<!-- onnx-vs-torch:end -->"
@@ -62,8 +61,8 @@ def main() -> None:
     p.add_argument("--write", help="update this Markdown file's section")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from undiffuse.inference import generate as gen
     from undiffuse.config import schedule_of
+    from undiffuse.inference import generate as gen
     from undiffuse.inference.export import OnnxNet, export_onnx, load_onnx_denoiser
     from undiffuse.metrics.features import fd_digits
 

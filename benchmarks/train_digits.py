@@ -125,8 +125,8 @@ def score(samples01: torch.Tensor, out: Path, name: str) -> dict:
 
 def run_undiffuse(args, out: Path) -> dict:
     from undiffuse import data
-    from undiffuse.inference import generate as gen
     from undiffuse.config import resolve
+    from undiffuse.inference import generate as gen
     from undiffuse.training.trainer import Trainer
 
     ds = data.load("digits")

@@ -66,9 +66,9 @@ def generated_digits(n: int, seed: int = 0) -> np.ndarray:
     """(n, 8, 8, 1) uint8 samples of the exact digits Gaussian-mixture denoiser (heun, 10 steps)."""
     import torch
 
-    from undiffuse.inference import generate as gen
     from undiffuse.cli.analytic_demo import digits_mixture
     from undiffuse.core.noise import noise
+    from undiffuse.inference import generate as gen
     from undiffuse.samplers.driver import sample
 
     gm, _ = digits_mixture()

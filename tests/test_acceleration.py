@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from undiffuse.utils import acceleration as accel
-from undiffuse.io import checkpoint as ckpt
 from undiffuse import data
 from undiffuse.config import resolve
+from undiffuse.io import checkpoint as ckpt
 from undiffuse.training.trainer import Trainer
+from undiffuse.utils import acceleration as accel
 
 TINY = {"model.channels": 8, "model.channel_mult": [1, 2], "model.num_res_blocks": 1,
         "model.attention_levels": [1], "model.head_channels": 8, "optim.batch_size": 16,
@@ -98,7 +98,6 @@ def test_every_command_with_a_network_takes_a_checked_device(command, capsys):
 @pytest.mark.slow
 def test_sample_compile_gives_the_same_samples(tmp_path, capsys):
     import numpy as np
-
     from _cli import run_main
 
     _train(tmp_path / "toy", steps=2, toy=True)

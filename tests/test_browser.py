@@ -14,12 +14,12 @@ if not os.path.exists(CHROMIUM) or not os.path.exists(DRIVER):
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs the selenium package")
 pytest.importorskip("uvicorn")
 
+from _cli import TINY  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
-from _cli import TINY  # noqa: E402
-from undiffuse.io import provenance as prov  # noqa: E402
 from undiffuse.cli import main  # noqa: E402
+from undiffuse.io import provenance as prov  # noqa: E402
 from undiffuse.serve import create_app  # noqa: E402
 from undiffuse.serve.background import BackgroundServer  # noqa: E402
 

@@ -8,8 +8,16 @@ import torch
 from undiffuse import data
 from undiffuse.core.analytic import GaussianMixture
 from undiffuse.io.checkpoint import CheckpointError
-from undiffuse.training.classifier import ClassifierGuide, accuracy_by_sigma, classifier_guided, held_out_split, load_classifier, log_prob_gradient, train_classifier
 from undiffuse.nets.classifier import ClassifierConfig, NoiseClassifier
+from undiffuse.training.classifier import (
+    ClassifierGuide,
+    accuracy_by_sigma,
+    classifier_guided,
+    held_out_split,
+    load_classifier,
+    log_prob_gradient,
+    train_classifier,
+)
 
 TINY = ClassifierConfig(channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), head_channels=16)
 

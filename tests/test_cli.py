@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _cli import TINY
 from _cli import run_main as _main
+from PIL import Image
+
 from undiffuse.cli import main
 
 

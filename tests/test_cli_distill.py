@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from _cli import TINY, run_main
 from safetensors.torch import load_file
 
-from _cli import TINY, run_main
 from undiffuse.inference.generate import load_run
 
 

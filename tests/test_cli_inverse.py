@@ -3,11 +3,12 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _cli import TINY
 from _cli import run_main as _main
+from PIL import Image
+
 from undiffuse.cli import main
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

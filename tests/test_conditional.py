@@ -4,15 +4,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from undiffuse.inference import generate as gen
 from _cli import TINY
 from _cli import run_main as _main
+from PIL import Image
+
 from undiffuse.cli import main
-from undiffuse.steering.conditioning import TrainingConditions, lowres_image
 from undiffuse.config import ConditioningConfig, resolve
 from undiffuse.data import load
+from undiffuse.inference import generate as gen
+from undiffuse.steering.conditioning import TrainingConditions, lowres_image
+
 
 @pytest.fixture(scope="module")
 def class_run(tmp_path_factory):

@@ -260,7 +260,7 @@ def test_bad_file_skipped_with_warning_or_strict_error(tmp_path, case):
 def test_pixel_limit_is_a_module_constant(tmp_path, monkeypatch):
     save(tmp_path / "small.png", size=(8, 8))
     save(tmp_path / "big.png", size=(20, 20))
-    monkeypatch.setattr(data, "MAX_PIXELS", 100)
+    monkeypatch.setattr(data.images, "MAX_PIXELS", 100)  # the image loader's guard
     with pytest.warns(DataWarning, match=r"big\.png.*20x20 = 400 pixels"):
         ds = data.load(str(tmp_path))
     assert len(ds) == 1

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import undiffuse
-from undiffuse.training import consistency as cm
 from undiffuse import data, samplers
-from undiffuse.core.analytic import GaussianMixture
 from undiffuse.config import resolve
-from undiffuse.samplers.odestep import check_solver, ode_step
+from undiffuse.core.analytic import GaussianMixture
 from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
-from undiffuse.core.process import EDM, VPContinuous
-from undiffuse.training.progressive import ProgressiveObjective, student_grid
+from undiffuse.core.process import VPContinuous
 from undiffuse.samplers.driver import sample
+from undiffuse.samplers.odestep import check_solver, ode_step
+from undiffuse.training import consistency as cm
+from undiffuse.training.progressive import ProgressiveObjective, student_grid
 from undiffuse.training.trainer import Trainer
 
 SMIN, SMAX = 0.002, 80.0
@@ -259,9 +259,9 @@ def test_consistency_student_started_from_another_student(tmp_path):
     consistency student is refused."""
     from _cli import TINY
 
-    from undiffuse.io import checkpoint as ckpt
     from undiffuse.cli import main
     from undiffuse.fewstep.distill import consistency_distill
+    from undiffuse.io import checkpoint as ckpt
 
     teacher, first, second = (str(tmp_path / n) for n in ("teacher", "first", "second"))
     assert main(["train", "--data", "digits", "--max-steps", "2", "--out", teacher, *TINY]) == 0

@@ -12,12 +12,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _cli import run_main
 from safetensors.torch import load_file
 
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.utils import distributed as dist
-
-from _cli import run_main
 
 TINY = {"model.channels": 8, "model.channel_mult": [1, 2], "model.num_res_blocks": 1,
         "model.attention_levels": [1], "model.head_channels": 8, "optim.warmup_steps": 2,
@@ -204,8 +203,8 @@ def test_fsdp_shards_blocks_and_gathers_the_single_process_state():
     the plain network's, and an optimizer state survives the round trip through shards."""
     import torch.distributed as tdist
 
-    from undiffuse.training import sharding
     from undiffuse.nets.unet import UNet, UNetConfig
+    from undiffuse.training import sharding
 
     if tdist.is_initialized():
         pytest.skip("a process group is already initialised")

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from undiffuse.metrics import copies as copies_mod
-from undiffuse.metrics import features as feat
 from undiffuse.metrics import copy_pairs_grid, digits_classifier, digits_features, fd_digits, nearest_copies
+from undiffuse.metrics import features as feat
 
 
 @pytest.fixture(scope="session")

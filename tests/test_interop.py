@@ -9,7 +9,13 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from undiffuse.core import process  # noqa: E402
-from undiffuse.inference.interop import load_diffusers, parameterization_of, process_of, sample_diffusers, scheduler_sigmas
+from undiffuse.inference.interop import (
+    load_diffusers,
+    parameterization_of,
+    process_of,
+    sample_diffusers,
+    scheduler_sigmas,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiffuse.steering import degradations as dg
 from undiffuse import samplers
 from undiffuse.core import schedules
 from undiffuse.core.analytic import GaussianMixture
-from undiffuse.steering.inverse import PosteriorGuided, inpaint, restore, sdedit, upscale
 from undiffuse.core.noise import per_sample_generators
+from undiffuse.steering import degradations as dg
+from undiffuse.steering.inverse import PosteriorGuided, inpaint, restore, sdedit, upscale
 
 D = 8
 IMAGE = (1, 2, 4)  # the same 8 numbers seen as a (C, H, W) image

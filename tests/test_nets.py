@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from undiffuse import nets
 from undiffuse.nets.unet import Attention, UNet

@@ -8,15 +8,17 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from undiffuse import data
-from undiffuse import sample  # noqa: E402
-from undiffuse.inference import generate as gen  # noqa: E402
-from undiffuse.config import resolve  # noqa: E402
-from undiffuse.inference.export import OnnxNet, export_onnx, load_onnx_denoiser  # noqa: E402
-from undiffuse.core.noise import noise  # noqa: E402
-from undiffuse.training.trainer import Trainer  # noqa: E402
-
 from _cli import run_main  # noqa: E402
+
+from undiffuse import (
+    data,
+    sample,  # noqa: E402
+)
+from undiffuse.config import resolve  # noqa: E402
+from undiffuse.core.noise import noise  # noqa: E402
+from undiffuse.inference import generate as gen  # noqa: E402
+from undiffuse.inference.export import OnnxNet, export_onnx, load_onnx_denoiser  # noqa: E402
+from undiffuse.training.trainer import Trainer  # noqa: E402
 
 TINY = {"model.channels": 8, "model.channel_mult": [1, 2], "model.num_res_blocks": 1, "model.attention_levels": [1],
         "model.head_channels": 8, "optim.batch_size": 16, "train.sample_count": 4, "sample.steps": 2,

@@ -2,14 +2,13 @@
 import json
 
 import pytest
+from _cli import TINY, run_main
 from PIL import Image
 
 import undiffuse
-from _cli import TINY
-from _cli import run_main
+from undiffuse.cli import main
 from undiffuse.inference import generate as gen
 from undiffuse.io import provenance as prov
-from undiffuse.cli import main
 
 
 @pytest.fixture(scope="module")

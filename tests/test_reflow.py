@@ -7,12 +7,12 @@ import torch
 
 import undiffuse
 from undiffuse import data
-from undiffuse.fewstep import reflow as rf
-from undiffuse.training import trainer as train_mod
-from undiffuse.core.analytic import GaussianMixture
 from undiffuse.config import resolve
+from undiffuse.core.analytic import GaussianMixture
 from undiffuse.core.precond import Denoiser
+from undiffuse.fewstep import reflow as rf
 from undiffuse.samplers.driver import sample
+from undiffuse.training import trainer as train_mod
 from undiffuse.training.trainer import Trainer
 
 T_MAX = 0.999  # RectifiedFlow's default t range

@@ -5,14 +5,14 @@ import math
 
 import pytest
 import torch
-
 from test_losses import Const  # a network that outputs one constant
-from undiffuse.core import process
-from undiffuse.fewstep import reflow as rf
-from undiffuse.training import trainer as train_mod
+
 from undiffuse.config import RunConfig, resolve, validate
+from undiffuse.core import process
 from undiffuse.core.losses import denoising_loss, sample_sigma, u_shaped
 from undiffuse.core.precond import Denoiser
+from undiffuse.fewstep import reflow as rf
+from undiffuse.training import trainer as train_mod
 from undiffuse.training.trainer import Trainer
 
 

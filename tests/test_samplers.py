@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SMAX, SMIN
 
 import undiffuse
 from undiffuse import samplers
 from undiffuse.core import schedules
 from undiffuse.core.analytic import GaussianMixture, ode_solution
-
-from conftest import SMAX, SMIN
 
 # (sampler, options, lowest acceptable measured order, highest acceptable)
 ORDER_CASES = [

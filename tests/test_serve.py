@@ -17,11 +17,14 @@ from PIL import Image
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from _cli import TINY  # noqa: E402
-from _cli import run_main  # noqa: E402
+from _cli import (
+    TINY,  # noqa: E402
+    run_main,  # noqa: E402
+)
+
+from undiffuse.cli import main  # noqa: E402
 from undiffuse.inference import generate as gen  # noqa: E402
 from undiffuse.io import provenance as prov  # noqa: E402
-from undiffuse.cli import main  # noqa: E402
 from undiffuse.serve import Limits, create_app, load_filter  # noqa: E402
 from undiffuse.serve.background import BackgroundServer  # noqa: E402
 

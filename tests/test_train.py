@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from undiffuse.io import checkpoint as ckpt
 from undiffuse import data
 from undiffuse.config import resolve
+from undiffuse.io import checkpoint as ckpt
 from undiffuse.training.trainer import Trainer, TrainingError, lr_factor
 
 TINY = {"model.channels": 16, "model.channel_mult": [1, 2], "model.num_res_blocks": 1,

@@ -7,14 +7,13 @@ import types
 import numpy as np
 import pytest
 import torch
+from _cli import TINY, run_main
 from PIL import Image
 
-from _cli import TINY
-from _cli import run_main
+from undiffuse.cli import main
 from undiffuse.inference import generate as gen
 from undiffuse.io import provenance as prov
 from undiffuse.io import watermark as wm
-from undiffuse.cli import main
 
 CHECKSUM = "c0ffee12" + "ab" * 28
 

@@ -14,10 +14,10 @@ import importlib.abc
 import importlib.util
 import sys
 
+from undiffuse import samplers
 from undiffuse.core import analytic, precond, process, schedules
 from undiffuse.core.noise import noise
 from undiffuse.core.precond import Denoiser
-from undiffuse import samplers
 from undiffuse.samplers.driver import sample
 from undiffuse.steering import degradations, guidance, inverse
 from undiffuse.utils.version import __version__

@@ -11,10 +11,15 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 
+from undiffuse import samplers
+from undiffuse.core import schedules
+from undiffuse.core.losses import DISTANCES as LOSS_DISTANCES
+from undiffuse.core.losses import NOISE_SAMPLING, WEIGHTINGS
+from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
+from undiffuse.samplers.odestep import check_solver
+
 from . import nets
 from .core import process as _process
-from undiffuse.core.losses import DISTANCES as LOSS_DISTANCES, NOISE_SAMPLING, WEIGHTINGS
-from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
 
 
 @dataclass
@@ -337,9 +342,6 @@ def _condition_model(d: dict, dataset) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Check names and ranges; each error names the config key and the allowed values."""
-    from . import samplers
-    from .core import schedules
-
     dif, opt, tr, smp = cfg.diffusion, cfg.optim, cfg.train, cfg.sample
     pname = dif.process.get("name")
     if pname not in _process.names():
@@ -403,8 +405,6 @@ def _validate_objective(cfg: RunConfig) -> None:
         if not ok:
             raise ValueError(f"{key} {value!r} is not allowed; allowed: {', '.join(allowed)}")
     if ob.kind != "denoising":
-        from undiffuse.samplers.odestep import check_solver
-
         check_solver(ob.solver)
     if not 1 <= ob.steps_start <= ob.steps_end:
         raise ValueError(f"need 1 <= objective.steps_start <= objective.steps_end, got {ob.steps_start} and "
@@ -417,14 +417,11 @@ def _validate_objective(cfg: RunConfig) -> None:
     if ob.kind == "progressive":
         if ob.teacher is None:
             raise ValueError("objective.kind 'progressive' needs objective.teacher")
-        from .core import schedules
 
         grid = schedules.validate(ob.grid or [], "objective.grid")
         if len(grid) % 2 == 0:
             raise ValueError(f"objective.grid must hold an even number of steps (2n + 1 levels), got {len(grid)} levels")
     if smp.schedule == "custom":
-        from .core import schedules
-
         schedules.validate(smp.sigmas or [], "sample.sigmas")
     elif smp.sigmas is not None:
         raise ValueError(f"sample.sigmas is used by sample.schedule 'custom' only; the schedule is {smp.schedule!r}")

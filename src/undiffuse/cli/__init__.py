@@ -12,7 +12,42 @@ import sys
 
 import numpy as np
 
-from undiffuse.utils.acceleration import device_option
+from undiffuse import data as _data
+from undiffuse import samplers
+from undiffuse.cli import export as cli_export
+from undiffuse.cli import inverse as cli_inverse
+from undiffuse.cli import latent as cli_latent
+from undiffuse.cli import serve as cli_serve
+from undiffuse.cli.analytic_demo import run as run_analytic
+from undiffuse.cli.demo import run
+from undiffuse.cli.export import add_parsers as _export_parsers
+from undiffuse.cli.interop import sample as sample_diffusers
+from undiffuse.cli.inverse import add_parsers as _inverse_parsers
+from undiffuse.cli.latent import add_parser as _latent_parser
+from undiffuse.cli.latent import train_autoencoder
+from undiffuse.cli.serve import add_parsers as _serve_parsers
+from undiffuse.config import default_preset, parse_duration, parse_value, resolve, schedule_of
+from undiffuse.core import schedules
+from undiffuse.core.schedules import validate
+from undiffuse.fewstep.calibrate import Calibration, calibrate
+from undiffuse.fewstep.distill import consistency_distill, progressive_distill
+from undiffuse.fewstep.reflow import reflow
+from undiffuse.inference import generate as gen
+from undiffuse.inference.guidance_sweep import guidance_report, guidance_sweep
+from undiffuse.inference.sweep import report, sweep
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.io.checkpoint import CheckpointError
+from undiffuse.io.content_filter import load_filter, refusal
+from undiffuse.metrics import evaluate as ev
+from undiffuse.metrics.copies import copy_pairs_grid
+from undiffuse.samplers.odestep import check_solver
+from undiffuse.steering.classifier_guidance import load_classifier
+from undiffuse.training.classifier import train_classifier
+from undiffuse.training.trainer import Trainer, TrainingError
+from undiffuse.utils import distributed as dist
+from undiffuse.utils.acceleration import compiled, device_option
+from undiffuse.utils.atomic import write_json
+from undiffuse.utils.distributed import teardown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,8 +57,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _duration(text: str) -> float:
-    from undiffuse.config import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as e:
@@ -41,8 +74,6 @@ def _positive_int(text: str) -> int:
 
 
 def _key_value(text: str) -> tuple[str, object]:
-    from undiffuse.config import parse_value
-
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
     k, v = text.split("=", 1)
@@ -281,18 +312,14 @@ def _parser() -> argparse.ArgumentParser:
                    "cuda, ...")
     r.add_argument("--no-progress", action="store_true")
 
-    from .inverse import add_parsers as _inverse_parsers
 
     _inverse_parsers(sub, _positive_int)
-    from .latent import add_parser as _latent_parser
 
     _latent_parser(sub, _positive_int, _duration)
 
-    from .serve import add_parsers as _serve_parsers
 
     _serve_parsers(sub, _positive_int)
 
-    from .export import add_parsers as _export_parsers
 
     _export_parsers(sub)
 
@@ -314,8 +341,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        from . import export as cli_export, inverse as cli_inverse, serve as cli_serve
-
         if args.command in cli_serve.COMMANDS:
             return cli_serve.run(args, sub)
         if args.command in cli_export.COMMANDS:
@@ -333,17 +358,11 @@ def _usage(sub, message: str):
 
 
 def _train(args, sub) -> int:
-    from undiffuse import data as _data
-    from undiffuse.io.checkpoint import CheckpointError
-    from undiffuse.config import RunConfig, resolve
-    from undiffuse.training.trainer import Trainer, TrainingError
-
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
     if args.resume not in (None, "auto") and not os.path.exists(args.resume):
         _usage(sub, f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
     saved = _resumed_data(args) if args.resume else None
-    from . import latent as cli_latent
 
     saved_latent = cli_latent.resumed_latent(args) if args.resume else None
     cli_latent.latent_options(args, sub, saved_latent)
@@ -365,8 +384,6 @@ def _train(args, sub) -> int:
     if args.latent:  # latent diffusion: train on the encoded data
         dataset = cli_latent.latent_data(args, sub, dataset, overrides, saved_latent)
     try:
-        from undiffuse.config import default_preset
-
         cfg = resolve(args.preset or default_preset(dataset), dataset, overrides)
     except ValueError as e:
         _usage(sub, str(e))
@@ -385,8 +402,6 @@ def _train(args, sub) -> int:
         print(f"undiffuse train: error: {e}", file=sys.stderr)
         return 1
     finally:
-        from undiffuse.utils.distributed import teardown
-
         teardown()  # under torchrun: wait for every rank, leave the process group
     if args.fsdp and not trainer.world.distributed:
         print("undiffuse train: note: --fsdp shards over torchrun's processes; a single process trains unsharded",
@@ -397,11 +412,6 @@ def _train(args, sub) -> int:
 
 
 def _distill(args, sub) -> int:
-    from undiffuse.core import schedules
-    from undiffuse.io.checkpoint import CheckpointError
-    from undiffuse.samplers.odestep import check_solver
-    from undiffuse.training.trainer import TrainingError
-
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
     if not os.path.exists(args.teacher):
@@ -437,21 +447,15 @@ def _distill(args, sub) -> int:
                   log=(lambda m: print(m, file=sys.stderr)) if main_rank else (lambda m: None))
     try:
         if args.method == "consistency":
-            from undiffuse.fewstep.distill import consistency_distill
-
             result = consistency_distill(args.teacher, args.out, solver=solver, steps=args.steps or 18, lr=args.lr,
                                          overrides=overrides, **stop, **common)
         elif args.method == "progressive":
-            from undiffuse.fewstep.distill import progressive_distill
-
             steps = args.steps or 4 * 2**args.rounds
             if steps % 2**args.rounds:
                 _usage(sub, f"--steps {steps} must be divisible by 2^--rounds = {2**args.rounds}")
             result = progressive_distill(args.teacher, args.out, steps=steps, rounds=args.rounds, solver=solver,
                                          schedule=args.schedule, lr=args.lr, overrides=overrides, **stop, **common)
         else:
-            from undiffuse.fewstep.reflow import reflow
-
             if args.lr:
                 overrides["optim.lr"] = args.lr
             try:
@@ -465,8 +469,6 @@ def _distill(args, sub) -> int:
     except (TrainingError, ValueError) as e:
         _usage(sub, str(e))
     finally:
-        from undiffuse.utils.distributed import teardown
-
         # under torchrun: every rank waits for the others (rank 0 still writing) before leaving the
         # group; a rank that exits first aborts its gloo threads and torchrun fails the job
         teardown()
@@ -476,15 +478,10 @@ def _distill(args, sub) -> int:
 
 
 def _train_autoencoder(args, sub) -> int:
-    from .latent import train_autoencoder
-
     return train_autoencoder(args, sub)
 
 
 def _train_classifier(args, sub) -> int:
-    from undiffuse import data as _data
-    from undiffuse.training.classifier import train_classifier
-
     try:
         dataset = _data.load(args.data)
     except _data.DataError as e:
@@ -506,8 +503,6 @@ def _train_classifier(args, sub) -> int:
 
 def _resumed_data(args) -> dict | None:
     """The data settings saved in the run being resumed, if any."""
-    from undiffuse.io import checkpoint as ckpt
-
     path = args.out if args.resume == "auto" else args.resume
     if not path:
         return None
@@ -518,12 +513,6 @@ def _resumed_data(args) -> dict | None:
 
 
 def _sample(args, sub) -> int:
-    from undiffuse.inference import generate as gen
-    from undiffuse import samplers
-    from undiffuse.core import schedules
-    from undiffuse.io.checkpoint import CheckpointError
-    from undiffuse.config import schedule_of
-
     if (args.checkpoint is None) == (args.diffusers is None):
         _usage(sub, "give --checkpoint RUN (an undiffuse run) or --diffusers FOLDER (a diffusers UNet2DModel), "
                     "not both")
@@ -536,13 +525,9 @@ def _sample(args, sub) -> int:
     if args.format == "png" and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder; --format png writes a folder")
     if args.diffusers is not None:
-        from .interop import sample as sample_diffusers
-
         return sample_diffusers(args, sub)
     content_filter = None
     if args.content_filter:
-        from undiffuse.io.content_filter import load_filter
-
         try:
             content_filter = load_filter(args.content_filter)
         except ValueError as e:
@@ -552,7 +537,6 @@ def _sample(args, sub) -> int:
         _usage(sub, f"--out {out!r} is a folder; --format npz writes a file")
     if args.format == "png" and os.path.exists(out) and not os.path.isdir(out):
         _usage(sub, f"--out {out!r} exists and is not a folder; --format png writes a folder")
-    from undiffuse.utils import distributed as dist
 
     world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
     args.device = dist.device_for(args.device, world)
@@ -561,13 +545,9 @@ def _sample(args, sub) -> int:
     except CheckpointError as e:
         _usage(sub, f"--checkpoint: {e}")
     if args.compile:
-        from undiffuse.utils.acceleration import compiled
-
         run.denoiser.net = compiled(run.denoiser.net)
     cal = None
     if args.calibration:
-        from undiffuse.fewstep.calibrate import Calibration
-
         if any(v is not None for v in (args.sampler, args.steps, args.schedule)):
             _usage(sub, "--calibration replaces --sampler, --steps and --schedule; give one or the other")
         try:
@@ -578,7 +558,6 @@ def _sample(args, sub) -> int:
     if args.sigmas is not None:
         if args.steps is not None or args.schedule is not None or cal is not None:
             _usage(sub, "--sigmas replaces --steps, --schedule and --calibration; give one or the other")
-        from undiffuse.core.schedules import validate
 
         try:
             args.schedule = validate(args.sigmas, "--sigmas").tolist()
@@ -634,9 +613,6 @@ def _sample(args, sub) -> int:
 
 def _filtered(fn, run, x, params, seed: int, per_image) -> list[int]:
     """Indices of the samples the content filter keeps; each refusal is reported on stderr."""
-    from undiffuse.inference import generate as gen
-    from undiffuse.io.content_filter import refusal
-
     outputs = gen.to_uint8(x) if run.kind == "image" else x.numpy()
     keep = []
     for i, out in enumerate(outputs):
@@ -651,9 +627,6 @@ def _filtered(fn, run, x, params, seed: int, per_image) -> list[int]:
 
 def _steering(args, sub, run):
     """Condition, guided denoiser and metadata from the sample options (usage errors exit 2)."""
-    from undiffuse.inference import generate as gen
-    from undiffuse.io.checkpoint import CheckpointError
-
     kind, steer, condition = run.conditioning, {}, {}
     if args.prompt is not None and kind != "text":
         _usage(sub, f"--prompt needs a text-conditioned run (train --conditioning text); {args.checkpoint!r} is "
@@ -682,8 +655,6 @@ def _steering(args, sub, run):
             _usage(sub, f"--autoguide: {e}")
         steer["autoguide"] = os.path.abspath(weak.checkpoint)
     if args.classifier:
-        from undiffuse.training.classifier import load_classifier
-
         try:
             classifier = load_classifier(args.classifier, device=args.device)
         except (OSError, ValueError) as e:
@@ -719,10 +690,6 @@ def _int_or(text: str):
 
 
 def _calibrate(args, sub) -> int:
-    from undiffuse.inference import generate as gen
-    from undiffuse.fewstep.calibrate import calibrate
-    from undiffuse.io.checkpoint import CheckpointError
-
     if args.out and os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} is a folder; give a file name")
     try:
@@ -752,12 +719,6 @@ def _calibrate(args, sub) -> int:
 
 
 def _sweep(args, sub) -> int:
-    from undiffuse.inference import generate as gen
-    from undiffuse import samplers
-    from undiffuse.io.checkpoint import CheckpointError
-    from undiffuse.metrics import evaluate as ev
-    from undiffuse.inference.sweep import report, sweep
-
     bad = [n for n in args.samplers if n not in samplers.names()]
     if bad:
         _usage(sub, f"--samplers: unknown {', '.join(bad)}; allowed: {', '.join(samplers.names())}")
@@ -786,10 +747,6 @@ def _sweep(args, sub) -> int:
 
 
 def _guidance_sweep(args, sub, run, reference) -> int:
-    from undiffuse.inference import generate as gen
-    from undiffuse.io.checkpoint import CheckpointError
-    from undiffuse.inference.guidance_sweep import guidance_report, guidance_sweep
-
     weak = None
     if args.autoguide:
         try:
@@ -810,8 +767,6 @@ def _guidance_sweep(args, sub, run, reference) -> int:
 
 
 def _evaluate(args, sub) -> int:
-    from undiffuse.metrics import evaluate as ev
-
     if args.features not in ev.FEATURE_SPACES:
         _usage(sub, f"--features {args.features!r} is unknown; allowed: {', '.join(ev.FEATURE_SPACES)}")
     if args.inception_weights:
@@ -832,14 +787,10 @@ def _evaluate(args, sub) -> int:
     out = ev.to_json(result)
     out["protocol"]["samples_file"] = args.samples
     if args.out:
-        from undiffuse.utils.atomic import write_json
-
         write_json(args.out, out)
     if args.pairs:
         if samples.ndim != 4:
             _usage(sub, "--pairs needs image samples")
-        from undiffuse.inference import generate as gen
-        from undiffuse.metrics.copies import copy_pairs_grid
 
         pairs = copy_pairs_grid(samples, train if train is not None else reference, result["_copies"], k=16)
         gen.save_png(args.pairs, (np.asarray(pairs).reshape(*pairs.shape[:2], -1) * 255).round().astype(np.uint8),
@@ -855,12 +806,9 @@ def _demo(args, sub) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         _usage(sub, f"--out {args.out!r} exists and is not a folder")
     if args.analytic:
-        from .analytic_demo import run as run_analytic
-
         scores = run_analytic(args.out, seed=args.seed)
         print(json.dumps(scores, indent=1))
         return 0
-    from .demo import run
 
     try:
         scores = run(args.out, time_budget=None if args.max_steps else args.time_budget, max_steps=args.max_steps,

@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
-from undiffuse.utils.atomic import write_atomic, write_json
 from undiffuse.core.analytic import GaussianMixture
+from undiffuse.core.noise import noise as make_noise
 from undiffuse.fewstep.calibrate import calibrate, reference_solution
 from undiffuse.metrics import frechet_distance, gaussian_stats
-from undiffuse.core.noise import noise as make_noise
 from undiffuse.samplers.driver import sample
+from undiffuse.utils.atomic import write_atomic, write_json
 
 
 def digits_mixture(shrink: float = 0.02) -> tuple[GaussianMixture, np.ndarray]:
@@ -43,8 +44,6 @@ def digits_mixture(shrink: float = 0.02) -> tuple[GaussianMixture, np.ndarray]:
 
 def save_grid(images: np.ndarray, path: str, nrow: int = 8, scale: int = 4) -> None:
     """Write (N, 1, H, W) images in [-1, 1] as one PNG grid (atomically)."""
-    from PIL import Image
-
     n, _, h, w = images.shape
     rows = (n + nrow - 1) // nrow
     grid = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1))
@@ -81,7 +80,7 @@ def run(out: str, steps: int = 5, count: int = 64, seed: int = 0, sampler: str =
         "model": "exact denoiser of a 10-component Gaussian mixture fitted to the digits",
         "steps": steps, "count": count, "seed": seed,
         "rmse_vs_exact_ode": {f"{sampler}+karras": float(((fixed - exact) ** 2).mean().sqrt()),
-                              f"calibrated": float(((tuned - exact) ** 2).mean().sqrt())},
+                              "calibrated": float(((tuned - exact) ** 2).mean().sqrt())},
         "fd_pixels": {"calibrated_samples_1000": fd(many.numpy()), "exact_mixture_samples_1000": fd(true)},
         "seconds": round(time.time() - t0, 2),
     }

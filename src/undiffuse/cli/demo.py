@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from undiffuse import data as _data
-from undiffuse.inference import generate as gen
+from undiffuse import samplers
 from undiffuse.config import resolve
+from undiffuse.inference import generate as gen
 from undiffuse.metrics.copies import copy_pairs_grid
 from undiffuse.metrics.evaluate import evaluate, summary_lines, to_json
 from undiffuse.training.trainer import Trainer
@@ -62,8 +63,6 @@ def run(out: str, *, time_budget: float | None = 300.0, max_steps: int | None = 
 
 
 def _nfe(sampler: str, steps: int) -> int:
-    from undiffuse import samplers
-
     info = samplers.info(sampler)
     n = info.evals_per_step * steps
     return n - 1 if sampler == "heun" else n  # Heun's last step is a plain Euler step to sigma = 0

@@ -5,12 +5,14 @@ import json
 import os
 import sys
 
+from undiffuse.inference import generate as gen
+from undiffuse.inference.export import FORMATS, QUANTIZATIONS, export_onnx
+from undiffuse.io.checkpoint import CheckpointError, find_checkpoint, run_of
+
 COMMANDS = ("export",)
 
 
 def add_parsers(sub) -> None:
-    from undiffuse.inference.export import FORMATS, QUANTIZATIONS
-
     e = sub.add_parser("export", help="export a run's denoiser network (ONNX)",
                        description="Write the run's network (with its noise-level input, a dynamic batch axis and "
                        "the denoiser settings in its metadata) as ONNX. Sample it through onnxruntime with "
@@ -23,9 +25,6 @@ def add_parsers(sub) -> None:
 
 
 def run(args, sub) -> int:
-    from undiffuse.inference import generate as gen
-    from undiffuse.io.checkpoint import CheckpointError, find_checkpoint, run_of
-
     try:
         loaded = gen.load_run(args.run, weights=args.weights)
     except CheckpointError as e:
@@ -35,8 +34,6 @@ def run(args, sub) -> int:
     if os.path.isdir(out):
         sub.error(f"--out {out!r} is a folder; give a file name")
     try:
-        from undiffuse.inference.export import export_onnx
-
         export_onnx(loaded, out, quantize=args.quantize)
     except ImportError as e:
         print(f"undiffuse export: error: {e}", file=sys.stderr)

@@ -14,6 +14,12 @@ import sys
 import numpy as np
 import torch
 
+from undiffuse.core.noise import noise as make_noise
+from undiffuse.core.schedules import get_sigmas
+from undiffuse.inference import generate as gen
+from undiffuse.inference.interop import load_diffusers, sample_diffusers
+from undiffuse.utils import distributed as dist
+
 # sample options that need an undiffuse run (its conditioning, its recommended settings, its checksum)
 RUN_ONLY = {"class_": "--class", "prompt": "--prompt", "negative_prompt": "--negative-prompt",
             "autoguide": "--autoguide", "classifier": "--classifier", "calibration": "--calibration",
@@ -21,11 +27,6 @@ RUN_ONLY = {"class_": "--class", "prompt": "--prompt", "negative_prompt": "--neg
 
 
 def sample(args, sub) -> int:
-    from undiffuse.utils import distributed as dist
-    from undiffuse.inference import generate as gen
-    from undiffuse.inference.interop import load_diffusers, sample_diffusers
-    from undiffuse.core.noise import noise as make_noise
-
     given = [flag for name, flag in RUN_ONLY.items() if getattr(args, name, None) is not None]
     if args.guidance != 1.0:
         given.append("--guidance")
@@ -45,8 +46,6 @@ def sample(args, sub) -> int:
         return 1
     sigmas = None
     if args.schedule is not None:
-        from undiffuse.core.schedules import get_sigmas
-
         try:
             sigmas = get_sigmas(args.schedule, steps, process=model.denoiser.process)
         except ValueError as e:

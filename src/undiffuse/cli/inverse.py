@@ -8,13 +8,22 @@ Masks follow the common convention: white (1) = fill, black (0) = keep.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from undiffuse.core import schedules
+from undiffuse.core.noise import per_sample_generators
+from undiffuse.inference import generate as gen
+from undiffuse.io.checkpoint import CheckpointError
+from undiffuse.metrics.evaluate import load_set
+from undiffuse.steering import degradations, inverse
+from undiffuse.steering.conditioning import upsample_condition
 from undiffuse.utils.acceleration import device_option
 
 MASK_NAMES = ("top", "bottom", "left", "right", "center")
@@ -85,9 +94,6 @@ def add_parsers(sub, positive_int) -> None:
 
 
 def run(args, sub) -> int:
-    from undiffuse.inference import generate as gen
-    from undiffuse.io.checkpoint import CheckpointError
-
     usage = sub.error
     try:
         loaded = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
@@ -145,11 +151,7 @@ def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _read(spec: str, what: str, usage) -> np.ndarray:
-    from undiffuse.metrics.evaluate import load_set
-
     if os.path.isfile(spec) and not spec.endswith((".npy", ".npz")):
-        from PIL import Image
-
         try:
             with Image.open(spec) as img:
                 img.load()
@@ -195,8 +197,6 @@ def _mask(spec: str, shape: tuple, usage) -> torch.Tensor:
 
 
 def _condition(args, run, n: int, usage) -> tuple[dict, dict]:
-    from undiffuse.inference import generate as gen
-
     kind = run.conditioning
     if args.class_ is not None and kind != "class":
         usage(f"--class needs a class-conditional run; {args.checkpoint!r} is conditioned on {kind!r}")
@@ -218,17 +218,12 @@ def _condition(args, run, n: int, usage) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------- commands
 
 def _sigmas(args, run):
-    from undiffuse.core import schedules
-
     s = run.config.sample
     return schedules.get_sigmas(args.schedule, args.steps, sigma_min=s.sigma_min or run.denoiser.sigma_min,
                                 sigma_max=s.sigma_max or run.denoiser.sigma_max, process=run.denoiser.process)
 
 
 def _inpaint(args, run, x, seeds, extra, params, usage):
-    from undiffuse.steering import inverse
-    from undiffuse.core.noise import per_sample_generators
-
     _check_shape(x, run.image_shape, "--image", usage)
     if args.sampler not in inverse.INPAINT_STEPS:
         usage(f"--sampler {args.sampler!r}: inpaint steps with one of {', '.join(inverse.INPAINT_STEPS)}")
@@ -251,8 +246,6 @@ def _inpaint(args, run, x, seeds, extra, params, usage):
 def _latent_keep(mask: torch.Tensor, latent_shape: tuple, usage) -> torch.Tensor:
     """A pixel mask (1 = keep) as a latent mask: a latent cell is kept only when every pixel it
     covers is kept, so the filled region grows to whole cells."""
-    import torch.nn.functional as F
-
     factor = mask.shape[-1] // latent_shape[-1]
     keep = -F.max_pool2d(-mask[:, :1], factor)  # minimum over each cell
     if not keep.bool().any():
@@ -262,8 +255,6 @@ def _latent_keep(mask: torch.Tensor, latent_shape: tuple, usage) -> torch.Tensor
 
 
 def _img2img(args, run, x, seeds, extra, params, usage):
-    from undiffuse.steering import inverse
-
     _check_shape(x, run.image_shape, "--image", usage)
     s = run.config.sample
     codec = run.decoder  # latent run: SDEdit on the image's latents, then decoded
@@ -276,9 +267,6 @@ def _img2img(args, run, x, seeds, extra, params, usage):
 
 
 def _upscale(args, run, x, seeds, extra, params, usage):
-    from undiffuse.inference import generate as gen
-    from undiffuse.steering import inverse
-
     c, h, w = run.shape
     if x.shape[1] != c:
         usage(f"--image has {x.shape[1]} channels but the model makes {c}")
@@ -292,8 +280,6 @@ def _upscale(args, run, x, seeds, extra, params, usage):
     if not factor or (x.shape[2] * factor, x.shape[3] * factor) != (h, w):
         usage(f"--image is {x.shape[2]}x{x.shape[3]}; with factor {factor} it does not make the model's {h}x{w}")
     if run.conditioning == "lowres":
-        from undiffuse.steering.conditioning import upsample_condition
-
         cond = {"cond_image": upsample_condition(x, factor)}
         y = gen.generate(run, len(x), seed=seeds[0], sampler=args.sampler, steps=args.steps, schedule=args.schedule,
                          condition=cond)
@@ -305,8 +291,6 @@ def _upscale(args, run, x, seeds, extra, params, usage):
 
 
 def _restore(args, run, x, seeds, extra, params, usage):
-    from undiffuse.steering import degradations, inverse
-
     d = args.degradation
     if d == "downsample":
         c, h, w = run.shape
@@ -334,12 +318,6 @@ def _restore(args, run, x, seeds, extra, params, usage):
 # ----------------------------------------------------------------------------- outputs
 
 def _save(out: str, x_in: torch.Tensor, y: torch.Tensor, params: dict, seeds: list[int], n_in: int, num: int):
-    import json
-
-    import torch.nn.functional as F
-
-    from undiffuse.inference import generate as gen
-
     os.makedirs(out, exist_ok=True)
     y01 = gen.to_unit(y.float())
     inputs = gen.to_unit(x_in.float())

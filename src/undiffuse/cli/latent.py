@@ -6,6 +6,10 @@ import json
 import os
 import sys
 
+from undiffuse import data as _data
+from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.training.autoencoder import train_autoencoder as train
 from undiffuse.utils.acceleration import device_option
 
 
@@ -31,9 +35,6 @@ def add_parser(sub, positive_int, duration) -> None:
 
 
 def train_autoencoder(args, sub) -> int:
-    from undiffuse import data as _data
-    from undiffuse.training.autoencoder import train_autoencoder as train
-
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         sub.error(f"--out {args.out!r} exists and is not a folder")
     if args.kl_weight < 0:
@@ -77,8 +78,6 @@ def latent_options(args, sub, saved: dict | None) -> None:
 def latent_data(args, sub, dataset, overrides: dict, saved: dict | None = None):
     """The dataset encoded by ``--autoencoder`` and the config overrides that record it; usage
     errors (not an autoencoder, images of another shape) exit 2."""
-    from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
-
     try:
         codec = load_autoencoder(args.autoencoder)
     except AutoencoderError as e:
@@ -103,8 +102,6 @@ def latent_data(args, sub, dataset, overrides: dict, saved: dict | None = None):
 
 def resumed_latent(args) -> dict | None:
     """The latent settings saved in the run being resumed, if any."""
-    from undiffuse.io import checkpoint as ckpt
-
     path = args.out if args.resume == "auto" else args.resume
     if not path:
         return None

@@ -8,17 +8,18 @@ an image), 3 both are present but the mark's payload is not the record's model c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
+from undiffuse.io import provenance as prov
+from undiffuse.serve import TOKEN_ENV, Limits, is_loopback, load_filter, run_server
 from undiffuse.utils.acceleration import device_option
 
 COMMANDS = ("serve", "verify")
 
 
 def add_parsers(sub, positive_int) -> None:
-    from undiffuse.serve import TOKEN_ENV, Limits
-
     d = Limits()
     s = sub.add_parser("serve", help="serve trained runs over HTTP (API and web page)",
                        description="Serve every run found in DIR (each sub-folder a run, named by its folder) on "
@@ -65,10 +66,6 @@ def run(args, sub) -> int:
 
 
 def _serve(args, sub) -> int:
-    import logging
-
-    from undiffuse.serve import TOKEN_ENV, Limits, is_loopback, load_filter, run_server
-
     if not os.path.isdir(args.models):
         sub.error(f"--models {args.models!r} is not a folder")
     if not 0 <= args.port <= 65535:
@@ -94,8 +91,6 @@ def _serve(args, sub) -> int:
 
 
 def _verify(args, sub) -> int:
-    from undiffuse.io import provenance as prov
-
     if not os.path.isfile(args.image):
         sub.error(f"IMAGE {args.image!r} does not exist or is not a file")
     try:

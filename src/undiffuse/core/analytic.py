@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -137,7 +138,6 @@ def ode_solution(denoiser, x: Tensor, sigma_max: float, sigma_min: float, *, rto
     Integrates dx/du = D(x, e^-u) - x in u = -log(sigma), where the ODE is smooth and well scaled.
     Returns the result and the number of denoiser evaluations.
     """
-    import numpy as np
     from scipy.integrate import solve_ivp
 
     shape = x.shape

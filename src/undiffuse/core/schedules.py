@@ -14,11 +14,14 @@ entry is 0. Every sampler takes such a tensor, so every schedule works with ever
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from undiffuse.utils.atomic import write_json
 
 from .process import NoiseProcess, VPDiscrete
 
@@ -153,15 +156,11 @@ def _custom(values) -> Tensor:
 
 def save(sigmas: Tensor, path, **meta) -> None:
     """Write a schedule as a plain JSON list (plus optional metadata) atomically."""
-    from undiffuse.utils.atomic import write_json
-
     write_json(path, {"sigmas": [float(v) for v in validate(sigmas)], **meta})
 
 
 def load(path) -> Tensor:
     """Read a schedule written by :func:`save` (or a bare JSON list of sigmas)."""
-    import json
-
     with open(path) as f:
         data = json.load(f)
     values = data["sigmas"] if isinstance(data, dict) else data

@@ -34,9 +34,9 @@ import torch
 
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
-from undiffuse.utils.atomic import write_json
 from undiffuse.core.noise import noise as _noise
 from undiffuse.samplers.calibrated import HISTORY
+from undiffuse.utils.atomic import write_json
 
 Tensor = torch.Tensor
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import os
 
+from undiffuse import data as _data
 from undiffuse.config import RunConfig, apply_overrides
+from undiffuse.core import schedules
+from undiffuse.inference.codec import LatentDataset, load_autoencoder
+from undiffuse.io import checkpoint as ckpt
 from undiffuse.training.objectives import build_objective, load_teacher  # noqa: F401 (public)
+from undiffuse.training.trainer import Trainer
 
 
 def _stopping(d: dict, max_steps: int | None, time_budget: float | None) -> None:
@@ -21,12 +26,8 @@ def _stopping(d: dict, max_steps: int | None, time_budget: float | None) -> None
 
 
 def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, init: str | None = None) -> dict:
-    from undiffuse import data as _data
-    from undiffuse.training.trainer import Trainer
-
     dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
     if cfg.latent.autoencoder is not None:  # a latent teacher: the student learns on the same latents
-        from undiffuse.inference.codec import LatentDataset, load_autoencoder
 
         dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
     trainer = Trainer(cfg, dataset, out, resume="auto", progress=progress, log=log)
@@ -45,8 +46,6 @@ def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, in
 def _init_weights(path: str, cfg: RunConfig) -> dict:
     """A consistency student's weights (its network and EMA) to start another student from,
     refusing a run of another kind or architecture."""
-    from undiffuse.io import checkpoint as ckpt
-
     loaded = ckpt.load_checkpoint(path)
     saved = loaded["state_json"]["config"]
     if saved.get("objective", {}).get("kind") != "consistency":
@@ -103,8 +102,6 @@ def progressive_distill(teacher_path: str, out: str, *, steps: int, rounds: int 
     ``steps / 2^rounds`` Euler steps in ``out``. Earlier rounds go to
     ``out/rounds/NN_steps``; ``max_steps`` / ``time_budget`` are per round / for all rounds.
     """
-    from undiffuse.core import schedules
-
     if rounds < 1 or steps % (2**rounds):
         raise ValueError(f"steps ({steps}) must be divisible by 2^rounds (rounds = {rounds}, >= 1)")
     teacher = load_teacher(teacher_path)

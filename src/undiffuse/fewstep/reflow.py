@@ -32,9 +32,16 @@ import os
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
 
+from undiffuse import samplers as _samplers
+from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core.noise import noise as make_noise
+from undiffuse.inference.generate import load_run
+from undiffuse.io.checkpoint import CheckpointError, load_tensors, save_tensors
 from undiffuse.samplers.driver import sample
+from undiffuse.training.trainer import Trainer
+from undiffuse.utils import distributed as _dist
 
 Tensor = torch.Tensor
 
@@ -56,9 +63,6 @@ def couplings(denoiser, n: int, shape: Sequence[int], *, seed: int = 0, sampler:
     ``world`` (``undiffuse.utils.distributed.World``, under torchrun): the batches are dealt to the
     processes in turn and the pairs gathered on every process; the same pairs, byte for byte.
     """
-    from undiffuse.utils import distributed as _dist
-    from undiffuse import samplers as _samplers
-
     if _samplers.info(sampler).stochastic:
         raise ValueError(f"sampler {sampler!r} is stochastic; couplings need a deterministic ODE sampler "
                          f"(e.g. heun, euler, dpmpp_2m)")
@@ -82,8 +86,6 @@ def couplings(denoiser, n: int, shape: Sequence[int], *, seed: int = 0, sampler:
 def save_couplings(path: str, z: Tensor, x0: Tensor, meta: dict) -> None:
     """Write pairs to a safetensors file (tensors ``z`` and ``x0``) with ``meta`` (how they were
     drawn: JSON-able values) as JSON in its header; atomic."""
-    from undiffuse.io.checkpoint import save_tensors
-
     if z.shape != x0.shape:
         raise ValueError(f"z and x0 must have the same shape, got {tuple(z.shape)} and {tuple(x0.shape)}")
     save_tensors(path, {"z": z.contiguous(), "x0": x0.contiguous()},
@@ -92,10 +94,6 @@ def save_couplings(path: str, z: Tensor, x0: Tensor, meta: dict) -> None:
 
 def load_couplings(path: str) -> tuple[Tensor, Tensor, dict]:
     """``(z, x0, meta)`` of a file written by :func:`save_couplings`."""
-    from safetensors import safe_open
-
-    from undiffuse.io.checkpoint import CheckpointError, load_tensors
-
     t = load_tensors(path)  # refuses anything that is not a safetensors file
     with safe_open(path, framework="pt") as f:
         header = (f.metadata() or {}).get("couplings")
@@ -256,14 +254,8 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     drawn the same way (its first ``n`` pairs), written otherwise. Returns the trainer's
     ``fit()`` result.
     """
-    from undiffuse.io.checkpoint import CheckpointError
-    from undiffuse.config import RunConfig, apply_overrides
-    from undiffuse.inference.generate import load_run
-    from undiffuse.training.trainer import Trainer
-
     if init not in ("ema", "none") and not os.path.isdir(init):
         raise ValueError(f"init must be 'ema', 'none' or a run folder, got {init!r}")
-    from undiffuse.utils import distributed as _dist
 
     device = (overrides or {}).get("train.device", "cpu")  # the couplings are drawn where the student trains
     world = _dist.setup(device)  # under torchrun: the couplings are split over the processes

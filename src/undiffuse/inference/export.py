@@ -15,12 +15,14 @@ Needs the ``onnx`` extra: ``pip install 'undiffuse[onnx]'``.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
 
 import torch
 
+from undiffuse.config import TEXT_EMBEDDING_DIM
 from undiffuse.core import process as _process
 from undiffuse.core.precond import Denoiser
 
@@ -37,8 +39,6 @@ METADATA_KEY = "undiffuse"
 
 
 def _need(module: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -70,7 +70,6 @@ def _example_inputs(run, batch: int) -> tuple[tuple[str, ...], tuple[Tensor, ...
     elif kind == "lowres":
         inputs.append(torch.randn((batch, *run.shape), generator=g))
     elif kind == "text":  # token embeddings and mask at the run's caption length (the batch axis is dynamic)
-        from undiffuse.config import TEXT_EMBEDDING_DIM
 
         tokens = run.config.conditioning.max_tokens
         inputs.append(torch.randn((batch, tokens, TEXT_EMBEDDING_DIM), generator=g))

@@ -18,14 +18,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
 
+from undiffuse.config import RunConfig, build_denoiser, schedule_of
+from undiffuse.core.noise import noise as make_noise
+from undiffuse.core.precond import Denoiser
+from undiffuse.inference.codec import AutoencoderError, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
+from undiffuse.io import provenance as prov
+from undiffuse.io import watermark as wm
+from undiffuse.samplers.driver import sample
+from undiffuse.steering import guidance as g
+from undiffuse.steering.conditioning import text_condition
 from undiffuse.utils import distributed as _dist
 from undiffuse.utils.atomic import write_atomic
-from undiffuse.config import RunConfig, build_denoiser, schedule_of
-from undiffuse.core.precond import Denoiser
-from undiffuse.core.noise import noise as make_noise
-from undiffuse.samplers.driver import sample
 
 FORMATS = ("png", "npz")
 
@@ -78,7 +86,6 @@ def _latent_decoder(cfg: RunConfig, shape: tuple, device):
     lat = cfg.latent
     if lat.autoencoder is None:
         return None
-    from undiffuse.inference.codec import AutoencoderError, load_autoencoder
 
     try:
         codec = load_autoencoder(lat.autoencoder, device=device, expect_sha256=lat.sha256)
@@ -119,7 +126,6 @@ def prompt_condition(run: LoadedRun, prompts, num: int | None = None) -> dict:
     if run.conditioning != "text":
         raise ValueError(f"a prompt needs a text-conditioned run (train --conditioning text); this run's "
                          f"conditioning is {run.conditioning!r}")
-    from undiffuse.steering.conditioning import text_condition
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     device = next(run.denoiser.net.parameters()).device
@@ -134,8 +140,6 @@ def guided(run: LoadedRun, *, guidance: float = 1.0, interval=None, negative_pro
     is given; ``negative_prompt`` replaces the empty prompt of the unconditional branch;
     ``classifier`` (with ``log_prob(x, sigma, labels)``) adds classifier guidance.
     """
-    from undiffuse.steering import guidance as g
-
     den = _guided_by_model(run, guidance, interval, negative_prompt, weak)
     if classifier is not None and classifier_scale != 0:
         den = g.ClassifierGuidance(den, classifier.log_prob, classifier_scale, interval=interval,
@@ -144,8 +148,6 @@ def guided(run: LoadedRun, *, guidance: float = 1.0, interval=None, negative_pro
 
 
 def _guided_by_model(run: LoadedRun, guidance, interval, negative_prompt, weak):
-    from undiffuse.steering import guidance as g
-
     if weak is not None:
         if weak.conditioning != run.conditioning or weak.shape != run.shape:
             raise ValueError("the autoguidance model must have the same conditioning and sample shape as the main "
@@ -200,8 +202,6 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     out = []
     bar = None
     if progress and world.main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=sum(min(batch_size, num - s) for s in starts), unit="img", desc="sample")
     for start in starts:
         seeds = list(range(seed + start, seed + min(start + batch_size, num)))
@@ -263,8 +263,6 @@ def grid(images_u8: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.nda
 
 
 def _pil(arr: np.ndarray, scale: int = 1):
-    from PIL import Image
-
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -273,8 +271,6 @@ def _pil(arr: np.ndarray, scale: int = 1):
 
 def save_png(path: str, arr: np.ndarray, *, text: dict[str, str] | None = None, scale: int = 1) -> None:
     """Write an (H, W, C) uint8 array as PNG, atomically, with optional text chunks."""
-    from PIL.PngImagePlugin import PngInfo
-
     info = PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
@@ -290,8 +286,6 @@ def parameters_text(params: dict) -> str:
 def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
     """The JSON provenance record (``undiffuse.io.provenance``) of one image of ``run``: the run
     folder's name, the checksum of its weights, sampler, steps, seed, guidance."""
-    from undiffuse.io import provenance as prov
-
     name = os.path.basename(ckpt.run_of(run.checkpoint))
     return prov.record(name, prov.model_checksum(run.checkpoint, run.weights), sampler=params.get("sampler"),
                        steps=params.get("steps"), seed=seed, guidance=params.get("guidance", 1.0),
@@ -311,9 +305,6 @@ def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individ
     checksum, 0 without ``run``) in every PNG at least ``watermark.MIN_SIZE`` px a side (the
     grid after its ``grid_scale`` upscaling); the record's ``watermark`` field says
     ``embedded``, ``too small`` or ``off``."""
-    from undiffuse.io import provenance as prov
-    from undiffuse.io import watermark as wm
-
     os.makedirs(out, exist_ok=True)
     u8 = to_uint8(x01)
     index = list(range(len(u8))) if index is None else list(index)

@@ -16,17 +16,17 @@ import time
 import numpy as np
 import torch
 
+from undiffuse.inference import generate as gen
+from undiffuse.metrics.adherence import class_adherence
 from undiffuse.metrics.evaluate import evaluate, to_json
+from undiffuse.steering.text import caption_table
+from undiffuse.utils.atomic import write_json, write_text
 
 
 def _condition(run, labels: torch.Tensor) -> dict:
-    from . import generate as gen
-
     if run.conditioning == "class":
         return {"class_labels": labels}
     if run.conditioning == "text":
-        from undiffuse.steering.text import caption_table
-
         captions, owner = caption_table(run.config.data.name, list(run.class_names))
         first = {}
         for c, k in zip(captions, owner):
@@ -40,9 +40,6 @@ def guidance_sweep(run, reference: np.ndarray, *, scales=(1.0, 1.5, 2.0, 3.0), n
                    interval=None, weak=None, feature_space: str = "auto", progress=None) -> list[dict]:
     """``run``: a ``generate.LoadedRun`` conditioned on classes or text; ``weak``: a run for
     autoguidance (then ``scales`` are autoguidance scales)."""
-    from . import generate as gen
-    from undiffuse.metrics.adherence import class_adherence
-
     if not scales:
         raise ValueError("give at least one guidance scale")
     if not run.class_names:
@@ -110,9 +107,6 @@ def plot_guidance(rows: list[dict], out: str) -> list[str]:
 
 
 def guidance_report(rows: list[dict], out: str, *, title: str = "Guidance sweep") -> str:
-    from . import generate as gen
-    from undiffuse.utils.atomic import write_json, write_text
-
     os.makedirs(out, exist_ok=True)
     plots = plot_guidance(rows, out)
     lines = [f"# {title}", "", f"{rows[0]['samples']} samples per scale, spread evenly over the classes; features: "

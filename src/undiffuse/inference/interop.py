@@ -37,6 +37,8 @@ from torch import nn
 
 from undiffuse.core.precond import Denoiser
 from undiffuse.core.process import VPDiscrete
+from undiffuse.core.schedules import timesteps
+from undiffuse.samplers.driver import sample
 
 Tensor = torch.Tensor
 
@@ -136,8 +138,6 @@ def load_diffusers(folder: str, *, device: str = "cpu") -> DiffusersModel:
 def scheduler_sigmas(model: DiffusersModel, steps: int) -> Tensor:
     """Noise levels at the scheduler's own ``steps`` inference timesteps (its timestep_spacing
     and steps_offset, as DDPM/DDIM schedulers place them), then 0."""
-    from undiffuse.core.schedules import timesteps
-
     c = model.scheduler_config
     spacing = c.get("timestep_spacing", "leading")
     t = timesteps(model.denoiser.process, steps, spacing, steps_offset=int(c.get("steps_offset", 0)))
@@ -153,8 +153,6 @@ def sample_diffusers(model: DiffusersModel, noise: Tensor, *, sampler: str = "dd
     """Sample with any undiffuse sampler from diffusers-style starting noise: ``noise`` is
     ``x_T`` at the first timestep (standard normal, as diffusers' pipelines draw it). Returns
     samples in the model's space (images in [-1, 1], not clamped)."""
-    from undiffuse.samplers.driver import sample
-
     sigmas = scheduler_sigmas(model, steps) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
     s0 = sigmas[0]
     # x_T = alpha (x0 + sigma eps): in the rescaled space the start is x_T / alpha = x_T sqrt(1 + s0^2);

@@ -12,15 +12,16 @@ import os
 import time
 
 import numpy as np
-import torch
 
+from undiffuse import samplers
+from undiffuse import samplers as _samplers
+from undiffuse.inference import generate as gen
 from undiffuse.metrics.evaluate import evaluate, to_json
+from undiffuse.utils.atomic import write_json, write_text
 
 
 def steps_for(sampler: str, nfe: int) -> int:
     """The most steps whose evaluations fit in ``nfe`` (Heun's last step costs one)."""
-    from undiffuse import samplers
-
     info = samplers.info(sampler)
     if sampler == "heun":
         return max(1, (nfe + 1) // 2)
@@ -30,9 +31,6 @@ def steps_for(sampler: str, nfe: int) -> int:
 def sweep(run, reference: np.ndarray, *, samplers=("heun", "dpmpp_2m", "unipc", "euler"), nfes=(5, 10, 20),
           num: int = 500, seed: int = 0, feature_space: str = "auto", progress=None) -> list[dict]:
     """``run``: a ``generate.LoadedRun``; ``reference``: images in [0, 1] or vectors."""
-    from . import generate as gen
-    from undiffuse import samplers as _samplers
-
     unknown = [s for s in samplers if s not in _samplers.names()]
     if unknown:
         raise ValueError(f"unknown sampler(s) {unknown}; allowed: {', '.join(_samplers.names())}")
@@ -93,9 +91,6 @@ def plot(rows: list[dict], out: str) -> list[str]:
 
 def report(rows: list[dict], out: str, *, title: str = "Sampler sweep") -> str:
     """Write ``out/report.md`` (table, plots, a grid per point) and ``out/sweep.json``."""
-    from . import generate as gen
-    from undiffuse.utils.atomic import write_json, write_text
-
     os.makedirs(out, exist_ok=True)
     plots = plot(rows, out)
     lines = [f"# {title}", "", f"{rows[0]['samples']} samples per point; features: {rows[0]['features']}.", "",

@@ -19,12 +19,18 @@ image was marked (``embedded``, ``too small``, ``off``); :func:`read_watermark` 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import time
-from functools import lru_cache
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from undiffuse.io import watermark as wm
+from undiffuse.utils.hashing import file_sha256
+from undiffuse.utils.version import __version__
 
 RECORD_KEY = "provenance"
 PARAMETERS_KEY = "parameters"
@@ -32,8 +38,6 @@ FORMAT = "undiffuse-provenance/1"
 
 
 def software() -> str:
-    from undiffuse.utils.version import __version__
-
     return f"undiffuse {__version__}"
 
 
@@ -71,9 +75,6 @@ def png_text(rec: dict) -> dict[str, str]:
 
 def png_bytes(arr, text: dict[str, str] | None = None) -> bytes:
     """An (H, W, C) uint8 array as PNG bytes with text chunks (deterministic for equal input)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
     info = PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
@@ -90,8 +91,6 @@ class NotAnImage(ValueError):
 def read(source) -> dict:
     """``{"parameters": str | None, "provenance": dict | None, "problems": [...]}`` from a PNG
     path or PNG bytes. A malformed record is reported in ``problems``, not raised."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         img.load()
@@ -119,11 +118,6 @@ def read_watermark(source, rec: dict | None = None) -> dict:
     """Look for the invisible mark in a PNG/JPEG path or bytes (``watermark.detect``), checking
     its payload against ``rec["model_sha256"]`` when a record is given. Images under one tile
     (32 px) a side are not checked (``{"checked": False, "reason": ...}``)."""
-    import numpy as np
-    from PIL import Image
-
-    from . import watermark as wm
-
     img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
     if min(arr.shape[:2]) < wm.TILE:

@@ -54,6 +54,8 @@ import os
 from functools import lru_cache
 
 import numpy as np
+from scipy import ndimage
+from scipy.stats import norm
 
 KEY_ENV = "UNDIFFUSE_WATERMARK_KEY"
 DEFAULT_KEY = "undiffuse-watermark-v1"
@@ -74,8 +76,6 @@ class TooSmall(ValueError):
 
 def _threshold(p: float = FALSE_POSITIVE, shifts: int = TILE * TILE) -> float:
     """Bonferroni: P(max over shifts of N(0, 1) > t) <= shifts * Q(t) = p."""
-    from scipy.stats import norm
-
     return float(norm.isf(p / shifts))
 
 
@@ -162,8 +162,6 @@ def _residual(y: np.ndarray) -> np.ndarray:
     +-RESIDUAL_CLIP grey levels (a limiter: edges and texture then count no more than the mark
     does where the image is flat). Chosen over a Gaussian high-pass with local normalisation,
     which missed the mark on upscaled sample grids (benchmarks/watermark_robustness.py)."""
-    from scipy import ndimage
-
     return np.clip(y - ndimage.median_filter(y, size=7, mode="reflect"), -RESIDUAL_CLIP, RESIDUAL_CLIP)
 
 

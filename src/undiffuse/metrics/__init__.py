@@ -6,7 +6,14 @@ from .copies import copy_pairs_grid, nearest_copies
 from .features import digits_classifier, digits_features, fd_digits
 from .frechet import frechet_distance, gaussian_stats
 from .kid import kid, mmd2_unbiased
-from .likelihood import BIN_WIDTH_8BIT, bits_per_dim, ddpm_vlb, dequantize, discretized_gaussian_log_prob, ode_log_likelihood
+from .likelihood import (
+           BIN_WIDTH_8BIT,
+           bits_per_dim,
+           ddpm_vlb,
+           dequantize,
+           discretized_gaussian_log_prob,
+           ode_log_likelihood,
+)
 from .prdc import prdc
 
 __all__ = ["frechet_distance", "gaussian_stats", "digits_features", "digits_classifier", "fd_digits",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from undiffuse.metrics.features import _as_images, digits_classifier
+
 
 def class_adherence(samples, requested, *, classify=None, class_names=None) -> dict:
     """Share of ``samples`` (images in [0, 1]) read as their ``requested`` class.
@@ -27,7 +29,6 @@ def class_adherence(samples, requested, *, classify=None, class_names=None) -> d
         if x.shape[1:] not in ((1, 8, 8), (8, 8), (64,)):
             raise ValueError(f"the built-in reader is the digits classifier (1x8x8 images); samples have shape "
                              f"{x.shape[1:]}: pass classify=")
-        from .features import _as_images, digits_classifier
 
         net = digits_classifier().double()
         x_t = _as_images(x, "samples")

@@ -24,6 +24,13 @@ import time
 
 import numpy as np
 
+from undiffuse import data as _data
+from undiffuse.metrics.adherence import class_adherence
+from undiffuse.metrics.features import digits_features
+from undiffuse.metrics.inception import inception_features
+from undiffuse.metrics.kid import kid as _kid
+from undiffuse.metrics.prdc import prdc as _prdc
+
 from .copies import nearest_copies
 from .frechet import frechet_distance, gaussian_stats
 
@@ -40,8 +47,6 @@ def load_set(spec: str, *, what: str = "samples") -> tuple[np.ndarray, str]:
     ``spec``: an ``.npz`` (array ``samples``, as ``undiffuse sample --format npz`` writes, or the
     keys ``data.load`` accepts), an ``.npy``, an image folder, or a built-in dataset name.
     """
-    from undiffuse import data as _data
-
     if spec.endswith(".npz") and os.path.isfile(spec):
         try:
             with np.load(spec, allow_pickle=False) as f:
@@ -83,14 +88,10 @@ def features(x: np.ndarray, space: str, device: str = "cpu") -> np.ndarray:
     """Feature vectors of ``x`` in ``space``; ``device`` runs the Inception network (the small
     digits network and raw pixels stay on the CPU)."""
     if space == "digits":
-        from .features import digits_features
-
         return digits_features(x)
     if space == "pixels":
         return x.reshape(len(x), -1).astype(np.float64)
     if space == "inception":
-        from .inception import inception_features
-
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise EvaluationError(f"feature space 'inception' needs images (N, 1 or 3, H, W), got shape {x.shape}")
         return inception_features(x, device=device)
@@ -113,9 +114,6 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     ``labels``: the class each sample was asked to be; adds ``adherence`` (the share the
     digits classifier reads as requested; 1x8x8 images only).
     """
-    from .kid import kid as _kid
-    from .prdc import prdc as _prdc
-
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if samples.shape[1:] != reference.shape[1:]:
         raise EvaluationError(f"samples have items of shape {samples.shape[1:]} but the reference has "
@@ -153,8 +151,6 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
         "seconds": round(time.perf_counter() - t0, 2), "notes": notes,
     }
     if labels is not None:
-        from .adherence import class_adherence
-
         adh = class_adherence(samples, labels)
         out["adherence"], out["adherence_per_class"] = adh["adherence"], adh["per_class"]
         out["protocol"]["adherence"] = f"{adh['protocol']['reader']} reads the requested class " \

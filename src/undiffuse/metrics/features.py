@@ -53,6 +53,7 @@ differ in the last bits, while a shared cache file keeps numbers comparable acro
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -64,8 +65,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from undiffuse.utils.atomic import write_atomic
+from undiffuse.utils.cache import cache_dir
+
 from .frechet import frechet_distance, gaussian_stats
 
 __all__ = ["DigitsNet", "digits_features", "digits_classifier", "fd_digits", "calibration_scores",
@@ -216,8 +220,6 @@ def _holdout_accuracy(seed: int = 0) -> float:
 
 
 def _load(path: str, hp: dict) -> DigitsNet:
-    from safetensors.torch import load_file
-
     net = DigitsNet(hp["channels"], hp["features"])
     state = load_file(path)
     net.load_state_dict(state, strict=True)  # raises on missing/unexpected keys or wrong shapes
@@ -227,8 +229,6 @@ def _load(path: str, hp: dict) -> DigitsNet:
 
 
 def _save(net: DigitsNet, path: str) -> None:
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(state, tmp, metadata={"recipe": RECIPE,
                                                                    "hparams": json.dumps(HPARAMS, sort_keys=True)}),
@@ -277,8 +277,6 @@ def digits_classifier() -> nn.Module:
     (the same input convention as ``digits_features``); ``net.features(x)`` the 64-D features.
     Gradients with respect to the input still flow (e.g. for guidance or adherence checks).
     """
-    import copy
-
     return copy.deepcopy(_extractor()).eval()
 
 
@@ -329,8 +327,6 @@ def _features(images, batch_size, name: str) -> np.ndarray:
     _extractor()
     memo = _MEMO[weights_path()]
     if memo.get("net64") is None:
-        import copy
-
         memo["net64"] = copy.deepcopy(memo["net"]).double()
     net = memo["net64"]
     with torch.no_grad():

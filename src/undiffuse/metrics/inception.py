@@ -46,6 +46,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from undiffuse.utils.atomic import write_atomic
 
 __all__ = ["InceptionV3FID", "load_weights", "convert_to_safetensors", "inception_features", "fid_preprocess",
            "InceptionWeightsError", "InceptionWeightsMissing", "STANDARD_FILE", "STANDARD_SHA256", "ENV_VAR"]
@@ -345,8 +349,6 @@ def _read_state(path: str) -> tuple[dict, str]:
     data, digest = _read_hashed(path)
     header = _safetensors_header(data)
     if header is not None:
-        from safetensors.torch import load as load_safetensors
-
         meta = header.get("__metadata__") or {}
         if meta.get("format") != FORMAT:
             raise InceptionWeightsError(f"{path} is a safetensors file but not one written by convert_to_safetensors "
@@ -398,10 +400,6 @@ def convert_to_safetensors(pth, out) -> str:
     ``pth`` must pass the same checks as in ``load_weights``. The metadata records the original's
     SHA-256 and a digest of the tensors; ``load_weights`` verifies both. Returns ``out``.
     """
-    from safetensors.torch import save_file
-
-    from undiffuse.utils.atomic import write_atomic
-
     pth, out = resolve_path(pth), os.fspath(out)
     state, source = _read_state(pth)
     state = _check_state(state, pth, InceptionV3FID())

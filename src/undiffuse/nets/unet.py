@@ -27,13 +27,21 @@ preconditioned input and the noise label to the raw output; ``precond.Denoiser``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ClassEmbedding, check_levels, condition_embedding, context_inputs, image_input, noise_embedding, zero_
+from .layers import (
+    ClassEmbedding,
+    check_levels,
+    condition_embedding,
+    context_inputs,
+    image_input,
+    noise_embedding,
+    zero_,
+)
 
 Tensor = torch.Tensor
 

@@ -1,7 +1,7 @@
 """Helpers shared by the samplers: per-sample noise, sigma broadcasting, callbacks."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
@@ -56,8 +57,6 @@ def sample(denoiser: Callable, noise: Tensor, sampler: str = "dpmpp_2m", steps: 
         generator = per_sample_generators(seeds_for(seed, noise.shape[0]), device=noise.device.type)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(sigmas) - 1, desc=sampler, unit="step")
     user_callback = callback
 

@@ -7,8 +7,6 @@ level is fresh noise (see ``ancestral_split``).
 """
 from __future__ import annotations
 
-import torch
-
 from ._common import ancestral_split, call, randn_like, report, to_d
 
 

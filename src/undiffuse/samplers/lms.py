@@ -7,7 +7,6 @@ k-diffusion's and diffusers' LMS samplers; here the integral is closed form, not
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ._common import call, report, to_d
 

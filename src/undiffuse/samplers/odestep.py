@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from undiffuse import samplers
+
 Tensor = torch.Tensor
 
 VECTORISED = ("euler", "heun")
@@ -24,8 +26,6 @@ VECTORISED = ("euler", "heun")
 
 def check_solver(name: str) -> None:
     """Raise ValueError unless ``name`` is a deterministic sampler."""
-    from undiffuse import samplers
-
     info = samplers.info(name)  # raises with the allowed names
     if info.stochastic or name == "rk45":
         allowed = [n for n in samplers.names() if not samplers.info(n).stochastic and n != "rk45"]
@@ -64,7 +64,6 @@ def ode_step(denoiser, x: Tensor, sigma_from: Tensor, sigma_to: Tensor, solver: 
         d2 = (x_next[idx] - den2) / _col(sub_to, x)
         corrected = x[idx] + _col(sub_to - sigma_from[idx], x) * (d[idx] + d2) / 2
         return x_next.index_copy(0, idx, corrected)
-    from undiffuse import samplers
 
     check_solver(solver)
     fn = samplers.get(solver)

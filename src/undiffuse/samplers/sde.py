@@ -12,8 +12,6 @@ sigma = 0 returns the denoised mean (the paper's "denoise" option).
 """
 from __future__ import annotations
 
-import torch
-
 from ._common import call, randn_like, report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 
 from undiffuse.io.content_filter import load_filter
+
 from .limits import Limits, RequestError
 
 TOKEN_ENV = "UNDIFFUSE_TOKEN"

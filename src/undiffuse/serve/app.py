@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from undiffuse import samplers
+
 from .batching import Batcher
 from .jobs import Job, JobStore
 from .limits import Limits, RequestError, parse_generate
@@ -146,7 +148,6 @@ async def list_models(server: Server, request: Request):
             out.append(server.registry.describe(name))
         except RequestError as e:
             out.append({"name": name, "error": e.message})
-    from undiffuse import samplers
 
     return JSONResponse({"models": out, "samplers": samplers.names()})
 

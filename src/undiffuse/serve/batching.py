@@ -24,12 +24,13 @@ import traceback
 import numpy as np
 import torch
 
+from undiffuse.core.noise import noise as make_noise
 from undiffuse.inference import generate as gen
 from undiffuse.io import provenance as prov
 from undiffuse.io import watermark as wm
 from undiffuse.io.content_filter import refusal
-from undiffuse.core.noise import noise as make_noise
 from undiffuse.samplers.driver import sample
+
 from .jobs import Job
 from .limits import RequestError
 

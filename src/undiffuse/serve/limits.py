@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from undiffuse import samplers
+from undiffuse.inference.generate import class_labels
+
 
 class RequestError(Exception):
     def __init__(self, status: int, message: str):
@@ -70,9 +73,6 @@ def _int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
 
 def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
     """Check a generation request body against the registry and the limits."""
-    from undiffuse import samplers
-    from undiffuse.inference.generate import class_labels
-
     if not isinstance(body, dict):
         raise RequestError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - set(FIELDS))

@@ -12,9 +12,10 @@ import os
 import re
 import threading
 
-from undiffuse.io import checkpoint as ckpt
 from undiffuse.inference.generate import LoadedRun, load_run
+from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.provenance import model_checksum
+
 from .limits import RequestError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from undiffuse.steering import text
+
 Tensor = torch.Tensor
 
 
@@ -33,8 +35,6 @@ class TextTable:
     """Encoded captions of a labelled dataset: every wording of every label plus "" (last)."""
 
     def __init__(self, dataset_name: str, class_names: list[str], max_tokens: int):
-        from . import text
-
         captions, labels = text.caption_table(dataset_name, class_names)
         self.captions = list(captions) + [""]
         enc = text.encode_cached(self.captions, max_tokens=max_tokens)
@@ -82,7 +82,5 @@ class TrainingConditions:
 
 def text_condition(prompts: list[str], max_tokens: int, device="cpu") -> dict:
     """The ``context``/``context_mask`` of prompts (one row each) for sampling."""
-    from . import text
-
     enc = text.encode_cached(list(prompts), max_tokens=max_tokens)
     return {"context": enc.tokens.to(device), "context_mask": enc.mask.to(device)}

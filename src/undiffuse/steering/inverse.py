@@ -22,9 +22,10 @@ import torch
 
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
-from .degradations import Downsample, Mask, Operator, _is_int, _is_real
 from undiffuse.core.noise import per_sample_generators, randn_like
 from undiffuse.samplers._common import ancestral_split, call, report
+
+from .degradations import Downsample, Mask, Operator, _is_int, _is_real
 
 Tensor = torch.Tensor
 

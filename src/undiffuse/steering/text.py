@@ -79,9 +79,12 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from undiffuse.utils.atomic import write_atomic
 from undiffuse.utils.cache import cache_dir
@@ -102,7 +105,6 @@ RECIPE = "undiffuse-text-v1"  # bump when tokenisation/pooling conventions chang
 UNCONDITIONAL = ""  # the prompt of condition dropout / classifier-free guidance
 INSTALL_HINT = 'pip install "undiffuse[text]"'
 
-_HASHES: dict = {}  # (path, inode, mtime, size) -> sha256 hex
 _MODELS: dict = {}  # model folder -> (tokenizer, model)
 
 
@@ -143,8 +145,6 @@ def model_dir() -> str:
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(MODEL_PACKAGE)
     except PackageNotFoundError:  # importable but not installed as a distribution (e.g. on PYTHONPATH)
@@ -184,8 +184,8 @@ def _load_model(folder: str):
     if folder in _MODELS:
         return _MODELS[folder]
     weights = os.path.join(folder, "model.safetensors")
-    if _sha256(weights) != WEIGHTS_SHA256:
-        raise RuntimeError(f"{weights} has sha256 {_sha256(weights)}, not the upstream {UPSTREAM} weights "
+    if file_sha256(weights) != WEIGHTS_SHA256:
+        raise RuntimeError(f"{weights} has sha256 {file_sha256(weights)}, not the upstream {UPSTREAM} weights "
                            f"({WEIGHTS_SHA256}): corrupt or different package; reinstall it: {INSTALL_HINT}")
     with _offline():
         try:
@@ -344,16 +344,11 @@ class TextEncoder:
 
 
 def _write_cache(path: str, emb: TextEmbedding, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     state = {"tokens": emb.tokens, "mask": emb.mask, "pooled": emb.pooled}
     write_atomic(path, lambda tmp: save_file(state, tmp, metadata=meta), suffix=".safetensors.tmp")
 
 
 def _read_cache(path: str, key: str, n: int, max_tokens: int) -> TextEmbedding:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
     if meta.get("key") != key:

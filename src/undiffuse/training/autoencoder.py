@@ -13,8 +13,14 @@ import time
 
 import torch
 
-from undiffuse.inference.codec import (FORMAT, AutoencoderError, LatentCodec, LatentDataset,  # noqa: F401 (public)
-                                       load_autoencoder, save_autoencoder)
+from undiffuse.inference.codec import (  # noqa: F401 (public)
+    FORMAT,
+    AutoencoderError,
+    LatentCodec,
+    LatentDataset,
+    load_autoencoder,
+    save_autoencoder,
+)
 from undiffuse.nets.autoencoder import Autoencoder, AutoencoderConfig
 
 Tensor = torch.Tensor

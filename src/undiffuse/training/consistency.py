@@ -35,8 +35,8 @@ import math
 
 import torch
 
-from undiffuse.samplers.odestep import ode_step
 from undiffuse.core.schedules import karras
+from undiffuse.samplers.odestep import ode_step
 
 Tensor = torch.Tensor
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from undiffuse.core.schedules import validate
 from undiffuse.samplers.odestep import ode_step
 
 Tensor = torch.Tensor
@@ -40,8 +41,6 @@ class ProgressiveObjective:
     """
 
     def __init__(self, teacher, grid, solver: str = "euler"):
-        from undiffuse.core.schedules import validate
-
         self.teacher, self.solver = teacher, solver
         self.grid = validate(torch.as_tensor(grid, dtype=torch.float64), "grid")
         student_grid(self.grid.tolist())  # checks the length

@@ -18,8 +18,11 @@ The EMA network is sharded the same way (never run while sharded): its update is
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 Tensor = torch.Tensor
 
@@ -29,8 +32,6 @@ BLOCK_CLASSES = ("ResBlock", "Attention", "CrossAttention", "Downsample", "Upsam
 
 
 def mesh(device: torch.device, size: int):
-    from torch.distributed.device_mesh import init_device_mesh
-
     return init_device_mesh(device.type, (size,))
 
 
@@ -100,8 +101,6 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
 def no_gradient_sync(net: nn.Module):
     """A context in which backward passes accumulate local gradients without reducing them
     over the ranks (all but the last micro-batch of gradient accumulation)."""
-    import contextlib
-
     @contextlib.contextmanager
     def _ctx():
         net.set_requires_gradient_sync(False)

@@ -22,18 +22,30 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from undiffuse.utils import acceleration as accel
-from undiffuse.io import checkpoint as ckpt
-from undiffuse.utils import distributed as _dist
-from undiffuse.steering.conditioning import TrainingConditions
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.losses import denoising_loss, sample_sigma
+from undiffuse.core.noise import noise as make_noise
+from undiffuse.core.precond import Denoiser
+from undiffuse.inference import generate as gen
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.metrics.evaluate import evaluate, to_json
+from undiffuse.samplers.driver import sample
+from undiffuse.steering.conditioning import TrainingConditions
+from undiffuse.training import sharding
+from undiffuse.training.objectives import build_objective
+from undiffuse.training.sharding import full
+from undiffuse.utils import acceleration as accel
+from undiffuse.utils import distributed as _dist
+from undiffuse.utils.atomic import write_text
 
 Tensor = torch.Tensor
 
@@ -131,11 +143,9 @@ class Trainer:
             accel.channels_last(self.net)
             accel.channels_last(self.ema)
         if objective is None and cfg.objective.kind != "denoising":
-            from undiffuse.training.objectives import build_objective
-
             objective = build_objective(cfg, dataset, self.device)
         self.objective = objective  # None: the denoising loss; else objective(trainer, x0, cond) -> (B,)
-        o = cfg.optim
+
         self.opt = self._optimizer()
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
         self.order = DataOrder(len(dataset), cfg.train.seed)
@@ -165,8 +175,6 @@ class Trainer:
     def _wrap_fsdp(self) -> None:
         """Shard the (restored) network and EMA over the ranks with FSDP2; rebuild the
         optimizer on the sharded parameters with its (restored) state cut to each shard."""
-        from . import sharding
-
         state = self.opt.state_dict()
         mesh = sharding.mesh(self.device, self.world.size)
         sharding.shard(self.net, mesh)
@@ -180,8 +188,6 @@ class Trainer:
     def _wrap_ddp(self) -> None:
         """Forward passes go through ``DistributedDataParallel`` (gradients averaged over the
         ranks); ``self.net`` stays the plain network that is saved and averaged into the EMA."""
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.denoiser.net = DistributedDataParallel(self.net, device_ids=ids)
 
@@ -224,7 +230,6 @@ class Trainer:
                     keep.append(ln)
             except json.JSONDecodeError:  # a line cut by a kill
                 break
-        from undiffuse.utils.atomic import write_text
 
         write_text(path, "".join(keep))
 
@@ -243,8 +248,6 @@ class Trainer:
         if not self.fsdp:
             return self.net.state_dict(), self.ema.state_dict(), self.opt.state_dict()
         if self._gathered is None or self._gathered[0] != self.step:
-            from . import sharding
-
             keep = self.world.main  # the other ranks take part in the gathers and drop the results
             self._gathered = (self.step, sharding.full_state(self.net, keep), sharding.full_state(self.ema, keep),
                               sharding.full_optimizer_state(self.opt, keep))
@@ -301,8 +304,6 @@ class Trainer:
             cond = self._conditions(idx, x0, part)
             sync = contextlib.nullcontext()  # average the gradients over the ranks once, after the last micro-batch
             if self.world.distributed and k < o.accumulation - 1:
-                from . import sharding
-
                 sync = sharding.no_gradient_sync(self.net) if self.fsdp else self.denoiser.net.no_sync()
             if self.objective is not None:
                 shared = self.gen
@@ -348,8 +349,6 @@ class Trainer:
             return None
         self.bad_in_row = 0
         if o.grad_clip > 0:
-            from .sharding import full
-
             self.grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip)))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -390,10 +389,6 @@ class Trainer:
     def ema_samples(self, n: int, seed: int = 0) -> Tensor:
         """``n`` samples of the EMA model with the run's sampler (seeds ``seed + i``), in model
         space on the CPU; the training random state is untouched."""
-        from undiffuse.core.precond import Denoiser
-        from undiffuse.core.noise import noise as make_noise
-        from undiffuse.samplers.driver import sample
-
         s = self.cfg.sample
         den = Denoiser(self.plain_ema(), self.denoiser.process, self.denoiser.parameterization,
                        sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale,
@@ -441,8 +436,6 @@ class Trainer:
     def evaluate(self) -> dict:
         """Score ``eval_samples`` EMA samples against the training data with the evaluation
         suite; log them; with ``keep_best``, checkpoint and mark a new best (lowest FD)."""
-        from undiffuse.metrics.evaluate import evaluate, to_json
-
         tr = self.cfg.train
         x = self.ema_samples(tr.eval_samples, seed=1_000_000)
         images = getattr(self.data, "pixels", self.data)  # latent data: decoded samples vs the images
@@ -470,8 +463,6 @@ class Trainer:
     def sample_grid(self) -> str:
         """Write ``RUN/samples/step_XXXXXXXX.png`` from the EMA weights (fixed seeds, the run's
         sampler); the training random state is untouched."""
-        from undiffuse.inference import generate as gen
-
         x = self.ema_samples(self.cfg.train.sample_count)
         folder = os.path.join(self.run, "samples")
         os.makedirs(folder, exist_ok=True)
@@ -552,8 +543,6 @@ class Trainer:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -585,8 +574,6 @@ class _bar:
     """tqdm bar with loss, it/s and an ETA by steps or by time budget."""
 
     def __init__(self, trainer: Trainer):
-        from tqdm.auto import tqdm
-
         tr = trainer.cfg.train
         self.by_time = tr.max_steps is None
         total = round(tr.time_budget) if self.by_time else tr.max_steps

@@ -10,6 +10,8 @@ the device has them).
 """
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch import nn
 
@@ -39,8 +41,6 @@ def check_device(text: str) -> str:
 
 def device_option(text: str) -> str:
     """:func:`check_device` as an argparse ``type`` (a bad value is a usage error, status 2)."""
-    import argparse
-
     try:
         return check_device(text)
     except ValueError as e:
