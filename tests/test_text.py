@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from undiffuse.steering import text
+from undiffuse.utils.hashing import file_sha256
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -81,7 +82,7 @@ def test_provenance(encoder):
     assert re.fullmatch(r"[0-9a-f]{64}", encoder.checksum)
     p = encoder.provenance()
     assert p["weights_sha256"] == text.WEIGHTS_SHA256 and p["checksum"] == encoder.checksum
-    assert text._sha256(os.path.join(encoder.model_dir, "model.safetensors")) == text.WEIGHTS_SHA256
+    assert file_sha256(os.path.join(encoder.model_dir, "model.safetensors")) == text.WEIGHTS_SHA256
 
 
 def test_wrong_weights_checksum_fails_loudly(encoder, monkeypatch):
