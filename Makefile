@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this disk; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench bench-train setup clean
+.PHONY: demo test bench bench-train setup browser clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,27 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.browser
+
+# Debian's headless Chromium and its driver for tests/test_browser.py (which skips without them).
+# Best effort, never failing the setup: apt-get installs them when make runs as root; tried once
+# per .venv (the stamp), and `sudo make browser` tries again.
+$(VENV)/.browser: | $(VENV)/.installed
+	-@$(MAKE) --no-print-directory browser
+	@touch $@
+
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "make browser: /usr/bin/chromium and /usr/bin/chromedriver are installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "make browser: installing chromium and chromium-driver with apt-get"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver) || echo "make browser: apt-get could not install chromium chromium-driver;" \
+			"tests/test_browser.py will skip" >&2; \
+	else \
+		echo "make browser: installing chromium and chromium-driver needs root and apt-get (Debian);" \
+			"tests/test_browser.py will skip until they are installed ('sudo make browser')" >&2; \
+	fi
 
 demo: setup
 	$(PY) -m undiffuse demo --out runs/demo

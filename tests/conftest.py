@@ -7,6 +7,27 @@ from undiffuse.core.analytic import GaussianMixture, ode_solution
 SMIN, SMAX = 0.05, 20.0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Every test (and every process it starts) caches into one temporary folder per session,
+    never into the user's ``~/.cache/undiffuse``: expensive caches (the digits feature network)
+    are built once per session, and nothing outlives it. Tests may point ``UNDIFFUSE_CACHE``
+    elsewhere themselves (monkeypatch)."""
+    root = tmp_path_factory.mktemp("undiffuse_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNDIFFUSE_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A test may change torch's intra-op thread count; the next test gets it back."""
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def gmm8():
     """A smooth 8-D mixture for convergence-order measurements."""

@@ -9,8 +9,9 @@ import pytest
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 if not os.path.exists(CHROMIUM) or not os.path.exists(DRIVER):
-    pytest.skip(f"browser test needs Debian's Chromium ({CHROMIUM}) and its driver ({DRIVER}): "
-                "apt-get install chromium chromium-driver (.ci/run does)", allow_module_level=True)
+    pytest.skip(f"browser test needs Debian's Chromium ({CHROMIUM}) and its driver ({DRIVER}); to enable it run "
+                "'sudo make browser' (apt-get install chromium chromium-driver), then 'make test'",
+                allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser test needs the selenium package")
 pytest.importorskip("uvicorn")
 

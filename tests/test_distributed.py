@@ -134,6 +134,66 @@ def test_consistency_distillation_runs_on_two_processes(runs, tmp_path):
     assert ckpt.complete_checkpoints(student) == ["step_00000002"]
 
 
+_RECORDING = """
+import json, os, sys
+from undiffuse import data
+from undiffuse.config import resolve
+from undiffuse.training.trainer import Trainer
+from undiffuse.utils import distributed as dist
+
+
+class Recording:
+    \"\"\"The digits, recording the indices of every batch this process reads.\"\"\"
+
+    def __init__(self, ds):
+        self.ds, self.drawn = ds, []
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getattr__(self, name):
+        return getattr(self.ds, name)
+
+    def get(self, idx):
+        self.drawn.append(idx.tolist())
+        return self.ds.get(idx)
+
+
+run, overrides = sys.argv[1], json.loads(sys.argv[2])
+ds = Recording(data.load("digits"))
+t = Trainer(resolve("digits", ds, overrides), ds, run, progress=False, log=lambda m: None)
+t.fit()
+with open(os.path.join(run, f"drawn_{t.world.rank}.json"), "w") as f:
+    json.dump(ds.drawn, f)
+dist.teardown()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_train_on_disjoint_slices_of_the_single_process_batch(tmp_path):
+    """Equal checkpoints alone would also hold if every rank trained on the whole batch (the
+    mean of equal gradients): record the data indices each rank reads and check that the two
+    ranks' rows are disjoint halves whose union, in order, is the single process's batch."""
+    script = tmp_path / "recording.py"
+    script.write_text(_RECORDING)
+    over = json.dumps({**TINY, "optim.batch_size": 16, "train.max_steps": 3, "train.time_budget": None})
+    for nproc, run in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        launcher = [sys.executable] if nproc == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        res = subprocess.run([*launcher, str(script), str(run), over], env=_env(), capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-4000:]
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    one, r0, r1 = read(tmp_path / "one" / "drawn_0.json"), read(tmp_path / "two" / "drawn_0.json"), \
+        read(tmp_path / "two" / "drawn_1.json")
+    assert len(one) == len(r0) == len(r1) == 3 * TINY["optim.accumulation"]  # one read per micro-batch
+    for full, a, b in zip(one, r0, r1):
+        assert len(full) == 8 and len(a) == len(b) == 4
+        assert not set(a) & set(b), (a, b)
+        assert a + b == full  # rank 0 the first half, rank 1 the second
+    assert len({i for batch in one for i in batch}) == 48  # 6 micro-batches of 8 distinct rows (the data order)
+
+
 def test_batches_split_evenly_or_the_error_says_how():
     w = dist.World(rank=1, size=2)
     assert dist.local_slice(32, w) == slice(16, 32)

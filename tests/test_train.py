@@ -272,3 +272,232 @@ def test_evaluation_during_training_logs_and_keeps_best(tmp_path):
     assert ckpt.find_checkpoint(os.path.join(run, "best")).endswith(ckpt.checkpoint_name(best_step))
     state = ckpt.load_checkpoint(run)["state_json"]
     assert state["best"] == {"fd": min(fds), "step": best_step}
+
+
+# ----------------------------------------------------------------------------- reliability (issue 17)
+
+
+def test_final_step_is_written_once_and_keep_1_always_holds_a_checkpoint(tmp_path, monkeypatch):
+    """The last step is a checkpoint step: fit must not write it again at the end (a re-save
+    used to delete the complete folder before renaming the new one in)."""
+    written, real = [], ckpt.save_checkpoint
+
+    def recording(run, step, **kw):
+        written.append(step)
+        return real(run, step, **kw)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", recording)
+    result = _trainer(tmp_path / "r", 4, **{"train.checkpoint_every": 2, "train.keep": 1}).fit()
+    assert written == [2, 4]
+    assert result["checkpoint"].endswith(ckpt.checkpoint_name(4))
+    assert ckpt.complete_checkpoints(str(tmp_path / "r")) == ["step_00000004"]
+    # a run resumed at its end does not rewrite its checkpoint either
+    written.clear()
+    ds = data.load("digits")
+    cfg = resolve("digits", ds, {**TINY, "train.max_steps": 4, "train.time_budget": None, "train.keep": 1})
+    t = Trainer(cfg, ds, str(tmp_path / "r"), resume="auto", progress=False, log=lambda m: None)
+    assert t.fit()["step"] == 4 and written == []
+
+
+_KILLED_WHILE_REPLACING = """
+import os, sys
+from undiffuse.io import checkpoint as ckpt
+run = sys.argv[1]
+c = ckpt.load_checkpoint(run)
+real = os.replace
+def dying(src, dst):
+    if os.path.basename(src).startswith(".tmp-"):  # the new folder is complete: die before it is renamed in
+        os._exit(9)  # like kill -9: no cleanup runs
+    return real(src, dst)
+os.replace = dying
+ckpt.save_checkpoint(run, c["state_json"]["step"], model=c["model"], ema=c["ema"], state_tensors=c["state"],
+                     state=c["state_json"], keep=1)
+"""
+
+
+def test_kill_while_replacing_a_checkpoint_keeps_it_for_resume(tmp_path):
+    """Writing a step that has a checkpoint (a new best at a saved step, or a run resumed from an
+    earlier checkpoint) with --keep 1, killed between removing the old folder and renaming the
+    new one in: --resume auto must still find the complete checkpoint, not start over."""
+    run = str(tmp_path / "r")
+    _trainer(run, 2, **{"train.checkpoint_every": 2, "train.keep": 1}).fit()
+    before = load_file(os.path.join(run, "checkpoints", "step_00000002", "model.safetensors"))
+    res = subprocess.run([sys.executable, "-c", _KILLED_WHILE_REPLACING, run], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 9, res.stderr
+    ds = data.load("digits")
+    cfg = resolve("digits", ds, {**TINY, "train.max_steps": 4, "train.time_budget": None, "train.keep": 1})
+    t = Trainer(cfg, ds, run, resume="auto", progress=False, log=lambda m: None)
+    assert t.step == 2
+    assert ckpt.complete_checkpoints(run) == ["step_00000002"]
+    assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".")]
+    after = load_file(os.path.join(run, "checkpoints", "step_00000002", "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_replacing_a_checkpoint_renames_before_deleting_and_flushes_the_folder(tmp_path, monkeypatch):
+    run = str(tmp_path / "r")
+    _trainer(run, 2, **{"train.checkpoint_every": 2}).fit()
+    c = ckpt.load_checkpoint(run)
+    events, root = [], os.path.join(run, "checkpoints")
+    real_replace, real_rmtree, real_fsync = os.replace, ckpt.shutil.rmtree, ckpt._fsync
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(src), os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    def rmtree(path, *a, **k):
+        if os.path.exists(path):
+            assert os.path.basename(path) != "step_00000002", "the complete checkpoint was deleted"
+            events.append(("rmtree", os.path.basename(path)))
+        return real_rmtree(path, *a, **k)
+
+    def fsync(path):
+        events.append(("fsync", os.path.basename(path)))
+        return real_fsync(path)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(ckpt, "_fsync", fsync)
+    ckpt.save_checkpoint(run, 2, model=c["model"], ema=c["ema"], state_tensors=c["state"], state=c["state_json"])
+    aside = f".old-step_00000002-{os.getpid()}"
+    i = events.index(("replace", "step_00000002", aside))
+    assert events[i + 1][:2] == ("replace", f".tmp-step_00000002-{os.getpid()}")
+    assert events[i + 2] == ("fsync", "checkpoints")  # the rename is on disk before anything is deleted
+    assert events.index(("rmtree", aside)) > i + 2
+    assert ckpt.complete_checkpoints(run) == ["step_00000002"]
+
+
+def test_resume_auto_refuses_a_run_whose_checkpoints_are_all_unreadable(tmp_path, capsys):
+    run = tmp_path / "r"
+    _trainer(run, 3, **{"train.checkpoint_every": 1, "train.keep": 3}).fit()
+    os.remove(run / "checkpoints" / "step_00000001" / "model.safetensors")
+    os.remove(run / "checkpoints" / "step_00000002" / "ema.safetensors")
+    os.remove(run / "checkpoints" / "step_00000002" / "state.json")
+    os.remove(run / "checkpoints" / "step_00000003" / "state.json")
+    ds = data.load("digits")
+    cfg = resolve("digits", ds, {**TINY, "train.max_steps": 4, "train.time_budget": None})
+    with pytest.raises(ckpt.CheckpointError) as e:
+        Trainer(cfg, ds, str(run), resume="auto", progress=False, log=lambda m: None)
+    assert str(run / "checkpoints") in str(e.value)
+    assert ("3 checkpoint folders, none readable: step_00000001 (model.safetensors missing), step_00000002 "
+            "(ema.safetensors, state.json missing), step_00000003 (state.json missing)") in str(e.value)
+    from _cli import run_main
+
+    code, _, err = run_main(["train", "--data", "digits", "--out", str(run), "--resume", "auto", "--max-steps", "4",
+                             *TINY_ARGS, "--no-progress"], capsys)
+    assert code == 2 and "none readable: step_00000001 (model.safetensors missing)" in err
+    # a run folder without any checkpoint folder (only a writer's leftover temporary one) starts fresh
+    fresh = tmp_path / "fresh"
+    os.makedirs(fresh / "checkpoints" / ".tmp-step_00000002-1")
+    assert Trainer(cfg, ds, str(fresh), resume="auto", progress=False, log=lambda m: None).step == 0
+
+
+SIGNAL_RUN = ["train", "--data", "digits", "--max-steps", "150", "--checkpoint-every", "100", "--no-progress",
+              "--set", "model.dropout=0.1", *TINY_ARGS]
+
+
+@pytest.fixture(scope="module")
+def straight_signal_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "a"
+    p = _cli(*SIGNAL_RUN, "--out", str(run))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_the_run_resumes_bitwise(tmp_path, sig, straight_signal_run):
+    """A real signal to a real ``undiffuse train`` process (dropout on): it stops after the
+    current step, exits 0 with a checkpoint at the step it reached, and resuming to the end
+    gives the straight run's weights, optimizer and random state bit for bit."""
+    run = tmp_path / "b"
+    victim = _cli(*SIGNAL_RUN, "--out", str(run))
+    log = run / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and '"step": 5,' in log.read_text()):
+        time.sleep(0.005)
+    victim.send_signal(sig)
+    out, err = victim.communicate(timeout=300)
+    assert victim.returncode == 0, err
+    reached = max(s for s, _ in _losses(run))
+    assert 5 <= reached < 150
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["interrupted"] is True and result["step"] == reached
+    assert f"stopped by signal {int(sig)} at step {reached}" in err
+    assert ckpt.complete_checkpoints(str(run)) == [ckpt.checkpoint_name(reached)]
+    assert ckpt.read_latest(str(run)) == ckpt.checkpoint_name(reached)
+
+    resumed = _cli(*SIGNAL_RUN, "--out", str(run), "--resume", "auto")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"resumed from {run / 'checkpoints' / ckpt.checkpoint_name(reached)} at step {reached}" in err
+    _assert_same_checkpoint(straight_signal_run, run, 150)
+
+
+def test_resume_with_dropout_restores_the_global_rng(tmp_path):
+    """Dropout draws from the trainer's global-generator state: a resumed run must continue that
+    stream exactly (with dropout 0 nothing would notice a missing restore)."""
+    over = {"train.checkpoint_every": 3, "model.dropout": 0.3}
+    _trainer(tmp_path / "a", 6, **over).fit()
+    b = _trainer(tmp_path / "b", 6, **over)
+    real_step = b.train_step
+
+    def dies_at_4():
+        if b.step == 4:
+            raise KeyboardInterrupt
+        return real_step()
+
+    b.train_step = dies_at_4
+    with pytest.raises(KeyboardInterrupt):
+        b.fit()
+    assert ckpt.complete_checkpoints(str(tmp_path / "b")) == ["step_00000003"]
+    torch.manual_seed(99)  # whatever the caller's global state is, the run's own is restored
+    ds = data.load("digits")
+    cfg = resolve("digits", ds, {**TINY, "train.max_steps": 6, "train.time_budget": None, **over})
+    Trainer(cfg, ds, str(tmp_path / "b"), resume="auto", progress=False, log=lambda m: None).fit()
+    _assert_same_checkpoint(tmp_path / "a", tmp_path / "b", 6)
+    # and dropout did act: the same run without it differs
+    _trainer(tmp_path / "c", 6, **{**over, "model.dropout": 0.0}).fit()
+    a6 = load_file(os.path.join(tmp_path / "a", "checkpoints", "step_00000006", "model.safetensors"))
+    c6 = load_file(os.path.join(tmp_path / "c", "checkpoints", "step_00000006", "model.safetensors"))
+    assert any(not torch.equal(a6[k], c6[k]) for k in a6)
+
+
+def test_trainer_leaves_the_callers_rng_alone_and_repeats_from_its_seed(tmp_path):
+    over = {"model.dropout": 0.2, "train.checkpoint_every": 3}
+    ds = data.load("digits")
+    cfg = resolve("digits", ds, {**TINY, "train.max_steps": 3, "train.time_budget": None, **over})
+    torch.manual_seed(1234)
+    caller = torch.get_rng_state()
+    t = Trainer(cfg, ds, str(tmp_path / "a"), progress=False, log=lambda m: None)
+    assert torch.equal(torch.get_rng_state(), caller), "constructing a Trainer changed the global RNG"
+    t.fit()
+    assert torch.equal(torch.get_rng_state(), caller), "fit changed the global RNG"
+    torch.manual_seed(5)  # another caller state: the run is a function of its seed alone
+    _trainer(tmp_path / "b", 3, **over).fit()
+    _assert_same_checkpoint(tmp_path / "a", tmp_path / "b", 3)
+    other = _trainer(tmp_path / "c", 3, **{**over, "train.seed": 1})
+    other.fit()
+    wa = load_file(os.path.join(tmp_path / "a", "checkpoints", "step_00000003", "model.safetensors"))
+    wc = load_file(os.path.join(tmp_path / "c", "checkpoints", "step_00000003", "model.safetensors"))
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_broken_tensorboard_is_an_error_and_a_missing_one_is_skipped(tmp_path, monkeypatch):
+    import types
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("protobuf version mismatch")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", Broken("torch.utils.tensorboard"))
+    with pytest.raises(TrainingError, match=r"importing TensorBoard failed \(RuntimeError: protobuf version "
+                                            r"mismatch\).*train.tensorboard=false"):
+        _trainer(tmp_path / "broken", 2, **{"train.tensorboard": True})
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError: not installed
+    t = _trainer(tmp_path / "missing", 2, **{"train.tensorboard": True})
+    assert t.tb is None
+    t.fit()
+    assert not os.path.exists(tmp_path / "missing" / "tensorboard")

@@ -9,9 +9,16 @@ A run folder looks like::
     RUN/latest                         name of the newest complete checkpoint
 
 Writes are atomic at two levels: a checkpoint is written into a hidden temporary folder and
-renamed into place only when every file is complete (and flushed), and ``latest`` is then
-replaced atomically. Old checkpoints beyond ``keep`` are deleted only after that. A crash at
-any moment leaves the previous checkpoint complete and ``latest`` pointing at it.
+renamed into place only when every file is complete (and flushed), the folder is flushed after
+the rename, and ``latest`` is then replaced atomically. Old checkpoints beyond ``keep`` are
+deleted only after that. A crash at any moment leaves the previous checkpoint complete and
+``latest`` pointing at it.
+
+Writing a step that already has a checkpoint (a new best at a saved step, a run resumed from an
+earlier checkpoint) never deletes the complete folder before its replacement is in place: the
+old folder is renamed aside to ``.old-step_XXXXXXXX-PID``, the new one renamed in, and only then
+is the old one deleted. A writer killed between the two renames leaves the old folder aside,
+complete; :func:`recover` (run by every writer before it starts) puts it back.
 
 ``load_tensors`` refuses anything that is not a safetensors file judged by its content
 (header length and JSON header), so a pickle renamed ``.safetensors`` is rejected before
@@ -34,6 +41,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 FILES = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+ASIDE = ".old-"  # prefix of a complete checkpoint set aside while the same step is rewritten
 
 
 class CheckpointError(ValueError):
@@ -41,6 +49,9 @@ class CheckpointError(ValueError):
 
 
 def _fsync(path: str) -> None:
+    """Flush a file, or a folder's entries (after a rename in it), to disk."""
+    if os.path.isdir(path) and os.name != "posix":  # only POSIX systems open folders for fsync
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -114,12 +125,17 @@ def checkpoint_name(step: int) -> str:
 
 def save_checkpoint(run: str, step: int, *, model: dict[str, Tensor], ema: dict[str, Tensor],
                     state_tensors: dict[str, Tensor], state: dict, keep: int = 3) -> str:
-    """Write a complete checkpoint for ``step``, point ``latest`` at it, prune old ones."""
+    """Write a complete checkpoint for ``step``, point ``latest`` at it, prune old ones.
+
+    An existing checkpoint of the same step is replaced without a moment where neither is
+    complete on disk (see the module's note)."""
     root = os.path.join(run, CHECKPOINTS)
     os.makedirs(root, exist_ok=True)
+    recover(run)
     name = checkpoint_name(step)
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+    aside = os.path.join(root, f"{ASIDE}{name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
@@ -133,15 +149,52 @@ def save_checkpoint(run: str, step: int, *, model: dict[str, Tensor], ema: dict[
             json.dump(state, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(final):  # re-saving the same step (e.g. a final save): replace it whole
-            shutil.rmtree(final)
+        _fsync(tmp)
+        if os.path.exists(final):  # the same step again: set the old one aside (still complete), not delete it
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(tmp, final)
+        _fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(aside) and not os.path.exists(final):  # failed between the renames: put it back
+            os.replace(aside, final)
         raise
     write_text(os.path.join(run, LATEST), name + "\n")
+    _fsync(run)
+    shutil.rmtree(aside, ignore_errors=True)  # its replacement is in place and ``latest`` names it
     prune(run, keep)
     return final
+
+
+def recover(run: str) -> list[str]:
+    """Undo what a killed writer left: a complete folder set aside (``.old-NAME-PID``) whose
+    ``NAME`` is missing or incomplete is renamed back, one whose ``NAME`` is complete is
+    deleted, and other processes' temporary folders are deleted. Returns the names put back.
+    For the run's one writer only (a reader must not rename folders under a live writer)."""
+    root = os.path.join(run, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    restored = []
+    for n in sorted(os.listdir(root)):
+        if n.startswith(".tmp-") and not n.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(os.path.join(root, n), ignore_errors=True)
+        if not n.startswith(ASIDE):
+            continue
+        name = n[len(ASIDE):].rsplit("-", 1)[0]
+        old, final = os.path.join(root, n), os.path.join(root, name)
+        if _complete(final) or not _complete(old):
+            shutil.rmtree(old, ignore_errors=True)
+            continue
+        shutil.rmtree(final, ignore_errors=True)  # at most a partial folder of that name
+        os.replace(old, final)
+        _fsync(root)
+        restored.append(name)
+    return restored
+
+
+def _complete(folder: str) -> bool:
+    return all(os.path.isfile(os.path.join(folder, f)) for f in FILES)
 
 
 def complete_checkpoints(run: str) -> list[str]:
@@ -149,9 +202,28 @@ def complete_checkpoints(run: str) -> list[str]:
     root = os.path.join(run, CHECKPOINTS)
     if not os.path.isdir(root):
         return []
-    names = [n for n in os.listdir(root) if n.startswith("step_")
-             and all(os.path.isfile(os.path.join(root, n, f)) for f in FILES)]
+    names = [n for n in os.listdir(root) if n.startswith("step_") and _complete(os.path.join(root, n))]
     return sorted(names)
+
+
+def incomplete_checkpoints(run: str) -> list[str]:
+    """``"NAME (what is missing)"`` for each checkpoint folder of ``run`` that cannot be loaded
+    because files are missing, oldest first (temporary folders are not checkpoint folders)."""
+    root = os.path.join(run, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for n in sorted(os.listdir(root)):
+        path = os.path.join(root, n)
+        if not n.startswith("step_"):
+            continue
+        if not os.path.isdir(path):
+            out.append(f"{n} (a file, not a folder)")
+            continue
+        missing = [f for f in FILES if not os.path.isfile(os.path.join(path, f))]
+        if missing:
+            out.append(f"{n} ({', '.join(missing)} missing)")
+    return out
 
 
 def prune(run: str, keep: int) -> None:
@@ -189,7 +261,7 @@ def find_checkpoint(path: str) -> str:
     """Resolve a run folder (its latest complete checkpoint) or a checkpoint folder."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
-    if all(os.path.isfile(os.path.join(path, f)) for f in FILES):
+    if _complete(path):
         return path
     parent = os.path.dirname(os.path.normpath(path))
     if os.path.basename(os.path.normpath(path)) == BEST and os.path.isfile(path):  # RUN/best

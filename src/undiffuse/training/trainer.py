@@ -1,11 +1,18 @@
 """The trainer: one loop, exact resume, atomic checkpoints.
 
 Everything random comes from state that is saved: a ``torch.Generator`` for noise levels and
-noise, torch's global generator (dropout), and the data order, which is a permutation drawn
-from ``(seed, epoch)`` plus a position in it. Learning rate and EMA decay are pure functions
-of the step (or, under a time budget, of the training time used), so a run stopped at any
-checkpoint and resumed reproduces the straight run bit for bit when it is step-bounded.
+noise, the trainer's own state of torch's global generator (dropout; see below), and the data
+order, which is a permutation drawn from ``(seed, epoch)`` plus a position in it. Learning
+rate and EMA decay are pure functions of the step (or, under a time budget, of the training
+time used), so a run stopped at any checkpoint and resumed reproduces the straight run bit for
+bit when it is step-bounded.
 A time-budget run's length depends on the machine's speed by design.
+
+The caller's global random state is left alone: the network is initialised from the seed under
+``torch.random.fork_rng``, and :meth:`Trainer.fit` swaps the trainer's own CPU generator state
+in for its duration (dropout draws from the global generator) and the caller's back after.
+That state is what checkpoints store as ``rng.torch``. On a CUDA device the device generator is
+forked the same way and seeded from ``train.seed`` once per process (not checkpointed).
 
 Under ``torchrun`` (see ``undiffuse.utils.distributed``) each of N processes trains on its slice of
 the same global batch, with the same randomness the single process draws, and the network is
@@ -128,22 +135,29 @@ class Trainer:
                 raise TrainingError(f"cannot resume {start['path']}: it was trained on items of shape "
                                     f"{tuple(saved_shape)}, the data given has {tuple(dataset.shape)}")
             cfg = self.cfg = _merged_for_resume(start["state_json"]["config"], cfg)
-        torch.manual_seed(cfg.train.seed)  # network initialisation and dropout
-        self.denoiser = build_denoiser(cfg).to(self.device)
-        self.net = self.denoiser.net
-        self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
-        if init_weights is not None and start is None:  # a fresh run started from given weights
-            self.net.load_state_dict(init_weights)
-        self.ema.load_state_dict(self.net.state_dict())
         if self.fsdp and cfg.train.channels_last:
             raise ValueError("train.channels_last cannot be combined with --fsdp: FSDP shards contiguous parameters "
                              "only (omit --channels-last; under FSDP the default is off)")
-        self.channels_last = not self.fsdp and accel.wants_channels_last(cfg.train.channels_last, self.device)
-        if self.channels_last:
-            accel.channels_last(self.net)
-            accel.channels_last(self.ema)
-        if objective is None and cfg.objective.kind != "denoising":
-            objective = build_objective(cfg, dataset, self.device)
+        # Network initialisation (and whatever building the objective draws) from the seed on a
+        # forked global generator: the caller's state is untouched; the state it ends in is the
+        # trainer's own, from which dropout draws during fit (so runs match those seeded globally).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(cfg.train.seed)
+            self.denoiser = build_denoiser(cfg).to(self.device)
+            self.net = self.denoiser.net
+            self.ema = build_denoiser(cfg).net.to(self.device).eval().requires_grad_(False)
+            if init_weights is not None and start is None:  # a fresh run started from given weights
+                self.net.load_state_dict(init_weights)
+            self.ema.load_state_dict(self.net.state_dict())
+            self.channels_last = not self.fsdp and accel.wants_channels_last(cfg.train.channels_last, self.device)
+            if self.channels_last:
+                accel.channels_last(self.net)
+                accel.channels_last(self.ema)
+            if objective is None and cfg.objective.kind != "denoising":
+                objective = build_objective(cfg, dataset, self.device)
+            self.rng_torch = torch.get_rng_state()  # the trainer's global-generator state (dropout)
+        self._rng_cuda: Tensor | None = None  # the device generator's state between fits (CUDA only)
+        self._own_rng_active = False
         self.objective = objective  # None: the denoising loss; else objective(trainer, x0, cond) -> (B,)
 
         self.opt = self._optimizer()
@@ -153,6 +167,7 @@ class Trainer:
         self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
         self.window = [0.0, 0]  # loss sum and count since the last log entry
         self.best: dict | None = None  # lowest evaluation FD so far and its step
+        self._saved_step: int | None = None  # the step whose state this process last saved (or resumed from)
         os.makedirs(run, exist_ok=True)
         if start is not None:
             self._restore(start)
@@ -193,13 +208,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _resolve_resume(self, resume):
+        if self.world.main:  # the writer: undo a checkpoint replacement cut short by a kill
+            ckpt.recover(self.run)
+        _dist.barrier(self.world)  # then every rank looks at the same folder
         if resume is None:
             if ckpt.complete_checkpoints(self.run):
                 raise TrainingError(f"{self.run!r} already holds checkpoints; pass --resume auto to continue it "
                                     f"or choose another --out")
             return None
         if resume == "auto":
-            return ckpt.load_checkpoint(self.run) if ckpt.complete_checkpoints(self.run) else None
+            if ckpt.complete_checkpoints(self.run):
+                return ckpt.load_checkpoint(self.run)
+            broken = ckpt.incomplete_checkpoints(self.run)
+            if broken:  # never start over silently on top of a run that had checkpoints
+                raise ckpt.CheckpointError(
+                    f"--resume auto: {os.path.join(self.run, ckpt.CHECKPOINTS)!r} has {len(broken)} checkpoint "
+                    f"folder{'s' if len(broken) > 1 else ''}, none readable: {', '.join(broken)}; move them away "
+                    f"to start afresh, or pass --resume with a checkpoint folder")
+            return None
         return ckpt.load_checkpoint(resume)  # raises CheckpointError if missing
 
     def _restore(self, start: dict) -> None:
@@ -209,11 +235,14 @@ class Trainer:
         t = start["state"]
         ckpt.optimizer_from_tensors(self.opt, t, s["optimizer"])
         self.gen.set_state(t["rng.generator"])
-        torch.set_rng_state(t["rng.torch"])
+        self.rng_torch = t["rng.torch"].clone()
         self.order.epoch, self.order.pos = s["data_order"]["epoch"], s["data_order"]["pos"]
         self.step, self.elapsed, self.samples_seen = s["step"], s["elapsed"], s["samples_seen"]
         self.bad_in_row, self.window = s["bad_in_row"], list(s["window"])
         self.best = s.get("best")
+        if os.path.abspath(start["path"]) == os.path.abspath(
+                os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))):
+            self._saved_step = self.step  # this state is already this run's checkpoint
         self.log(f"resumed from {start['path']} at step {self.step}")
 
     def _truncate_log(self) -> None:
@@ -235,9 +264,12 @@ class Trainer:
 
     def _tensorboard(self):
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is an optional extra
+            from torch.utils.tensorboard import SummaryWriter  # optional extra, and slow to import
+        except ImportError:  # not installed: train without TensorBoard events
             return None
+        except Exception as e:  # installed but broken: say so instead of silently writing no events
+            raise TrainingError(f"train.tensorboard is on but importing TensorBoard failed ({type(e).__name__}: "
+                                f"{e}); repair the install or pass --set train.tensorboard=false") from e
         return SummaryWriter(os.path.join(self.run, "tensorboard"), purge_step=self.step + 1)
 
     # ------------------------------------------------------------------ checkpoint
@@ -259,19 +291,22 @@ class Trainer:
         if self.fsdp:
             self.gather()
         if not self.world.main:  # rank 0 writes; the others only know where
+            self._saved_step = self.step
             return os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))
         model, ema, opt_state = self.gather()
         tensors, opt_meta = ckpt.optimizer_to_tensors(opt_state)
         tensors["rng.generator"] = self.gen.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.torch"] = torch.get_rng_state() if self._own_rng_active else self.rng_torch
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
                  "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta, "best": self.best,
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
                  "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names)}}
-        return ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
+        path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
+        self._saved_step = self.step
+        return path
 
     # ------------------------------------------------------------------ one step
     def _progress(self) -> float:
@@ -458,7 +493,34 @@ class Trainer:
         return scores
 
     def _saved_now(self) -> bool:
-        return ckpt.read_latest(self.run) == ckpt.checkpoint_name(self.step)
+        """This step's state is on disk already (saved by this process, or resumed from)."""
+        return self._saved_step == self.step
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        """Run with the trainer's global-generator state (dropout) swapped in; the caller's
+        state is restored on exit and the trainer's kept for the next call and checkpoints."""
+        if self._own_rng_active:
+            yield
+            return
+        cuda = self.device.type == "cuda"
+        index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
+        with torch.random.fork_rng(devices=[index] if cuda else []):
+            torch.set_rng_state(self.rng_torch)
+            if cuda:
+                if self._rng_cuda is None:
+                    with torch.cuda.device(index):
+                        torch.cuda.manual_seed(self.cfg.train.seed)
+                else:
+                    torch.cuda.set_rng_state(self._rng_cuda, index)
+            self._own_rng_active = True
+            try:
+                yield
+            finally:
+                self._own_rng_active = False
+                self.rng_torch = torch.get_rng_state()
+                if cuda:
+                    self._rng_cuda = torch.cuda.get_rng_state(index)
 
     def sample_grid(self) -> str:
         """Write ``RUN/samples/step_XXXXXXXX.png`` from the EMA weights (fixed seeds, the run's
@@ -477,6 +539,10 @@ class Trainer:
         return path
 
     def fit(self) -> dict:
+        with self._own_rng():
+            return self._fit()
+
+    def _fit(self) -> dict:
         tr = self.cfg.train
         bar = _bar(self) if self.progress else None
         stop = {"signal": None}
@@ -531,7 +597,10 @@ class Trainer:
                 bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        path = self.save()
+        if self._saved_now():  # e.g. the last step was a checkpoint step: never write a step twice
+            path = os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))
+        else:
+            path = self.save()
         if stop["signal"] is None and tr.sample_count > 0 and self.world.main:
             self.sample_grid()
         if self.tb is not None:

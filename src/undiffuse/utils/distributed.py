@@ -85,6 +85,12 @@ def setup(device: str = "cpu") -> World:
     return world
 
 
+def barrier(world: World) -> None:
+    """Wait until every rank gets here (nothing for a single process)."""
+    if world.distributed:
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
