@@ -17,11 +17,11 @@ process's rows (``loop.batch.rows_of``): every process then makes the draws a si
 makes, so N processes train like one, and the saved generator resumes on any number.
 
 Learning rate (:func:`lr_factor`): linear warm-up by step, then cosine to
-``optim.min_lr_ratio`` or constant, over the fraction of the run done (:meth:`fraction_done`).
-EMA (:func:`ema_beta`): a half-life in samples, at most ``ema.rampup`` times the samples
-seen early on (the half-life and ramp-up of EDM's training, Karras et al. 2022). Both are pure functions of the step, the
-samples seen and the progress, which are the loop's whole state besides the weights, the
-optimizer and the generator.
+``optim.min_lr_ratio`` or constant, over the fraction of the run done
+(:meth:`TrainingLoop.fraction_done`). EMA (:func:`ema_beta`): a half-life in samples, at
+most ``ema.rampup`` times the samples seen early on (the half-life and ramp-up of EDM's
+training, Karras et al. 2022). Both are pure functions of the step, the samples seen and the
+progress, which with the weights, the optimizer and the generator are the loop's whole state.
 """
 from __future__ import annotations
 
@@ -247,7 +247,8 @@ class TrainingLoop:
         """A log entry (the diffusion trainer writes ``RUN/log.jsonl``; here: none)."""
 
     # ------------------------------------------------------------------ loop
-    def train_until_done(self, on_step: Callable[[float | None], None] | None = None, *, bar: "ProgressBar | None" = None) -> None:
+    def train_until_done(self, on_step: Callable[[float | None], None] | None = None, *,
+                         bar: ProgressBar | None = None) -> None:
         """Train until :meth:`done`; ``elapsed`` counts the training steps' time only.
         ``on_step(loss)`` after every step."""
         try:
