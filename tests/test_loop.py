@@ -3,8 +3,6 @@ exactly, the seed derivation, the LR schedule and EMA shared by the classifier a
 autoencoder, non-finite steps skipped everywhere, and the caller's random state untouched."""
 import json
 import math
-import os
-import sys
 
 import pytest
 import torch
@@ -228,7 +226,6 @@ def test_classifier_training_leaves_the_global_generator_alone(digits, tmp_path)
 def test_two_processes_distill_like_one(tmp_path):
     """Consistency distillation on 2 processes takes the steps 1 process takes (to float
     tolerance), with the same generator state: the objective's draws are split, not reseeded."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from test_distributed import TRAIN, _assert_close_checkpoints, _run
 
     teacher = str(tmp_path / "teacher")

@@ -129,8 +129,8 @@ class Trainer(TrainingLoop):
         if objective is None:  # denoising with this module's loss and noise-level draw (tests replace them here)
             objective = DenoisingObjective(cfg.diffusion, loss=denoising_loss, noise_levels=sample_sigma) \
                 if cfg.objective.kind == "denoising" else build_objective(cfg, dataset, self.device)
-        gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # flips, conditions, objective
-        super().__init__(cfg, self.net, objective, gen=gen, ema=self.ema, log=self.log)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # flips, conditions, objective
+        super().__init__(cfg, self.net, objective, gen=generator, ema=self.ema, log=self.log)
         self.order = DataOrder(len(dataset), cfg.train.seed)
         self.conditions = TrainingConditions(cfg.conditioning, dataset)
         self.window = [0.0, 0]  # loss sum and count since the last log entry
