@@ -6,10 +6,11 @@ per sample (log-uniform over ``[sigma_min, sigma_max]`` by default, because guid
 the classifier at every noise level a sampler visits), AdamW with linear warm-up and cosine
 decay (over the steps or over the time budget), optional EMA of the weights, optional random
 integer shifts of the clean images, on the shared ``training.loop`` (a step with a
-non-finite loss is skipped with a ``RuntimeWarning``). A fixed held-out split (``held_out_split``: the last
-``held_out`` fraction of a seeded permutation) is never trained on; accuracy by noise level
-on it is stored in ``classifier.json``. The output folder (``model.safetensors`` +
-``classifier.json``) is written into a temporary folder and renamed into place.
+non-finite loss is skipped with a ``RuntimeWarning``). A fixed held-out split
+(``held_out_split``: the last ``held_out`` fraction of a seeded permutation) is never
+trained on; accuracy by noise level on it is stored in ``classifier.json``. The output
+folder (``model.safetensors`` + ``classifier.json``) is written into a temporary folder and
+renamed into place.
 
 Measured on digits (default recipe: ``DEFAULT_NET`` = width 32, levels (1, 2), one
 residual block per level, middle attention, mean pooling, 0.33 M parameters; 1500 steps of
@@ -218,8 +219,8 @@ class _NoisyCrossEntropy:
     def __call__(self, loop, x0: Tensor, cond: dict) -> Tensor:
         x0 = _shift(x0, self.shift, loop.gen)
         sigma = _draw_sigma(self.kind, len(x0), loop.gen, self.lo, self.hi, self.p_mean, self.p_std)
-        x = x0 + sigma.to(x0.dtype).to(x0.device)[:, None, None, None] * torch.randn(x0.shape, generator=loop.gen).to(
-            x0.device)
+        eps = torch.randn(x0.shape, generator=loop.gen).to(x0.device)
+        x = x0 + sigma.to(x0.dtype).to(x0.device)[:, None, None, None] * eps
         logits = self.guide.logits(x, sigma.to(torch.float32).to(x0.device))
         self.last = (logits.detach(), cond["labels"])
         return F.cross_entropy(logits, cond["labels"], reduction="none")
