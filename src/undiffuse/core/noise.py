@@ -1,5 +1,6 @@
 """Seeded Gaussian noise, one generator per sample: sample i is the same whatever the batch
-size or its place in the batch (EDM's per-image seeding)."""
+size or its place in the batch (EDM's per-image seeding); and the one derivation of a seed
+from several integers (:func:`derive_seed`)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +9,27 @@ import torch
 
 Tensor = torch.Tensor
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+SEED_MULTIPLIER = 1_000_003  # a prime; see derive_seed
+
+
+def derive_seed(*parts: int) -> int:
+    """One generator seed from a tuple of integers (a run's seed and an epoch, say): the fold
+    ``s = s * 1_000_003 + part`` over ``parts`` from ``s = 0``, modulo ``2**64``.
+
+    So ``derive_seed(seed, epoch) == seed * 1_000_003 + epoch`` (for values below 2**63),
+    the data order's seed since the first release. For a fixed first part, tuples whose
+    further parts lie in ``[0, 1_000_003)`` get distinct seeds (below 2**64). torch reads a
+    seed as an unsigned 64-bit integer (a negative one as its two's complement, hence the
+    modulus: the value torch sees is unchanged); its CPU generator (mt19937) keeps only the
+    low 32 bits, so seeds equal modulo 2**32 give the same stream.
+    """
+    s = 0
+    for p in parts:
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"derive_seed takes integers, got {p!r}")
+        s = (s * SEED_MULTIPLIER + p) % 2**64
+    return s
 
 
 def seeds_for(seed: int | Sequence[int], batch: int) -> list[int]:

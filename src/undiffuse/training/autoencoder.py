@@ -9,10 +9,10 @@ learns to accept a neighbourhood of each latent. Images are in model space [-1, 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
+from undiffuse.config import OptimConfig, TrainConfig
 from undiffuse.inference.codec import (  # noqa: F401 (public)
     FORMAT,
     AutoencoderError,
@@ -22,6 +22,7 @@ from undiffuse.inference.codec import (  # noqa: F401 (public)
     save_autoencoder,
 )
 from undiffuse.nets.autoencoder import Autoencoder, AutoencoderConfig
+from undiffuse.training.loop import LoopConfig, TrainingLoop, seeded
 
 Tensor = torch.Tensor
 HELD_OUT = 0.1  # share of the data kept out of training to measure the reconstruction error
@@ -67,6 +68,23 @@ def latent_std(net: Autoencoder, x: Tensor, batch_size: int = 256) -> tuple[floa
     return float(z.mean()), float(z.std())
 
 
+class _ReconstructionKL:
+    """The autoencoder's objective: per image, the mean squared reconstruction error of a
+    posterior draw plus ``kl_weight`` times the mean KL term (see the module docstring)."""
+
+    def __init__(self, net: Autoencoder, kl_weight: float):
+        self.net, self.kl_weight = net, kl_weight
+        self.last = (float("nan"), float("nan"))  # the last batch's reconstruction error and KL term
+
+    def __call__(self, loop, x: Tensor, cond: dict) -> Tensor:
+        mean, logvar = self.net.encode(x)
+        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=loop.gen).to(x.device)
+        rec = (self.net.decode(z) - x).square().flatten(1).mean(1)
+        kl = kl_divergence(mean, logvar).flatten(1).mean(1)
+        self.last = (rec.mean().item(), kl.mean().item())
+        return rec + self.kl_weight * kl
+
+
 def train_autoencoder(dataset, out: str, *, max_steps: int | None = 2000, time_budget: float | None = None,
                       kl_weight: float = 1e-4, lr: float = 2e-3, batch_size: int = 32, seed: int = 0,
                       net_config: dict | None = None, device: str = "cpu", log=print) -> LatentCodec:
@@ -76,7 +94,9 @@ def train_autoencoder(dataset, out: str, *, max_steps: int | None = 2000, time_b
     reported reconstruction error; the scale factor comes from the training part.
 
     AdamW with a 50-step linear warm-up and a cosine decay over the run (by steps, or by time
-    under a budget); gradients clipped to norm 1. Everything random comes from ``seed``.
+    under a budget, whichever is further along), gradients clipped to norm 1, through the
+    shared ``training.loop`` (a step with a non-finite loss is skipped). Everything random
+    comes from ``seed``; the caller's global random state is left as it was.
     """
     if dataset.kind != "image" or len(dataset.shape) != 3:
         raise ValueError(f"an autoencoder needs image data; {dataset.name!r} holds {dataset.kind}s")
@@ -84,40 +104,34 @@ def train_autoencoder(dataset, out: str, *, max_steps: int | None = 2000, time_b
         raise ValueError("give max_steps or time_budget")
     if not kl_weight >= 0:
         raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
-    torch.manual_seed(seed)
     cfg = AutoencoderConfig(in_channels=dataset.shape[0], **(net_config or {}))
-    net = Autoencoder(cfg).to(device)
-    latent_shape = net.latent_shape(dataset.shape)  # raises on sizes the factor does not divide
-    train_idx, held_idx = split(len(dataset), seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    step, elapsed, recent = 0, 0.0, []
-    warmup = 50
-    while (max_steps is None or step < max_steps) and (time_budget is None or elapsed < time_budget):
-        t0 = time.perf_counter()
-        progress = step / max_steps if max_steps is not None else elapsed / time_budget
-        if max_steps is not None and time_budget is not None:
-            progress = max(progress, elapsed / time_budget)
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        net.train()
-        x = _images(dataset, train_idx[torch.randint(len(train_idx), (batch_size,), generator=gen)]).to(device)
-        mean, logvar = net.encode(x)
-        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen).to(device)
-        rec = (net.decode(z) - x).square().mean()
-        kl = kl_divergence(mean, logvar).mean()
-        loss = rec + kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        step += 1
-        elapsed += time.perf_counter() - t0
-        recent.append((rec.item(), kl.item()))
-        if step % 200 == 0:
-            r, k = (sum(v) / len(recent) for v in zip(*recent))
-            log(f"autoencoder step {step}: reconstruction mse {r:.5f}, kl {k:.3f} ({elapsed:.0f} s)")
-            recent = []
+    with seeded(seed):  # the initialisation (and any dropout); the caller's global generator is left alone
+        net = Autoencoder(cfg).to(device)
+        latent_shape = net.latent_shape(dataset.shape)  # raises on sizes the factor does not divide
+        train_idx, held_idx = split(len(dataset), seed)
+        loop_cfg = LoopConfig(optim=OptimConfig(lr=lr, betas=(0.9, 0.999), weight_decay=0.0, warmup_steps=50,
+                                                schedule="cosine", min_lr_ratio=0.0, grad_clip=1.0,
+                                                batch_size=batch_size),
+                              train=TrainConfig(max_steps=max_steps, time_budget=time_budget, seed=seed))
+        gen = torch.Generator().manual_seed(seed)  # batches, then the posterior draws
+        objective = _ReconstructionKL(net, kl_weight)
+
+        def batches() -> tuple[Tensor, Tensor, dict]:
+            index = train_idx[torch.randint(len(train_idx), (batch_size,), generator=gen)]
+            return index, _images(dataset, index).to(device), {}
+
+        loop = TrainingLoop(loop_cfg, net, objective, gen=gen, batches=batches, log=log, schedule_by="larger")
+        recent = []
+
+        def report(loss: float | None) -> None:
+            recent.append(objective.last)
+            if loop.step % 200 == 0:
+                r, k = (sum(v) / len(recent) for v in zip(*recent))
+                log(f"autoencoder step {loop.step}: reconstruction mse {r:.5f}, kl {k:.3f} ({loop.elapsed:.0f} s)")
+                recent.clear()
+
+        loop.train_until_done(report)
+    step, elapsed = loop.step, loop.elapsed
     train_x, held_x = _images(dataset, train_idx), _images(dataset, held_idx)
     mu, std = latent_std(net, train_x)
     if not (math.isfinite(std) and std > 0):
@@ -133,6 +147,7 @@ def train_autoencoder(dataset, out: str, *, max_steps: int | None = 2000, time_b
                                    "train": reconstruction_mse(net, train_x),
                                    "space": "model space [-1, 1]"}}
     save_autoencoder(out, net.cpu(), meta)
-    return load_autoencoder(out)
+    with torch.random.fork_rng(devices=[]):  # loading builds a network: initial weights drawn, then replaced
+        return load_autoencoder(out)
 
 

@@ -5,10 +5,12 @@ Training (``train_classifier``): cross-entropy on ``x0 + sigma * eps`` with ``si
 per sample (log-uniform over ``[sigma_min, sigma_max]`` by default, because guidance queries
 the classifier at every noise level a sampler visits), AdamW with linear warm-up and cosine
 decay (over the steps or over the time budget), optional EMA of the weights, optional random
-integer shifts of the clean images. A fixed held-out split (``held_out_split``: the last
-``held_out`` fraction of a seeded permutation) is never trained on; accuracy by noise level
-on it is stored in ``classifier.json``. The output folder (``model.safetensors`` +
-``classifier.json``) is written into a temporary folder and renamed into place.
+integer shifts of the clean images, on the shared ``training.loop`` (a step with a
+non-finite loss is skipped with a ``RuntimeWarning``). A fixed held-out split
+(``held_out_split``: the last ``held_out`` fraction of a seeded permutation) is never
+trained on; accuracy by noise level on it is stored in ``classifier.json``. The output
+folder (``model.safetensors`` + ``classifier.json``) is written into a temporary folder and
+renamed into place.
 
 Measured on digits (default recipe: ``DEFAULT_NET`` = width 32, levels (1, 2), one
 residual block per level, middle attention, mean pooling, 0.33 M parameters; 1500 steps of
@@ -46,14 +48,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
+import warnings
 from dataclasses import asdict
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from undiffuse.config import EMAConfig, OptimConfig, TrainConfig
 from undiffuse.data import load
 from undiffuse.nets.classifier import ClassifierConfig, NoiseClassifier
 from undiffuse.steering.classifier_guidance import (  # noqa: F401
@@ -68,6 +70,7 @@ from undiffuse.steering.classifier_guidance import (  # noqa: F401
     load_classifier,
     log_prob_gradient,
 )
+from undiffuse.training.loop import LoopConfig, ProgressBar, TrainingLoop, seeded
 
 Tensor = torch.Tensor
 
@@ -186,6 +189,47 @@ def _shift(x: Tensor, max_shift: int, g: torch.Generator) -> Tensor:
     return out.gather(3, cols.to(x.device))
 
 
+class _Epochs:
+    """The training batches: a fresh permutation of the training images each epoch (drawn
+    from ``g``), cut into batches; an epoch's last partial batch is dropped."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, g: torch.Generator):
+        self.x, self.y, self.batch_size, self.g = x, y, batch_size, g
+        self.order, self.pos = torch.randperm(len(x), generator=g), 0
+
+    def __call__(self) -> tuple[Tensor, Tensor, dict]:
+        if self.pos + self.batch_size > len(self.order):  # a new epoch
+            self.order, self.pos = torch.randperm(len(self.x), generator=self.g), 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx, self.x[idx], {"labels": self.y[idx]}
+
+
+class _NoisyCrossEntropy:
+    """The classifier's objective: per sample, the cross-entropy of the true class on
+    ``shift(x0) + sigma * eps``, drawing (from ``loop.gen``, in this order) the shifts, the
+    noise levels and the noise."""
+
+    def __init__(self, guide: ClassifierGuide, kind: str, lo: float, hi: float, p_mean: float, p_std: float,
+                 shift: int):
+        self.guide, self.kind, self.lo, self.hi, self.p_mean, self.p_std = guide, kind, lo, hi, p_mean, p_std
+        self.shift = shift
+        self.last: tuple[Tensor, Tensor] | None = None  # the last batch's logits and labels
+
+    def __call__(self, loop, x0: Tensor, cond: dict) -> Tensor:
+        x0 = _shift(x0, self.shift, loop.gen)
+        sigma = _draw_sigma(self.kind, len(x0), loop.gen, self.lo, self.hi, self.p_mean, self.p_std)
+        eps = torch.randn(x0.shape, generator=loop.gen).to(x0.device)
+        x = x0 + sigma.to(x0.dtype).to(x0.device)[:, None, None, None] * eps
+        logits = self.guide.logits(x, sigma.to(torch.float32).to(x0.device))
+        self.last = (logits.detach(), cond["labels"])
+        return F.cross_entropy(logits, cond["labels"], reduction="none")
+
+    def batch_accuracy(self) -> float:
+        logits, labels = self.last
+        return float((logits.argmax(1) == labels).float().mean())
+
+
 def train_classifier(dataset, out_dir: str, *, net: ClassifierConfig | dict | None = None,
                      time_budget: float | None = None, max_steps: int | None = None, batch_size: int = 128,
                      lr: float = 2e-3, weight_decay: float = 0.01, warmup_steps: int = 100, grad_clip: float = 1.0,
@@ -231,57 +275,31 @@ def train_classifier(dataset, out_dir: str, *, net: ClassifierConfig | dict | No
               "time_budget": time_budget, "optimizer": "AdamW(betas=(0.9, 0.99))",
               "schedule": "linear warm-up then cosine to 0"}
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # initialisation and dropout
+    loop_cfg = LoopConfig(optim=OptimConfig(lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay,
+                                            warmup_steps=warmup_steps, schedule="cosine", min_lr_ratio=0.0,
+                                            grad_clip=grad_clip, batch_size=batch_size),
+                          ema=EMAConfig(halflife_samples=ema_halflife_samples, rampup=0.05),
+                          train=TrainConfig(max_steps=max_steps, time_budget=time_budget, seed=seed))
+    with seeded(seed):  # initialisation and dropout; the caller's global generator is left alone
         model = NoiseClassifier(cfg).to(device)
         ema = NoiseClassifier(cfg).to(device).requires_grad_(False) if ema_halflife_samples > 0 else None
         if ema is not None:
             ema.load_state_dict(model.state_dict())
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
         guide = ClassifierGuide(model, sigma_data=sigma_data, sigma_min=sigma_min, sigma_max=sigma_max)
         g = torch.Generator().manual_seed(seed + 1)  # data order, noise levels, noise, shifts
-        order, pos = torch.randperm(len(train_idx), generator=g), 0
-        step, start = 0, time.perf_counter()
-        bar = _bar(progress, max_steps)
-        model.train()
-        while True:
-            elapsed = time.perf_counter() - start
-            done = max(step / max_steps if max_steps else 0.0, elapsed / time_budget if time_budget else 0.0)
-            if done >= 1:
-                break
-            if pos + batch_size > len(order):  # a new epoch
-                order, pos = torch.randperm(len(train_idx), generator=g), 0
-            idx = order[pos:pos + batch_size]
-            pos += batch_size
-            x0 = _shift(x_train[idx], shift, g)
-            sigma = _draw_sigma(sigma_sampling, len(idx), g, sigma_min, sigma_max, p_mean, p_std)
-            x = x0 + sigma.to(x0.dtype).to(device)[:, None, None, None] * torch.randn(x0.shape, generator=g).to(device)
-            logits = guide.logits(x, sigma.to(torch.float32).to(device))
-            loss = F.cross_entropy(logits, y_train[idx])
-            warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-            for group in opt.param_groups:
-                group["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            step += 1
-            if ema is not None:
-                beta = 0.5 ** (len(idx) / min(ema_halflife_samples, 0.05 * step * batch_size + 1e-8))
-                with torch.no_grad():
-                    for pe, p in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(p, 1 - beta)
-            if bar is not None:
-                bar.update(1)
-            if log is not None and (step % log_every == 0 or step == 1):
-                loss_v = float(loss.detach())
-                acc_v = float((logits.argmax(1) == y_train[idx]).float().mean())
-                log({"step": step, "loss": loss_v, "batch_accuracy": acc_v, "lr": opt.param_groups[0]["lr"],
-                     "seconds": round(time.perf_counter() - start, 2)})
-        seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
+        objective = _NoisyCrossEntropy(guide, sigma_sampling, sigma_min, sigma_max, p_mean, p_std, shift)
+        batches = _Epochs(x_train, y_train, batch_size, g)
+        loop = TrainingLoop(loop_cfg, model, objective, gen=g, ema=ema, batches=batches, schedule_by="larger",
+                            log=lambda message: warnings.warn(message, RuntimeWarning))
+
+        def logged(loss: float | None) -> None:
+            if log is not None and (loop.step % log_every == 0 or loop.step == 1):
+                log({"step": loop.step, "loss": float("nan") if loss is None else loss,
+                     "batch_accuracy": objective.batch_accuracy(), "lr": loop.opt.param_groups[0]["lr"],
+                     "seconds": round(loop.elapsed, 2)})
+
+        loop.train_until_done(logged, bar=ProgressBar(loop, desc="classifier", leave=False) if progress else None)
+    step, seconds = loop.step, loop.elapsed
     final = ema if ema is not None else model
     final.eval().requires_grad_(False)
     split = _split_record(len(dataset), held_out, split_seed, held_idx)
@@ -311,13 +329,6 @@ def _net_config(net, dataset) -> ClassifierConfig:
         net = ClassifierConfig(**cfg)
     cfg = ClassifierConfig(**{**asdict(net), "in_channels": dataset.shape[0], "num_classes": dataset.num_classes})
     return cfg
-
-
-def _bar(progress: bool, total):
-    if not progress:
-        return None
-
-    return tqdm(total=total, desc="classifier", unit="step", leave=False)
 
 
 __all__ = ["ClassifierGuide", "classifier_guided", "log_prob_gradient", "train_classifier", "load_classifier",

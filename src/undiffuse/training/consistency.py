@@ -84,7 +84,9 @@ def default_huber_c(elements: int) -> float:
 
 
 class ConsistencyObjective:
-    """Per-sample consistency loss for the trainer (``Trainer(objective=...)``).
+    """Per-sample consistency loss for the trainer (``Trainer(objective=...)``), called as
+    ``objective(trainer, x0, cond) -> (B,)``; draws from ``trainer.gen`` the intervals, then
+    the noise.
 
     ``teacher``: a frozen denoiser (distillation) or None (training from data alone).
     ``settings``: a ``config.ObjectiveConfig``. The student is the trainer's denoiser, whose
@@ -103,11 +105,12 @@ class ConsistencyObjective:
         student = trainer.denoiser
         if student.boundary_sigma is None:
             raise ValueError("consistency training needs a denoiser with boundary_sigma set")
-        levels = self.levels(student, trainer._progress())
+        batch = trainer.batch  # draws for the whole micro-batch; this process keeps its rows
+        levels = self.levels(student, trainer.fraction_done())
         probs = interval_probabilities(levels, self.s.index_sampling, self.s.p_mean, self.s.p_std)
-        i = torch.multinomial(probs, x0.shape[0], replacement=True, generator=trainer.gen)
+        i = batch.rows_of(torch.multinomial(probs, batch.size, replacement=True, generator=trainer.gen))
         lo, hi = levels[i].to(x0.device), levels[i + 1].to(x0.device)
-        z = torch.randn(x0.shape, generator=trainer.gen).to(x0.device)
+        z = batch.rows_of(torch.randn((batch.size, *x0.shape[1:]), generator=trainer.gen)).to(x0.device)
         col = (-1,) + (1,) * (x0.dim() - 1)
         x_hi = x0 + hi.to(x0.dtype).reshape(col) * z
         with torch.no_grad():

@@ -1,11 +1,19 @@
-"""Training objectives beyond plain denoising, built from a run's ``objective`` config group:
-consistency (distillation from a teacher, or training from data alone) and progressive
-distillation. A teacher is a trained run loaded with its EMA weights."""
+"""The trainer's objectives, built from a run's ``objective`` config group: denoising (the
+diffusion loss, ``training.denoising``), consistency (distillation from a teacher, or
+training from data alone) and progressive distillation. A teacher is a trained run loaded
+with its EMA weights.
+
+Every objective is called as ``objective(trainer, x0, cond)`` and returns one loss per row of
+``x0`` (``training.loop.Objective``); the trainer only averages, steps and logs. Its random
+draws come from ``trainer.gen``, made for the whole micro-batch (``trainer.batch.size`` rows)
+with this process keeping ``trainer.batch.rows``, so N processes draw what one process draws.
+"""
 from __future__ import annotations
 
-from undiffuse.config import RunConfig
+from undiffuse.config import OBJECTIVES, RunConfig
 from undiffuse.inference.generate import load_run
 from undiffuse.training.consistency import ConsistencyObjective
+from undiffuse.training.denoising import DenoisingObjective
 from undiffuse.training.progressive import ProgressiveObjective
 
 
@@ -22,6 +30,8 @@ def load_teacher(path: str, device="cpu"):
 def build_objective(cfg: RunConfig, dataset, device):
     """The trainer's objective for ``cfg.objective`` (the teacher loaded from its path)."""
     ob = cfg.objective
+    if ob.kind == "denoising":
+        return DenoisingObjective(cfg.diffusion)
     teacher = None
     if ob.teacher is not None:
         run = load_teacher(ob.teacher, device)
@@ -35,4 +45,4 @@ def build_objective(cfg: RunConfig, dataset, device):
         if teacher is None:
             raise ValueError("progressive distillation needs objective.teacher")
         return ProgressiveObjective(teacher, ob.grid, ob.solver)
-    raise ValueError(f"objective.kind {ob.kind!r} has no distillation objective")
+    raise ValueError(f"unknown objective.kind {ob.kind!r}; allowed: {', '.join(OBJECTIVES)}")

@@ -34,7 +34,9 @@ def student_grid(teacher_grid) -> list[float]:
 
 
 class ProgressiveObjective:
-    """Per-sample progressive-distillation loss for the trainer (``Trainer(objective=...)``).
+    """Per-sample progressive-distillation loss for the trainer (``Trainer(objective=...)``),
+    called as ``objective(trainer, x0, cond) -> (B,)``; draws from ``trainer.gen`` the
+    student's steps, then the noise.
 
     ``teacher``: a frozen denoiser; ``grid``: its ``2n + 1`` noise levels (decreasing, ending
     in 0); ``solver``: the teacher's step (``euler`` = DDIM, as in the paper, or ``heun`` ...).
@@ -47,10 +49,11 @@ class ProgressiveObjective:
 
     def __call__(self, trainer, x0: Tensor, cond: dict) -> Tensor:
         n = (len(self.grid) - 1) // 2
-        j = torch.randint(0, n, (x0.shape[0],), generator=trainer.gen)
+        batch = trainer.batch  # draws for the whole micro-batch; this process keeps its rows
+        j = batch.rows_of(torch.randint(0, n, (batch.size,), generator=trainer.gen))
         g = self.grid.to(x0.device)
         s, s_mid, s_next = g[2 * j], g[2 * j + 1], g[2 * j + 2]
-        z = torch.randn(x0.shape, generator=trainer.gen).to(x0.device)
+        z = batch.rows_of(torch.randn((batch.size, *x0.shape[1:]), generator=trainer.gen)).to(x0.device)
         col = (-1,) + (1,) * (x0.dim() - 1)
         x = x0 + s.to(x0.dtype).reshape(col) * z
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The trainer: one loop, exact resume, atomic checkpoints.
+"""The trainer: diffusion runs on the one training loop (``training.loop``), exact resume,
+atomic checkpoints.
 
 Everything random comes from state that is saved: a ``torch.Generator`` for noise levels and
 noise, the trainer's own state of torch's global generator (dropout; see below), and the data
@@ -17,16 +18,14 @@ forked the same way and seeded from ``train.seed`` once per process (not checkpo
 Under ``torchrun`` (see ``undiffuse.utils.distributed``) each of N processes trains on its slice of
 the same global batch, with the same randomness the single process draws, and the network is
 wrapped in ``DistributedDataParallel``; only rank 0 writes the log, grids and checkpoints,
-which hold the unwrapped network, so a run saved by N processes resumes on M. A pluggable
-``objective`` (distillation) draws its own randomness for the rank's slice from a generator
-seeded by (seed, step, rank): independent over the ranks and the same again on resume, but
-N processes with an objective do not reproduce one process's draws.
+which hold the unwrapped network, so a run saved by N processes resumes on M. Every
+objective (denoising, consistency, progressive: ``training.objectives``) draws for the whole
+global micro-batch and keeps the rank's rows, so this holds whatever the objective.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import threading
@@ -36,10 +35,10 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.losses import denoising_loss, sample_sigma
+from undiffuse.core.noise import derive_seed
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.precond import Denoiser
 from undiffuse.inference import generate as gen
@@ -48,8 +47,16 @@ from undiffuse.metrics.evaluate import evaluate, to_json
 from undiffuse.samplers.driver import sample
 from undiffuse.steering.conditioning import TrainingConditions
 from undiffuse.training import sharding
+from undiffuse.training.denoising import DenoisingObjective
+from undiffuse.training.loop import (
+    Batch,
+    TrainingError,
+    TrainingLoop,
+    ema_beta,  # noqa: F401 (public: undiffuse.train.ema_beta)
+    lr_factor,  # noqa: F401 (public: undiffuse.train.lr_factor)
+)
+from undiffuse.training.loop import ProgressBar as _bar  # fit's name for it
 from undiffuse.training.objectives import build_objective
-from undiffuse.training.sharding import full
 from undiffuse.utils import acceleration as accel
 from undiffuse.utils import distributed as _dist
 from undiffuse.utils.atomic import write_text
@@ -57,33 +64,9 @@ from undiffuse.utils.atomic import write_text
 Tensor = torch.Tensor
 
 
-class TrainingError(RuntimeError):
-    pass
-
-
-def lr_factor(cfg: RunConfig, step: int, progress: float) -> float:
-    """Warm-up (linear, by step) then cosine or constant; ``progress`` in [0, 1] is the
-    fraction of the run done (by steps, or by time under a budget)."""
-    o = cfg.optim
-    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
-    if o.schedule == "constant":
-        return warm
-    cos = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return warm * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cos)
-
-
-def ema_beta(cfg: RunConfig, samples_seen: int) -> float:
-    """Per-step EMA decay for a half-life in samples, with the half-life ramped up early."""
-    e, b = cfg.ema, cfg.optim.batch_size
-    half = e.halflife_samples
-    if e.rampup > 0:
-        half = min(half, e.rampup * samples_seen)
-    return 0.5 ** (b / max(half, 1e-8))
-
-
 @dataclass
 class DataOrder:
-    """Epoch-wise permutations from ``(seed, epoch)``; state is just two ints."""
+    """Epoch-wise permutations seeded by ``derive_seed(seed, epoch)``; state is just two ints."""
 
     n: int
     seed: int
@@ -93,7 +76,7 @@ class DataOrder:
     def _perm(self) -> Tensor:
         cached = getattr(self, "_cache", None)
         if cached is None or cached[0] != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             self._cache = (self.epoch, torch.randperm(self.n, generator=g))
         return self._cache[1]
 
@@ -110,12 +93,13 @@ class DataOrder:
         return torch.cat(out)
 
 
-class Trainer:
+class Trainer(TrainingLoop):
     """Train ``cfg`` on ``dataset`` into the run folder ``run``.
 
     ``resume``: None (fresh; refuses a folder that already has checkpoints), ``"auto"`` (the
     latest complete checkpoint of ``run`` if any, else fresh) or a checkpoint/run path, which
-    must exist.
+    must exist. ``objective``: what to minimise (``training.loop.Objective``; default: the one
+    ``cfg.objective`` names).
     """
 
     def __init__(self, cfg: RunConfig, dataset, run: str, *, resume: str | None = None, progress: bool = True,
@@ -153,18 +137,16 @@ class Trainer:
             if self.channels_last:
                 accel.channels_last(self.net)
                 accel.channels_last(self.ema)
-            if objective is None and cfg.objective.kind != "denoising":
-                objective = build_objective(cfg, dataset, self.device)
+            if objective is None:  # denoising with this module's loss and noise-level draw (tests replace them here)
+                objective = DenoisingObjective(cfg.diffusion, loss=denoising_loss, noise_levels=sample_sigma) \
+                    if cfg.objective.kind == "denoising" else build_objective(cfg, dataset, self.device)
             self.rng_torch = torch.get_rng_state()  # the trainer's global-generator state (dropout)
         self._rng_cuda: Tensor | None = None  # the device generator's state between fits (CUDA only)
         self._own_rng_active = False
-        self.objective = objective  # None: the denoising loss; else objective(trainer, x0, cond) -> (B,)
-
-        self.opt = self._optimizer()
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # flips, conditions, objective
+        super().__init__(cfg, self.net, objective, gen=generator, ema=self.ema, log=self.log)
         self.order = DataOrder(len(dataset), cfg.train.seed)
         self.conditions = TrainingConditions(cfg.conditioning, dataset)
-        self.step, self.elapsed, self.samples_seen, self.bad_in_row = 0, 0.0, 0, 0
         self.window = [0.0, 0]  # loss sum and count since the last log entry
         self.best: dict | None = None  # lowest evaluation FD so far and its step
         self._saved_step: int | None = None  # the step whose state this process last saved (or resumed from)
@@ -181,11 +163,6 @@ class Trainer:
             self._wrap_fsdp() if self.fsdp else self._wrap_ddp()
         if cfg.train.compile:  # compile what the forward passes go through (the DDP wrapper, if any)
             self.denoiser.net = accel.compiled(self.denoiser.net)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        return torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay, fused=self.device.type == "cuda" or None)
 
     def _wrap_fsdp(self) -> None:
         """Shard the (restored) network and EMA over the ranks with FSDP2; rebuild the
@@ -308,97 +285,33 @@ class Trainer:
         self._saved_step = self.step
         return path
 
-    # ------------------------------------------------------------------ one step
-    def _progress(self) -> float:
-        tr = self.cfg.train
-        if tr.max_steps is not None:
-            return self.step / max(tr.max_steps, 1)
-        return self.elapsed / tr.time_budget
+    # ------------------------------------------------------------------ one step (TrainingLoop.train_step)
+    def next_batch(self) -> tuple[Tensor, dict]:
+        """This rank's rows of the next global micro-batch (flipped at random with
+        ``data.hflip``) on the device, and their conditions; :attr:`batch` says which rows."""
+        o = self.cfg.optim
+        micro = o.batch_size // o.accumulation
+        part = _dist.local_slice(micro, self.world)  # this rank's rows of the global micro-batch
+        idx = self.order.next(micro)  # the global micro-batch, the same on every rank
+        self.batch = Batch(idx, part)
+        x0 = self.data.get(idx[part])
+        if self.cfg.data.hflip and self.data.kind == "image":
+            flip = torch.rand(micro, generator=self.gen)[part] < 0.5
+            mirrored = self.data.flipped(idx[part]) if hasattr(self.data, "flipped") else x0.flip(-1)
+            x0 = torch.where(flip[:, None, None, None], mirrored, x0)  # latent data: the flipped image's latent
+        x0 = accel.to_device(x0, self.device)
+        return x0, self._conditions(idx, x0, part)
 
-    def train_step(self) -> float | None:
-        cfg, o = self.cfg, self.cfg.optim
-        lr = o.lr * lr_factor(cfg, self.step, self._progress())
-        for g in self.opt.param_groups:
-            g["lr"] = lr
+    def train_mode(self) -> None:
         self.net.train()
         if self.world.distributed:
             self.denoiser.net.train()
-        micro = o.batch_size // o.accumulation
-        part = _dist.local_slice(micro, self.world)  # this rank's rows of the global micro-batch
-        total = 0.0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16" \
-            else contextlib.nullcontext()
-        for k in range(o.accumulation):
-            idx = self.order.next(micro)  # the global micro-batch, the same on every rank
-            x0 = self.data.get(idx[part])
-            if cfg.data.hflip and self.data.kind == "image":
-                flip = torch.rand(micro, generator=self.gen)[part] < 0.5
-                mirrored = self.data.flipped(idx[part]) if hasattr(self.data, "flipped") else x0.flip(-1)
-                x0 = torch.where(flip[:, None, None, None], mirrored, x0)  # latent data: the flipped image's latent
-            x0 = accel.to_device(x0, self.device)
-            cond = self._conditions(idx, x0, part)
-            sync = contextlib.nullcontext()  # average the gradients over the ranks once, after the last micro-batch
-            if self.world.distributed and k < o.accumulation - 1:
-                sync = sharding.no_gradient_sync(self.net) if self.fsdp else self.denoiser.net.no_sync()
-            if self.objective is not None:
-                shared = self.gen
-                if self.world.distributed:  # the objective draws from self.gen for its own rows: give each rank
-                    self.gen = torch.Generator().manual_seed(  # its own stream, a function of (seed, step, rank)
-                        hash((cfg.train.seed, self.step, k, self.world.rank)) & (2**63 - 1))
-                try:
-                    with sync:
-                        with autocast:
-                            loss = self.objective(self, x0, cond).mean()
-                        (loss / o.accumulation).backward()
-                finally:
-                    self.gen = shared
-                total += loss.detach().item() / o.accumulation
-                continue
-            sigma = sample_sigma(cfg.diffusion.noise_sampling, micro, self.denoiser.process, self.gen,
-                                 p_mean=cfg.diffusion.p_mean, p_std=cfg.diffusion.p_std,
-                                 u_a=cfg.diffusion.u_a)[part].to(self.device)
-            if hasattr(self.data, "noise_of"):  # paired noise (e.g. reflow couplings), no draw
-                eps = self.data.noise_of(idx[part]).to(device=self.device, dtype=x0.dtype)
-            else:
-                eps = accel.to_device(torch.randn((micro, *x0.shape[1:]), generator=self.gen)[part], self.device)
-            with sync:
-                with autocast:
-                    loss = denoising_loss(self.denoiser, x0, sigma, eps, weighting=cfg.diffusion.weighting,
-                                          min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                                          distance=cfg.diffusion.distance, huber_c=cfg.diffusion.huber_c,
-                                          **cond).mean()
-                (loss / o.accumulation).backward()
-            total += loss.detach().item() / o.accumulation
-        total = _dist.mean(total, self.world)  # every rank logs and judges the same global loss
-        self.samples_seen += o.batch_size
-        if not math.isfinite(total):
-            self.opt.zero_grad(set_to_none=True)
-            self.bad_in_row += 1
-            self._write_log({"step": self.step + 1, "skipped": "non-finite loss", "loss": str(total)})
-            self.log(f"step {self.step + 1}: non-finite loss ({total}); step skipped "
-                     f"({self.bad_in_row} in a row, limit {cfg.train.max_bad_steps})")
-            if self.bad_in_row >= cfg.train.max_bad_steps:
-                raise TrainingError(f"{self.bad_in_row} non-finite losses in a row at step {self.step + 1}; "
-                                    f"stopping (lower optim.lr or check the data)")
-            self.step += 1
-            return None
-        self.bad_in_row = 0
-        if o.grad_clip > 0:
-            self.grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.net.parameters(), o.grad_clip)))
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        beta = ema_beta(cfg, self.samples_seen)
-        with torch.no_grad():
-            if self.fsdp:  # DTensor shards: one local lerp each
-                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                    pe.lerp_(p, 1 - beta)
-            else:  # one fused call over all tensors (on a GPU: a few kernel launches, not one per tensor)
-                torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - beta)
-            for be, b in zip(self.ema.buffers(), self.net.buffers()):
-                be.copy_(b)
-        self.step += 1
-        self.lr = lr
-        return total
+
+    def gradient_sync(self, last: bool):
+        """Average the gradients over the ranks once, after the last micro-batch."""
+        if not self.world.distributed or last:
+            return contextlib.nullcontext()
+        return sharding.no_gradient_sync(self.net) if self.fsdp else self.denoiser.net.no_sync()
 
     def _conditions(self, idx: Tensor, x0: Tensor, part: slice) -> dict:
         """The condition of this rank's rows; random choices are drawn for the whole global
@@ -416,11 +329,6 @@ class Trainer:
             f.write(json.dumps(entry) + "\n")
 
     # ------------------------------------------------------------------ loop
-    def done(self) -> bool:
-        tr = self.cfg.train
-        return ((tr.max_steps is not None and self.step >= tr.max_steps)
-                or (tr.time_budget is not None and self.elapsed >= tr.time_budget))
-
     def ema_samples(self, n: int, seed: int = 0) -> Tensor:
         """``n`` samples of the EMA model with the run's sampler (seeds ``seed + i``), in model
         space on the CPU; the training random state is untouched."""
@@ -637,32 +545,3 @@ def _merged_for_resume(saved: dict, requested: RunConfig) -> RunConfig:
         warnings.warn(f"resuming with the saved settings; ignoring requested changes to {', '.join(differs)}",
                       stacklevel=3)
     return cfg
-
-
-class _bar:
-    """tqdm bar with loss, it/s and an ETA by steps or by time budget."""
-
-    def __init__(self, trainer: Trainer):
-        tr = trainer.cfg.train
-        self.by_time = tr.max_steps is None
-        total = round(tr.time_budget) if self.by_time else tr.max_steps
-        initial = round(trainer.elapsed) if self.by_time else trainer.step
-        unit = "s" if self.by_time else "step"
-        self.bar = tqdm(total=total, initial=min(initial, total), unit=unit, desc="train", dynamic_ncols=True)
-        self.last = trainer.elapsed
-
-    def update(self, trainer: Trainer, loss) -> None:
-        if self.by_time:
-            whole = int(trainer.elapsed) - int(self.last)
-            if whole > 0:
-                self.bar.update(whole)
-                self.last = trainer.elapsed
-        else:
-            self.bar.update(1)
-        if trainer.step % 10 == 0:
-            rate = trainer.step / max(trainer.elapsed, 1e-9)
-            self.bar.set_postfix(step=trainer.step, loss=f"{loss:.4f}" if loss is not None else "nan",
-                                 steps_per_s=f"{rate:.1f}", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
