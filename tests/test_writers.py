@@ -76,8 +76,9 @@ def test_without_params_the_metadata_shows_the_record():
     w = write_samples(_images(1, size=32), seed=7, records=[rec], grid=False)
     arr, text = _open(w.items[0].data)
     assert list(text) == ["parameters", "provenance"] and len(w.files) == 1
-    assert text["parameters"] == (f"model: toy-model, model_sha256: {CHECKSUM}, sampler: heun, steps: 3, seed: 7, "
-                                  f"guidance: 1.0, step: 5, class: 3, software: {prov.software()}, watermark: too small")
+    assert text["parameters"] == (f"model: toy-model, model_sha256: {CHECKSUM}, sampler: heun, steps: 3, "
+                                  f"seed: 7, guidance: 1.0, step: 5, class: 3, software: {prov.software()}, "
+                                  f"watermark: too small")
 
 
 def test_content_filter_sees_the_unmarked_image_and_refuses_before_writing(tmp_path):
@@ -142,6 +143,15 @@ def test_points_are_one_scatter_picture(tmp_path):
 def test_bad_arguments_name_what_is_allowed(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         write_samples(_images(2, size=4), **kwargs)
+
+
+def test_an_output_of_the_wrong_kind_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="output '.*file' exists and is not a folder; format 'png' writes a folder"):
+        write_samples(_images(1, size=4), str(tmp_path / "file"))
+    with pytest.raises(ValueError, match="output '.*' is a folder; format 'npz' writes one file"):
+        write_samples(_images(1, size=4), str(tmp_path), format="npz")
+    assert (tmp_path / "file").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_png_refuses_samples_that_are_neither_images_nor_points():

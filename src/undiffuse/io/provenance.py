@@ -10,7 +10,8 @@ Every PNG undiffuse writes for a generated image carries two text chunks:
 byte for byte).
 
 (The older ``undiffuse`` chunk, the JSON of the parameters alone, is still written by
-``undiffuse sample`` and ``generate.save_images``; all of them through ``writers.write_samples``.) :func:`read` gets them back; ``undiffuse verify IMAGE`` reports
+``undiffuse sample`` and ``generate.save_images``; every writer of these chunks goes through
+``writers.write_samples``.) :func:`read` gets them back; ``undiffuse verify IMAGE`` reports
 them. Re-encoding (e.g. to JPEG) or stripping chunks removes them; the invisible watermark
 (``undiffuse.io.watermark``, embedded by default in images at least 64 px a side, payload the
 first 32 bits of ``model_sha256``) survives JPEG q75, a half-size round trip and a 10% crop

@@ -182,7 +182,12 @@ def write_samples(samples, out: str | None = None, *, format: str = "png", seed:
         if f.item is not None:
             f.item.data = f.data
     if out is not None:
-        if any(f.name is not None for f in written.files):
+        folder = any(f.name is not None for f in written.files)
+        if folder and os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"output {out!r} exists and is not a folder; format {format!r} writes a folder")
+        if not folder and os.path.isdir(out):
+            raise ValueError(f"output {out!r} is a folder; format {format!r} writes one file")
+        if folder:
             os.makedirs(out, exist_ok=True)
         for f in written.files:
             path = out if f.name is None else os.path.join(out, f.name)
@@ -223,7 +228,8 @@ def write_png(batch: Batch, *, individual: bool = True, grid: bool = True, grid_
             record.update(seed=batch.seed, count=len(items), watermark=status)
         text = Batch.text(None, record)
         if batch.params is not None:  # the line names the seed range, the JSON chunk the first seed and count
-            text = {prov.PARAMETERS_KEY: prov.parameters_text({**batch.params, "seed": f"{first.seed}..{items[-1].seed}"}),
+            seeds = f"{first.seed}..{items[-1].seed}"
+            text = {prov.PARAMETERS_KEY: prov.parameters_text({**batch.params, "seed": seeds}),
                     "undiffuse": json.dumps({**batch.params, "seed": batch.seed, "count": len(items)}, default=str)}
             if record is not None:
                 text[prov.RECORD_KEY] = json.dumps(record, sort_keys=True)
