@@ -143,6 +143,28 @@ def test_png_format_class_and_guidance(server):
     assert status == 200 and len(json.loads(body)["images"]) == 2  # several images come back as JSON
 
 
+def test_cli_and_server_pngs_agree_on_pixels_and_provenance(server, tmp_path, capsys, monkeypatch):
+    """`undiffuse sample` and the server write through the same write_samples: the same
+    model/seed/sampler gives the same pixels and provenance record (the time pinned). The
+    CLI's record also names the weights (`weights`); the server's does not (kept as it was)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = tmp_path / "cli"
+    code, _, err = run_main(["sample", "--checkpoint", str(server.state.registry.root + "/cls"), "--num", "2",
+                             "--seed", "3", "--class", "4", "--guidance", "2.5", "--sampler", "euler", "--steps", "4",
+                             "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    status, _, body = call(server.url, "/v1/generate", {"model": "cls", "class": "4", "guidance": 2.5, "count": 2,
+                                                        "seed": 3, "sampler": "euler", "steps": 4})
+    assert status == 200, body
+    for i, png in enumerate(images_of(body)):
+        cli_png = (out / f"{i:06d}.png").read_bytes()
+        assert pixels(png) == pixels(cli_png)
+        served, written = prov.read(png)["provenance"], prov.read(cli_png)["provenance"]
+        assert served["created"] == written["created"] == "2023-11-14T22:13:20Z"
+        assert written.pop("weights") == "ema"
+        assert served == written and served["seed"] == 3 + i and served["class"] == "4"
+
+
 def test_fifty_concurrent_requests_are_batched_and_equal_their_twins(server):
     bodies = [{"model": "digits", "seed": 100 + 3 * k, "count": 1 + k % 3} for k in range(46)]
     bodies += [{"model": "digits", "seed": 500 + k, "steps": 4} for k in range(4)]  # another batch key

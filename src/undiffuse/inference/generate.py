@@ -1,5 +1,6 @@
 """Sampling from trained runs, and writing the results (PNG grid, per-image PNGs with their
-generation parameters in PNG text metadata, or an ``.npz`` array).
+generation parameters in PNG text metadata, or an ``.npz`` array) through the one output path,
+``undiffuse.io.writers.write_samples`` (``save_images`` and ``save_npz`` are thin calls of it).
 
 Image ``i`` of a call with ``seed`` uses the starting noise and (for stochastic samplers)
 the fresh noise of seed ``seed + i``, so it is the same image whatever the batch size or
@@ -12,14 +13,11 @@ gradient); see ``undiffuse.steering.guidance``.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
@@ -28,14 +26,19 @@ from undiffuse.core.precond import Denoiser
 from undiffuse.inference.codec import AutoencoderError, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io import provenance as prov
-from undiffuse.io import watermark as wm
+from undiffuse.io.images import grid as grid  # re-exported: the pixel helpers moved to io.images
+from undiffuse.io.images import save_png as save_png
+from undiffuse.io.images import scatter as scatter
+from undiffuse.io.images import to_uint8 as to_uint8
+from undiffuse.io.images import write_bytes
+from undiffuse.io.provenance import parameters_text as parameters_text
+from undiffuse.io.writers import WRITERS, npz_bytes, write_samples
 from undiffuse.samplers.driver import sample
 from undiffuse.steering import guidance as g
 from undiffuse.steering.conditioning import text_condition
 from undiffuse.utils import distributed as _dist
-from undiffuse.utils.atomic import write_atomic
 
-FORMATS = ("png", "npz")
+FORMATS = tuple(WRITERS)  # png, npz: the formats of io.writers.write_samples
 
 
 @dataclass
@@ -245,44 +248,6 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def to_uint8(x01: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> (N, H, W, C) uint8, rounded."""
-    return (x01.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-
-
-def grid(images_u8: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile (N, H, W, C) uint8 images into one (rows*(H+pad)+pad, ...) image on white."""
-    n, h, w, c = images_u8.shape
-    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
-    rows = (n + nrow - 1) // nrow
-    out = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
-    for i, img in enumerate(images_u8):
-        r, col = divmod(i, nrow)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
-    return out
-
-
-def _pil(arr: np.ndarray, scale: int = 1):
-    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    return img
-
-
-def save_png(path: str, arr: np.ndarray, *, text: dict[str, str] | None = None, scale: int = 1) -> None:
-    """Write an (H, W, C) uint8 array as PNG, atomically, with optional text chunks."""
-    info = PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
-    img = _pil(arr, scale)
-    write_atomic(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info), suffix=".png")
-
-
-def parameters_text(params: dict) -> str:
-    """One line, ``key: value, ...``, the form image tools read from the ``parameters`` chunk."""
-    return ", ".join(f"{k}: {v}" for k, v in params.items())
-
-
 def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
     """The JSON provenance record (``undiffuse.io.provenance``) of one image of ``run``: the run
     folder's name, the checksum of its weights, sampler, steps, seed, guidance."""
@@ -304,58 +269,19 @@ def save_images(out: str, x01: torch.Tensor, params: dict, *, seed: int, individ
     ``watermark``: embed the invisible mark (``undiffuse.io.watermark``; payload: the run's weights
     checksum, 0 without ``run``) in every PNG at least ``watermark.MIN_SIZE`` px a side (the
     grid after its ``grid_scale`` upscaling); the record's ``watermark`` field says
-    ``embedded``, ``too small`` or ``off``."""
+    ``embedded``, ``too small`` or ``off``.
+
+    A thin call of ``writers.write_samples`` (format ``png``), which also runs a content filter."""
     os.makedirs(out, exist_ok=True)
-    u8 = to_uint8(x01)
-    index = list(range(len(u8))) if index is None else list(index)
-    first, last = (seed + index[0], seed + index[-1]) if index else (seed, seed - 1)
-    meta = {"parameters": parameters_text({**params, "seed": f"{first}..{last}"}),
-            "undiffuse": json.dumps({**params, "seed": seed, "count": len(u8)})}
-    checksum = prov.model_checksum(run.checkpoint, run.weights) if run is not None else None
-    paths = [os.path.join(out, "grid.png")]
-    if len(u8):
-        g = grid(u8)
-        g = np.repeat(np.repeat(g, grid_scale, 0), grid_scale, 1)  # the nearest-neighbour upscale
-        g, status = wm.mark(g, checksum, enabled=watermark)
-        if run is not None:
-            rec = provenance_record(run, params, seed, count=len(u8), watermark=status)
-            meta["provenance"] = json.dumps(rec, sort_keys=True)
-        save_png(paths[0], g, text=meta)
-    else:
-        paths = []
-    if individual:
-        for i, img in zip(index, u8):
-            p = {**params, **(per_image[i] if per_image else {}), "seed": seed + i}
-            text = {"parameters": parameters_text(p), "undiffuse": json.dumps(p)}
-            img, status = wm.mark(img, checksum, enabled=watermark)
-            if run is not None:
-                rec = provenance_record(run, params, seed + i, **(per_image[i] if per_image else {}),
-                                        watermark=status)
-                text["provenance"] = json.dumps(rec, sort_keys=True)
-            path = os.path.join(out, f"{i:06d}.png")
-            save_png(path, img, text=text)
-            paths.append(path)
-    return paths
+    index = list(range(len(x01))) if index is None else list(index)
+    extra = [dict(per_image[i]) if per_image else {} for i in index]
+    records = None if run is None else [provenance_record(run, params, seed + i, **e) for i, e in zip(index, extra)]
+    return write_samples(x01, out, format="png", seed=seed, params=params, per_sample=extra, records=records,
+                         index=index, watermark=watermark, individual=individual, grid_scale=grid_scale).paths
 
 
 def save_npz(path: str, samples: np.ndarray, params: dict, *, labels: np.ndarray | None = None) -> None:
-    """``samples`` array plus a JSON string ``parameters`` (and the requested class of each
-    sample as ``labels`` when given); written atomically."""
-    arrays = {"samples": samples, "parameters": np.array(json.dumps(params))}
-    if labels is not None:
-        arrays["labels"] = np.asarray(labels, np.int64)
-
-    def _write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(path, _write, suffix=".npz")
-
-
-def scatter(points: np.ndarray, size: int = 256, extent: float | None = None) -> np.ndarray:
-    """A 2-D point set as an (size, size, 1) uint8 density picture (dark = many points)."""
-    p = np.asarray(points, np.float64)[:, :2]
-    lim = extent or float(np.abs(p).max() * 1.05 + 1e-9)
-    hist, _, _ = np.histogram2d(p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]])
-    dens = np.log1p(hist[::-1]) / max(np.log1p(hist.max()), 1e-9)
-    return (255 * (1 - dens)).round().astype(np.uint8)[..., None]
+    """``samples`` array plus a JSON string ``parameters`` (``params`` as given: ``write_samples``
+    with format ``npz`` adds the seed and count itself) and the requested class of each sample as
+    ``labels`` when given; written atomically, encoded as ``write_samples`` encodes ``npz``."""
+    write_bytes(path, npz_bytes(samples, params, labels=labels), suffix=".npz")

@@ -10,7 +10,8 @@ Every PNG undiffuse writes for a generated image carries two text chunks:
 byte for byte).
 
 (The older ``undiffuse`` chunk, the JSON of the parameters alone, is still written by
-``generate.save_images``.) :func:`read` gets them back; ``undiffuse verify IMAGE`` reports
+``undiffuse sample`` and ``generate.save_images``; every writer of these chunks goes through
+``writers.write_samples``.) :func:`read` gets them back; ``undiffuse verify IMAGE`` reports
 them. Re-encoding (e.g. to JPEG) or stripping chunks removes them; the invisible watermark
 (``undiffuse.io.watermark``, embedded by default in images at least 64 px a side, payload the
 first 32 bits of ``model_sha256``) survives JPEG q75, a half-size round trip and a 10% crop
@@ -26,9 +27,9 @@ import time
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from PIL.PngImagePlugin import PngInfo
 
 from undiffuse.io import watermark as wm
+from undiffuse.io.images import png_bytes as png_bytes  # an (H, W, C) uint8 array as PNG bytes with text chunks
 from undiffuse.utils.hashing import file_sha256
 from undiffuse.utils.version import __version__
 
@@ -71,17 +72,6 @@ def png_text(rec: dict) -> dict[str, str]:
     """The PNG text chunks for one record."""
     shown = {k: v for k, v in rec.items() if k not in ("format", "created")}
     return {PARAMETERS_KEY: parameters_text(shown), RECORD_KEY: json.dumps(rec, sort_keys=True)}
-
-
-def png_bytes(arr, text: dict[str, str] | None = None) -> bytes:
-    """An (H, W, C) uint8 array as PNG bytes with text chunks (deterministic for equal input)."""
-    info = PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
-    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
 
 
 class NotAnImage(ValueError):

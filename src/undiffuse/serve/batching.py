@@ -27,8 +27,8 @@ import torch
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.inference import generate as gen
 from undiffuse.io import provenance as prov
-from undiffuse.io import watermark as wm
-from undiffuse.io.content_filter import refusal
+from undiffuse.io.images import grid, png_bytes, to_uint8
+from undiffuse.io.writers import write_samples
 from undiffuse.samplers.driver import sample
 
 from .jobs import Job
@@ -146,7 +146,7 @@ class Batcher:
                 preview = None
                 if job.previews and run.kind == "image":
                     part = state["denoised"][start:start + job.request.count].float().cpu()
-                    preview = prov.png_bytes(gen.grid(gen.to_uint8(gen.to_unit(part)), pad=0))
+                    preview = png_bytes(grid(to_uint8(gen.to_unit(part)), pad=0))
                 job.progress(step, preview)
 
         self.batches += 1
@@ -167,30 +167,32 @@ class Batcher:
 
     def outputs(self, run, job: Job, x: torch.Tensor) -> tuple[list[dict], list[dict]]:
         """PNGs with provenance and the invisible mark (or vectors) for one job, after the
-        content filter (which sees the unmarked image)."""
+        content filter (which sees the unmarked image): ``writers.write_samples`` in memory."""
         r = job.request
         checksum = self.registry.checksum(r.model)
-        arrays = gen.to_uint8(gen.to_unit(x)) if run.kind == "image" else x.numpy()
-        images, refused = [], []
-        for i, arr in enumerate(arrays):
+        records = []
+        for i in range(len(x)):
             extra = {"step": run.step}
             if r.labels:
                 extra["class"] = run.class_names[r.labels[i]]
             if r.prompt is not None:
                 extra["prompt"] = r.prompt
-            rec = prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
-                              guidance=r.guidance, **extra)
-            reason = refusal(self.content_filter, arr, {**r.params(), **rec})
-            if reason is not None:
-                log.warning("content filter refused model=%s seed=%d: %s", r.model, r.seed + i, reason)
-                refused.append({"seed": r.seed + i, "reason": reason})
-                continue
-            item = {"seed": r.seed + i, **({"class": extra["class"]} if "class" in extra else {})}
-            if run.kind == "image":
-                arr, rec["watermark"] = wm.mark(arr, checksum, enabled=self.watermark)
-                item["png"] = prov.png_bytes(arr, prov.png_text(rec))
+            records.append(prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
+                                       guidance=r.guidance, **extra))
+        written = write_samples(gen.to_unit(x) if run.kind == "image" else x, format="png", seed=r.seed,
+                                records=records, request=r.params(), content_filter=self.content_filter,
+                                watermark=self.watermark, grid=False)
+        refused = []
+        for no in written.refused:
+            log.warning("content filter refused model=%s seed=%d: %s", r.model, no["seed"], no["reason"])
+            refused.append({"seed": no["seed"], "reason": no["reason"]})
+        images = []
+        for it in written.items:
+            item = {"seed": it.seed, **({"class": it.record["class"]} if "class" in it.record else {})}
+            if it.data is not None:
+                item["png"] = it.data
             else:
-                item["sample"] = [float(v) for v in arr]
+                item["sample"] = [float(v) for v in it.sample]
             images.append(item)
         return images, refused
 
