@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from undiffuse.cli.options import add_device, load_run, positive_int
+from undiffuse.cli.options import add_device, check_folder, load_run, positive_int
 from undiffuse.core import schedules
 from undiffuse.core.noise import per_sample_generators
 from undiffuse.inference import generate as gen
@@ -103,8 +103,7 @@ def run(args, parser) -> int:
               f"(train --latent): on latent runs use {' or '.join(_LATENT_COMMANDS)}")
     images = _match_channels(_load_images(args, usage), loaded.image_shape[0])
     out = args.out or args.command
-    if os.path.exists(out) and not os.path.isdir(out):
-        usage(f"--out {out!r} exists and is not a folder")
+    check_folder(parser, out)
     n_in = len(images)
     x_in = images.repeat_interleave(args.num, 0)  # input j's results are rows j*num .. j*num+num-1
     seeds = [args.seed + i for i in range(len(x_in))]
