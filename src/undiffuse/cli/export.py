@@ -5,18 +5,16 @@ import json
 import os
 import sys
 
-from undiffuse.inference import generate as gen
+from undiffuse.cli.options import check_file, load_run
 from undiffuse.inference.export import FORMATS, QUANTIZATIONS, export_onnx
-from undiffuse.io.checkpoint import CheckpointError, find_checkpoint, run_of
-
-COMMANDS = ("export",)
+from undiffuse.io.checkpoint import find_checkpoint, run_of
 
 
-def add_parsers(sub) -> None:
-    e = sub.add_parser("export", help="export a run's denoiser network (ONNX)",
-                       description="Write the run's network (with its noise-level input, a dynamic batch axis and "
-                       "the denoiser settings in its metadata) as ONNX. Sample it through onnxruntime with "
-                       "undiffuse.inference.export.load_onnx_denoiser(FILE) and any sampler.")
+def add_parser(subparsers) -> None:
+    e = subparsers.add_parser("export", help="export a run's denoiser network (ONNX)",
+                              description="Write the run's network (with its noise-level input, a dynamic batch axis "
+                              "and the denoiser settings in its metadata) as ONNX. Sample it through onnxruntime with "
+                              "undiffuse.inference.export.load_onnx_denoiser(FILE) and any sampler.")
     e.add_argument("run", metavar="RUN", help="run folder (latest checkpoint) or checkpoint folder")
     e.add_argument("--format", choices=FORMATS, required=True, help="export format")
     e.add_argument("--out", help="output file (default: RUN/model.onnx, or RUN/model-int8.onnx)")
@@ -24,22 +22,18 @@ def add_parsers(sub) -> None:
     e.add_argument("--weights", choices=("ema", "model"), default="ema")
 
 
-def run(args, sub) -> int:
-    try:
-        loaded = gen.load_run(args.run, weights=args.weights)
-    except CheckpointError as e:
-        sub.error(f"RUN: {e}")
+def run(args, parser) -> int:
+    loaded = load_run(parser, args.run, "RUN", weights=args.weights)
     name = "model-int8.onnx" if args.quantize else "model.onnx"
     out = args.out or os.path.join(run_of(find_checkpoint(args.run)), name)
-    if os.path.isdir(out):
-        sub.error(f"--out {out!r} is a folder; give a file name")
+    check_file(parser, out)
     try:
         export_onnx(loaded, out, quantize=args.quantize)
     except ImportError as e:
         print(f"undiffuse export: error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
-        sub.error(str(e))
+        parser.error(str(e))
     print(json.dumps({"onnx": out, "checkpoint": loaded.checkpoint, "step": loaded.step, "weights": loaded.weights,
                       "quantize": args.quantize}))
     return 0

@@ -17,23 +17,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from undiffuse.cli.options import add_device, check_folder, load_run, positive_int
 from undiffuse.core import schedules
 from undiffuse.core.noise import per_sample_generators
 from undiffuse.inference import generate as gen
-from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.metrics.evaluate import load_set
 from undiffuse.steering import degradations, inverse
 from undiffuse.steering.conditioning import upsample_condition
-from undiffuse.utils.acceleration import device_option
 
-MASK_NAMES = ("top", "bottom", "left", "right", "center")
-DEGRADATIONS = ("blur", "noise", "downsample", "mask")
+_MASK_NAMES = ("top", "bottom", "left", "right", "center")
+_DEGRADATIONS = ("blur", "noise", "downsample", "mask")
 # Latent runs: these work in the autoencoder's latent space (upscale and restore would need guidance
 # through the decoder, not done)
-LATENT_COMMANDS = ("inpaint", "img2img")
+_LATENT_COMMANDS = ("inpaint", "img2img")
 
 
-def add_parsers(sub, positive_int) -> None:
+def add_parser(subparsers) -> None:
     def common(p, sampler_default: str, steps_default: int):
         p.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
         p.add_argument("--image", required=True, help="image file, .npy/.npz in [0, 1], image folder or built-in "
@@ -50,64 +49,61 @@ def add_parsers(sub, positive_int) -> None:
         p.add_argument("--prompt", help="prompt for a text-conditioned run (default: empty)")
         p.add_argument("--out", default=None, help="output folder (default: the command's name)")
         p.add_argument("--weights", choices=("ema", "model"), default="ema")
-        p.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda, cuda:1, ...")
+        add_device(p)
 
-    i = sub.add_parser("inpaint", help="fill the masked region of images (RePaint)",
-                       description="Fill the region where --mask is white with RePaint resampling (Lugmayr et al. "
-                       "2022): the kept pixels stay exactly as given.")
+    i = subparsers.add_parser("inpaint", help="fill the masked region of images (RePaint)",
+                              description="Fill the region where --mask is white with RePaint resampling (Lugmayr "
+                              "et al. 2022): the kept pixels stay exactly as given.")
     common(i, "ancestral", 50)
     i.add_argument("--mask", required=True, help=f"mask image (white = fill, black = keep; same size as the "
-                   f"image) or one of {', '.join(MASK_NAMES)} (fill that half, or the centre square)")
+                   f"image) or one of {', '.join(_MASK_NAMES)} (fill that half, or the centre square)")
     i.add_argument("--jump-length", type=positive_int, default=5, help="steps per resampling block (default: 5)")
     i.add_argument("--jump-count", type=int, default=4, help="extra walks over each block (default: 4; 0 = plain "
                    "replacement; cost = (1 + count) x steps evaluations)")
 
-    m = sub.add_parser("img2img", help="SDEdit: re-imagine images with a strength",
-                       description="Noise each image part of the way (--strength) and denoise it (Meng et al. 2022).")
+    m = subparsers.add_parser("img2img", help="SDEdit: re-imagine images with a strength",
+                              description="Noise each image part of the way (--strength) and denoise it (Meng et al. "
+                              "2022).")
     common(m, "heun", 20)
     m.add_argument("--strength", type=float, required=True, help="in (0, 1]: 1 ignores the image, small values "
                    "keep it; about round(steps x strength) steps run")
 
-    u = sub.add_parser("upscale", help="super-resolution: with a model trained on low-resolution copies "
-                       "(--conditioning lowres), or zero-shot with any run",
-                       description="Super-resolve low-resolution images. A run trained with --conditioning lowres "
-                       "is sampled with the image as its condition (SR3); any other run is used zero-shot as a "
-                       "prior with posterior guidance through average pooling.")
+    u = subparsers.add_parser("upscale", help="super-resolution: with a model trained on low-resolution copies "
+                              "(--conditioning lowres), or zero-shot with any run",
+                              description="Super-resolve low-resolution images. A run trained with --conditioning "
+                              "lowres is sampled with the image as its condition (SR3); any other run is used "
+                              "zero-shot as a prior with posterior guidance through average pooling.")
     common(u, "heun", 18)
     u.add_argument("--factor", type=positive_int, help="up-sampling factor (default: the run's, or model size / "
                    "image size)")
     u.add_argument("--noise-std", type=float, default=0.0, help="zero-shot: noise std of the low-res image in "
                    "model units (default: 0)")
 
-    r = sub.add_parser("restore", help="posterior sampling for a degraded image (blur, noise, downsample, mask)",
-                       description="Sample images x with degradation(x) + noise = the given image, from the run "
-                       "as a prior (posterior guidance, any sampler).")
+    r = subparsers.add_parser("restore", help="posterior sampling for a degraded image (blur, noise, downsample, "
+                              "mask)", description="Sample images x with degradation(x) + noise = the given image, "
+                              "from the run as a prior (posterior guidance, any sampler).")
     common(r, "heun", 30)
-    r.add_argument("--degradation", required=True, choices=DEGRADATIONS)
+    r.add_argument("--degradation", required=True, choices=_DEGRADATIONS)
     r.add_argument("--noise-std", type=float, default=0.05, help="measurement noise std in model units "
                    "(default: 0.05)")
     r.add_argument("--blur-sigma", type=float, default=1.0, help="blur: Gaussian std in pixels (default: 1)")
     r.add_argument("--factor", type=positive_int, default=2, help="downsample: factor (default: 2)")
     r.add_argument("--mask", help="mask: white = unknown, as for inpaint (or a name: "
-                   f"{', '.join(MASK_NAMES)})")
+                   f"{', '.join(_MASK_NAMES)})")
     r.add_argument("--guidance-scale", type=float, default=1.0, help="weight of the measurement (default: 1)")
 
 
-def run(args, sub) -> int:
-    usage = sub.error
-    try:
-        loaded = gen.load_run(args.checkpoint, weights=args.weights, device=args.device)
-    except CheckpointError as e:
-        usage(f"--checkpoint: {e}")
+def run(args, parser) -> int:
+    usage = parser.error
+    loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device)
     if loaded.kind != "image":
         usage(f"{args.command} needs an image model; {args.checkpoint!r} models vectors")
-    if loaded.decoder is not None and args.command not in LATENT_COMMANDS:
+    if loaded.decoder is not None and args.command not in _LATENT_COMMANDS:
         usage(f"{args.command} works on pixel-space runs; {args.checkpoint!r} is a latent diffusion run "
-              f"(train --latent): on latent runs use {' or '.join(LATENT_COMMANDS)}")
+              f"(train --latent): on latent runs use {' or '.join(_LATENT_COMMANDS)}")
     images = _match_channels(_load_images(args, usage), loaded.image_shape[0])
     out = args.out or args.command
-    if os.path.exists(out) and not os.path.isdir(out):
-        usage(f"--out {out!r} exists and is not a folder")
+    check_folder(parser, out)
     n_in = len(images)
     x_in = images.repeat_interleave(args.num, 0)  # input j's results are rows j*num .. j*num+num-1
     seeds = [args.seed + i for i in range(len(x_in))]
@@ -119,7 +115,7 @@ def run(args, sub) -> int:
             args.command](args, loaded, x_in, seeds, extra, params, usage)
     except ValueError as e:
         usage(str(e))
-    _save(out, x_in, y, params, seeds, n_in, args.num)
+    _save_results(out, x_in, y, params, seeds, n_in, args.num)
     print(f"wrote {out}/grid.png (inputs in the first column) and {len(y)} images in {out}/", file=sys.stderr)
     return 0
 
@@ -177,7 +173,7 @@ def _check_shape(x: torch.Tensor, shape: tuple, what: str, usage) -> None:
 def _mask(spec: str, shape: tuple, usage) -> torch.Tensor:
     """1 = keep (observed), 0 = fill, shape (1, 1, H, W) or (N, 1, H, W)."""
     _, h, w = shape
-    if spec in MASK_NAMES:
+    if spec in _MASK_NAMES:
         fill = torch.zeros(1, 1, h, w, dtype=torch.bool)
         sl = {"top": (slice(0, h // 2), slice(None)), "bottom": (slice(h // 2, None), slice(None)),
               "left": (slice(None), slice(0, w // 2)), "right": (slice(None), slice(w // 2, None)),
@@ -317,7 +313,10 @@ def _restore(args, run, x, seeds, extra, params, usage):
 
 # ----------------------------------------------------------------------------- outputs
 
-def _save(out: str, x_in: torch.Tensor, y: torch.Tensor, params: dict, seeds: list[int], n_in: int, num: int):
+def _save_results(out: str, x_in: torch.Tensor, y: torch.Tensor, params: dict, seeds: list[int], n_in: int,
+                  num: int):
+    """The one place these commands write files: ``out/grid.png`` (each input, then its ``num``
+    results, one row per input) and one PNG per result, each with its parameters."""
     os.makedirs(out, exist_ok=True)
     y01 = gen.to_unit(y.float())
     inputs = gen.to_unit(x_in.float())

@@ -1,0 +1,333 @@
+"""``undiffuse sample``: sample a trained run with its EMA weights and recommended sampler
+unless told otherwise, optionally steered (class, prompt, classifier-free guidance,
+autoguidance, classifier guidance), and write the samples (PNG grid and images with their
+parameters, or ``--format npz``).
+
+``--diffusers FOLDER`` instead samples a diffusers ``UNet2DModel`` (saved by
+``save_pretrained`` with its scheduler) with any undiffuse sampler, written the same way.
+Its steps are placed as the folder's scheduler places its inference timesteps unless
+``--schedule`` names an undiffuse schedule. Sample ``i`` starts from the standard-normal draw
+of seed ``seed + i``, so a sample does not depend on the batch it was computed in.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+from undiffuse import samplers
+from undiffuse.cli.options import add_device, load_run, positive_int, sigma_list
+from undiffuse.config import schedule_of
+from undiffuse.core import schedules
+from undiffuse.core.noise import noise as make_noise
+from undiffuse.core.schedules import get_sigmas, validate
+from undiffuse.fewstep.calibrate import Calibration
+from undiffuse.inference import generate as gen
+from undiffuse.inference.interop import load_diffusers, sample_diffusers
+from undiffuse.io.content_filter import load_filter, refusal
+from undiffuse.steering.classifier_guidance import load_classifier
+from undiffuse.utils import distributed as dist
+from undiffuse.utils.acceleration import compiled
+
+# sample options that need an undiffuse run (its conditioning, its recommended settings, its checksum)
+_RUN_ONLY = {"class_": "--class", "prompt": "--prompt", "negative_prompt": "--negative-prompt",
+             "autoguide": "--autoguide", "classifier": "--classifier", "calibration": "--calibration",
+             "guidance_interval": "--guidance-interval", "content_filter": "--content-filter"}
+
+
+def add_parser(subparsers) -> None:
+    s = subparsers.add_parser("sample", help="sample a trained run", description="Sample a trained run with its "
+                              "EMA weights and recommended sampler unless told otherwise.")
+    s.add_argument("--checkpoint", help="run folder (latest checkpoint) or checkpoint folder")
+    s.add_argument("--diffusers", metavar="FOLDER", help="instead of --checkpoint: a diffusers UNet2DModel with its "
+                   "scheduler, saved by save_pretrained (sampler default ddim, 50 steps on the scheduler's timesteps)")
+    s.add_argument("--num", type=positive_int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
+    s.add_argument("--sampler", help="sampler name (default: the run's recommendation)")
+    s.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's recommendation)")
+    s.add_argument("--schedule", help="sigma schedule (default: the run's recommendation)")
+    s.add_argument("--sigmas", type=sigma_list, metavar="S0,S1,...,0", help="the noise levels to step through, "
+                   "decreasing and ending in 0 (replaces --steps and --schedule), e.g. 8,0: one step from sigma 8")
+    s.add_argument("--calibration", help="a calibration JSON from `undiffuse calibrate` (replaces --sampler, "
+                   "--steps and --schedule)")
+    s.add_argument("--class", dest="class_", metavar="CLASS", help="class name or index, a comma list, or 'all' "
+                   "(the count spread evenly over the classes, in order); needs a class-conditional run or "
+                   "--classifier")
+    s.add_argument("--prompt", help="text prompt (text-conditioned runs)")
+    s.add_argument("--negative-prompt", help="prompt of the unconditional branch of classifier-free guidance "
+                   "(default: the empty prompt)")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none, the "
+                   "conditional model; 0: unconditional), or the autoguidance scale with --autoguide (default: 1)")
+    s.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="apply guidance only at noise levels sigma in [LO, HI]")
+    s.add_argument("--autoguide", metavar="RUN", help="guide with this weaker run of the same task (an earlier or "
+                   "smaller model) instead of the unconditional branch")
+    s.add_argument("--classifier", metavar="DIR", help="noise-aware classifier (`undiffuse train-classifier`) for "
+                   "classifier guidance towards --class")
+    s.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
+    s.add_argument("--format", choices=("png", "npz"), default="png",
+                   help="png: OUT/grid.png and one PNG per sample with metadata; npz: array 'samples' (N, C, H, W) "
+                        "in [0, 1]")
+    s.add_argument("--out", help="output folder (png) or file (npz) (default: samples or samples.npz)")
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(image, request) for every "
+                   "image; returning False or a reason string refuses it: not written, reported on stderr")
+    s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    add_device(s)
+    s.add_argument("--compile", action="store_true", help="torch.compile the network first (pays off for many "
+                   "samples on a GPU; compiling takes seconds to minutes)")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark in the PNGs "
+                   "(the provenance metadata is still written; see `undiffuse verify`)")
+
+
+def run(args, parser) -> int:
+    _check_options(args, parser)
+    if args.diffusers is not None:
+        return _sample_diffusers(args, parser)
+    content_filter = None
+    if args.content_filter:
+        try:
+            content_filter = load_filter(args.content_filter)
+        except ValueError as e:
+            parser.error(f"--content-filter: {e}")
+    out = _out_path(args, parser)
+    world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
+    args.device = dist.device_for(args.device, world)
+    loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device)
+    if args.compile:
+        loaded.denoiser.net = compiled(loaded.denoiser.net)
+    cal = _calibration(args, parser)
+    condition, den, steer = _steering(args, parser, loaded)
+    _check_schedule(args, parser, loaded, cal)
+    x = gen.generate(loaded, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
+                     schedule=args.schedule, batch_size=args.batch_size, progress=not args.no_progress,
+                     calibration=cal, condition=condition, denoiser=den)
+    if world.distributed:
+        dist.teardown()
+        if not world.main:  # rank 0 writes everything
+            return 0
+    params = _params(args, loaded, cal, steer)
+    if loaded.kind == "image":
+        x = gen.to_unit(x)
+    return _write_samples(args, out, x, params, loaded=loaded, labels=condition.get("class_labels"),
+                          content_filter=content_filter)
+
+
+# ----------------------------------------------------------------------------- options
+
+def _check_options(args, parser) -> None:
+    """The checks that need no run (usage errors exit 2)."""
+    if (args.checkpoint is None) == (args.diffusers is None):
+        parser.error("give --checkpoint RUN (an undiffuse run) or --diffusers FOLDER (a diffusers UNet2DModel), "
+                     "not both")
+    if args.sampler is not None and args.sampler not in samplers.names():
+        parser.error(f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
+    if args.schedule is not None and args.schedule not in schedules.names():
+        parser.error(f"--schedule {args.schedule!r} is unknown; allowed: {', '.join(schedules.names())}")
+    if args.format == "npz" and args.out and os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a folder; --format npz writes a file")
+    if args.format == "png" and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} exists and is not a folder; --format png writes a folder")
+
+
+def _out_path(args, parser) -> str:
+    out = args.out or ("samples.npz" if args.format == "npz" else "samples")
+    if args.format == "npz" and os.path.isdir(out):
+        parser.error(f"--out {out!r} is a folder; --format npz writes a file")
+    if args.format == "png" and os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--out {out!r} exists and is not a folder; --format png writes a folder")
+    return out
+
+
+def _calibration(args, parser) -> Calibration | None:
+    if not args.calibration:
+        return None
+    if any(v is not None for v in (args.sampler, args.steps, args.schedule)):
+        parser.error("--calibration replaces --sampler, --steps and --schedule; give one or the other")
+    try:
+        return Calibration.load(args.calibration)
+    except (OSError, ValueError) as e:
+        parser.error(f"--calibration: {e}")
+
+
+def _check_schedule(args, parser, loaded, cal) -> None:
+    """``--sigmas`` becomes the schedule; ``--steps`` must fit a run's fixed list of noise levels."""
+    if args.sigmas is not None:
+        if args.steps is not None or args.schedule is not None or cal is not None:
+            parser.error("--sigmas replaces --steps, --schedule and --calibration; give one or the other")
+
+        try:
+            args.schedule = validate(args.sigmas, "--sigmas").tolist()
+        except ValueError as e:
+            parser.error(str(e))
+    sched = schedule_of(loaded.config.sample, args.schedule)
+    if args.steps is not None and not isinstance(sched, str) and args.steps != len(sched) - 1:
+        parser.error(f"--steps {args.steps}: this run samples on its fixed list of {len(sched) - 1} steps "
+                     f"(sample.sigmas, e.g. from progressive distillation); omit --steps or give a --schedule")
+
+
+def _params(args, loaded, cal, steer: dict) -> dict:
+    """The sampling parameters recorded with the samples."""
+    c = loaded.config.sample
+    params = {"checkpoint": os.path.abspath(loaded.checkpoint), "step": loaded.step, "weights": loaded.weights,
+              "sampler": args.sampler or c.sampler,
+              "steps": len(args.sigmas) - 1 if args.sigmas is not None else args.steps or c.steps,
+              "schedule": args.schedule or c.schedule, **steer}
+    if cal is not None:
+        params.update(sampler=cal.sampler, steps=cal.steps, schedule=f"calibration {os.path.abspath(args.calibration)}")
+    return params
+
+
+# ----------------------------------------------------------------------------- steering
+
+def _steering(args, parser, loaded):
+    """Condition, guided denoiser and metadata from the sample options (usage errors exit 2)."""
+    steer, condition = {}, {}
+    _check_conditioning(args, parser, loaded.conditioning)
+    if args.guidance_interval is not None:
+        lo, hi = args.guidance_interval
+        if not 0 <= lo < hi:
+            parser.error(f"--guidance-interval needs 0 <= LO < HI, got {lo} {hi}")
+        steer["guidance_interval"] = [lo, hi]
+    weak, classifier = _guides(args, parser, loaded, steer)
+    try:
+        if args.class_ is not None:
+            condition["class_labels"] = gen.class_labels(loaded, args.class_, args.num)
+            steer["class"] = args.class_
+        if args.prompt is not None:
+            condition.update(gen.prompt_condition(loaded, args.prompt))
+            steer["prompt"] = args.prompt
+            if args.negative_prompt is not None:
+                steer["negative_prompt"] = args.negative_prompt
+        den = gen.guided(loaded, guidance=args.guidance, interval=args.guidance_interval,
+                         negative_prompt=args.negative_prompt, weak=weak, classifier=classifier,
+                         classifier_scale=args.classifier_scale if classifier is not None else 0.0)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.guidance != 1 or weak is not None:
+        steer["guidance"] = args.guidance
+    return condition, den, steer
+
+
+def _check_conditioning(args, parser, kind: str) -> None:
+    """The steering options the run's conditioning allows."""
+    if args.prompt is not None and kind != "text":
+        parser.error(f"--prompt needs a text-conditioned run (train --conditioning text); {args.checkpoint!r} is "
+                     f"conditioned on {kind!r}")
+    if args.negative_prompt is not None and kind != "text":
+        parser.error("--negative-prompt needs a text-conditioned run")
+    if kind == "text" and args.prompt is None:
+        parser.error("this run is text-conditioned: give --prompt (use --prompt '' for the unconditional model)")
+    if kind == "lowres":
+        parser.error("this run is a super-resolution model: use `undiffuse upscale --checkpoint RUN --image LOW`")
+    if args.classifier is None and args.class_ is not None and kind != "class":
+        parser.error(f"--class needs a class-conditional run (train --conditioning class) or --classifier; "
+                     f"{args.checkpoint!r} is conditioned on {kind!r}")
+    if args.classifier is not None and args.class_ is None:
+        parser.error("--classifier needs --class (the class to guide towards)")
+
+
+def _guides(args, parser, loaded, steer: dict):
+    """The weak run of ``--autoguide`` and the classifier of ``--classifier`` (None when not
+    given), recorded in ``steer``."""
+    weak = classifier = None
+    if args.autoguide:
+        weak = load_run(parser, args.autoguide, "--autoguide", weights=args.weights, device=args.device)
+        steer["autoguide"] = os.path.abspath(weak.checkpoint)
+    if args.classifier:
+        try:
+            classifier = load_classifier(args.classifier, device=args.device)
+        except (OSError, ValueError) as e:
+            parser.error(f"--classifier: {e}")
+        names = list(getattr(classifier, "class_names", []) or [])
+        if not loaded.class_names and names:
+            loaded.class_names = tuple(names)
+        steer.update(classifier=os.path.abspath(args.classifier), classifier_scale=args.classifier_scale)
+    return weak, classifier
+
+
+# ----------------------------------------------------------------------------- --diffusers
+
+def _sample_diffusers(args, parser) -> int:
+    given = [flag for name, flag in _RUN_ONLY.items() if getattr(args, name, None) is not None]
+    if args.guidance != 1.0:
+        given.append("--guidance")
+    if given:
+        parser.error(f"{', '.join(given)} cannot be used with --diffusers (an unconditional diffusers UNet2DModel); "
+                     "they need an undiffuse run (--checkpoint)")
+    if dist.env_world().distributed:
+        parser.error("--diffusers samples in one process; run it without torchrun")
+    sampler, steps = args.sampler or "ddim", args.steps or 50
+    out = args.out or ("samples.npz" if args.format == "npz" else "samples")
+    try:
+        model = load_diffusers(args.diffusers, device=args.device)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        parser.error(f"--diffusers: {e}")
+    except ImportError as e:
+        print(f"undiffuse sample: error: {e}", file=sys.stderr)
+        return 1
+    sigmas = None
+    if args.schedule is not None:
+        try:
+            sigmas = get_sigmas(args.schedule, steps, process=model.denoiser.process)
+        except ValueError as e:
+            parser.error(f"--schedule: {e}")
+    parts = []
+    for start in range(0, args.num, args.batch_size):
+        seeds = list(range(args.seed + start, args.seed + min(start + args.batch_size, args.num)))
+        z = make_noise((len(seeds), *model.shape), seed=seeds, device=args.device)
+        parts.append(sample_diffusers(model, z, sampler=sampler, steps=steps, seed=seeds, sigmas=sigmas).float().cpu())
+    x = gen.to_unit(torch.cat(parts))
+    params = {"diffusers": os.path.abspath(args.diffusers), "sampler": sampler, "steps": steps,
+              "schedule": args.schedule or f"scheduler ({model.scheduler_config.get('_class_name', '?')} timesteps)"}
+    return _write_samples(args, out, x, params)
+
+
+# ----------------------------------------------------------------------------- output
+
+def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None, content_filter=None) -> int:
+    """The one place ``sample`` writes files: the samples ``x`` (images in [0, 1]) of the run
+    ``loaded`` (None for ``--diffusers``) as ``--format`` asks, after the content filter. Status 1 when the
+    filter refuses every sample."""
+    per_image = None if labels is None else [{"class": loaded.class_names[k]} for k in labels.tolist()]
+    keep = None
+    if content_filter is not None:
+        keep = _filtered(content_filter, loaded, x, params, args.seed, per_image)
+        x = x[keep]
+        labels = None if labels is None else labels[keep]
+        params["refused_seeds"] = sorted(set(range(args.seed, args.seed + args.num)) - {args.seed + k for k in keep})
+        if not keep:
+            print("undiffuse sample: error: the content filter refused every sample; nothing written", file=sys.stderr)
+            return 1
+    if args.format == "npz":
+        extra = {} if keep is None else {"seeds": [args.seed + k for k in keep]}
+        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": len(x), **extra},
+                     labels=None if labels is None else labels.numpy())
+        print(f"wrote {out} ({len(x)} samples)", file=sys.stderr)
+    elif loaded is None or loaded.kind == "image":
+        gen.save_images(out, x, params, seed=args.seed, per_image=per_image, run=loaded, index=keep,
+                        watermark=not args.no_watermark)
+        print(f"wrote {out}/grid.png and {len(x)} images in {out}/", file=sys.stderr)
+    else:
+        os.makedirs(out, exist_ok=True)
+        gen.save_png(os.path.join(out, "scatter.png"), gen.scatter(x.numpy()),
+                     text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
+        print(f"wrote {out}/scatter.png", file=sys.stderr)
+    return 0
+
+
+def _filtered(fn, loaded, x, params, seed: int, per_image) -> list[int]:
+    """Indices of the samples the content filter keeps; each refusal is reported on stderr."""
+    outputs = gen.to_uint8(x) if loaded.kind == "image" else x.numpy()
+    keep = []
+    for i, out in enumerate(outputs):
+        rec = gen.provenance_record(loaded, params, seed + i, **(per_image[i] if per_image else {}))
+        reason = refusal(fn, out, {**params, **rec})
+        if reason is None:
+            keep.append(i)
+        else:
+            print(f"undiffuse sample: content filter refused seed {seed + i}: {reason}", file=sys.stderr)
+    return keep

@@ -1,0 +1,210 @@
+"""``undiffuse train``: train a model on a built-in dataset, an image folder or an array file,
+from a preset plus overrides (``--latent --autoencoder RUN``: latent diffusion on the data
+encoded by an autoencoder from ``undiffuse train-autoencoder``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from undiffuse import data as _data
+from undiffuse.cli.options import add_device, add_set, check_folder, duration, log, positive_int
+from undiffuse.config import default_preset, resolve
+from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
+from undiffuse.io import checkpoint as ckpt
+from undiffuse.io.checkpoint import CheckpointError
+from undiffuse.training.trainer import Trainer, TrainingError
+from undiffuse.utils.distributed import teardown
+
+# Direct options and the config key each one sets.
+_TRAIN_OPTIONS = {
+    "max_steps": "train.max_steps", "time_budget": "train.time_budget", "seed": "train.seed",
+    "batch_size": "optim.batch_size", "lr": "optim.lr", "log_every": "train.log_every",
+    "checkpoint_every": "train.checkpoint_every", "keep": "train.keep", "sample_every": "train.sample_every",
+    "device": "train.device", "precision": "train.precision", "parameterization": "diffusion.parameterization",
+    "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
+    "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
+    "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout", "compile": "train.compile",
+    "channels_last": "train.channels_last",
+}
+
+
+def add_parser(subparsers) -> None:
+    t = subparsers.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
+                              "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
+                              "config is saved as RUN/config.json.")
+    t.add_argument("--data", help="built-in name (digits, mnist5k, moons, swiss_roll, checkerboard, "
+                   "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits, or the "
+                   "resumed run's own data)")
+    t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
+    t.add_argument("--out", help="run folder (default: runs/<data name>)")
+    t.add_argument("--time-budget", type=duration, help="stop after this much training time, e.g. 5m, 90s, 1h")
+    t.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
+    t.add_argument("--resume", nargs="?", const="auto", help="'auto' (latest complete checkpoint in --out) or "
+                   "a checkpoint/run path, which must exist")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--conditioning", choices=("none", "class", "text", "lowres"),
+                   help="condition the model on the class label, a caption written from it (text), or a "
+                        "low-resolution copy of the image (lowres: super-resolution); default: none")
+    t.add_argument("--cond-dropout", type=float, help="share of training samples shown the null class or empty "
+                   "caption, for classifier-free guidance (default: 0.1)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--parameterization", help="eps, x0, v, edm or flow")
+    t.add_argument("--image-size", type=positive_int, help="resize + centre-crop images to this size")
+    t.add_argument("--channels", type=int, choices=(1, 3))
+    t.add_argument("--strict", action="store_true", default=None, help="a bad data file is an error, not a warning")
+    t.add_argument("--log-every", type=positive_int)
+    t.add_argument("--checkpoint-every", type=positive_int)
+    t.add_argument("--keep", type=positive_int, help="complete checkpoints to keep")
+    t.add_argument("--sample-every", type=int, help="steps between sample grids (0: only at the end)")
+    t.add_argument("--eval-every", type=int, help="steps between evaluations of the EMA model (FD, KID, "
+                   "precision/recall, copies vs the training data; logged to JSONL and TensorBoard)")
+    t.add_argument("--eval-samples", type=positive_int, help="samples per evaluation (default: 500)")
+    t.add_argument("--keep-best", action="store_true", default=None,
+                   help="keep the checkpoint with the lowest evaluation FD as RUN/best")
+    add_device(t, default=None, help="cpu, cuda, cuda:1, ... (under torchrun, cuda is each process's own GPU; on "
+               "resume the run continues on the device given, default cpu)")
+    t.add_argument("--precision", choices=("fp32", "bf16"))
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the network (worth it "
+                   "for long GPU runs; the first steps pay the compilation)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format for the network and its images (default: on CUDA only)")
+    t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the network, its gradients and "
+                   "optimizer state over the processes with FSDP instead of replicating them with DDP "
+                   "(checkpoints are the same either way)")
+    add_set(t, help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--latent", action="store_true", help="latent diffusion: train on the data encoded by "
+                   "--autoencoder (sampling decodes transparently)")
+    t.add_argument("--autoencoder", metavar="RUN", help="with --latent: an autoencoder folder from "
+                   "`undiffuse train-autoencoder`, trained on images of the same shape as --data")
+
+
+def run(args, parser) -> int:
+    check_folder(parser, args.out)
+    if args.resume not in (None, "auto") and not os.path.exists(args.resume):
+        parser.error(f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
+    dataset, overrides = _dataset(args, parser)
+    try:
+        cfg = resolve(args.preset or default_preset(dataset), dataset, overrides)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)).split(".")[0])
+    return _fit(args, parser, cfg, dataset, out)
+
+
+def _dataset(args, parser):
+    """The training data (encoded by --autoencoder with --latent) and the config overrides the
+    options make. A resumed run keeps its own data and autoencoder unless they are given again."""
+    saved = _resumed_data(args) if args.resume else None
+    saved_latent = _resumed_latent(args) if args.resume else None
+    _latent_options(args, parser, saved_latent)
+    if saved:  # resuming: the run's own data settings unless given again
+        args.data = args.data or saved.get("name")
+        args.image_size = args.image_size or saved.get("image_size")
+        args.channels = args.channels or saved.get("channels")
+    args.data = args.data or "digits"
+    try:
+        dataset = _data.load(args.data, image_size=args.image_size, channels=args.channels,
+                             strict=bool(args.strict))
+    except _data.DataError as e:
+        parser.error(f"--data: {e}")
+    overrides = {key: getattr(args, name) for name, key in _TRAIN_OPTIONS.items() if getattr(args, name) is not None}
+    if args.max_steps is not None and args.time_budget is None:
+        overrides["train.time_budget"] = None
+    overrides.update(dict(args.overrides))
+    overrides["data.name"] = args.data
+    if args.latent:  # latent diffusion: train on the encoded data
+        dataset = _latent_data(args, parser, dataset, overrides, saved_latent)
+    return dataset, overrides
+
+
+def _fit(args, parser, cfg, dataset, out: str) -> int:
+    try:
+        trainer = Trainer(cfg, dataset, out, resume=args.resume, progress=not args.no_progress, log=log,
+                          fsdp=args.fsdp)
+    except (CheckpointError, TrainingError, ValueError) as e:
+        parser.error(str(e))
+    try:
+        result = trainer.fit()
+    except TrainingError as e:
+        print(f"undiffuse train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        teardown()  # under torchrun: wait for every rank, leave the process group
+    if args.fsdp and not trainer.world.distributed:
+        print("undiffuse train: note: --fsdp shards over torchrun's processes; a single process trains unsharded",
+              file=sys.stderr)
+    if trainer.world.main:
+        print(json.dumps({"run": out, **result}))
+    return 0
+
+
+def _resumed_data(args) -> dict | None:
+    """The data settings saved in the run being resumed, if any."""
+    path = args.out if args.resume == "auto" else args.resume
+    if not path:
+        return None
+    try:
+        return ckpt.load_checkpoint_config(path)["data"]
+    except (ckpt.CheckpointError, KeyError):
+        return None
+
+
+# ----------------------------------------------------------------------------- latent diffusion
+
+def _latent_options(args, parser, saved: dict | None) -> None:
+    """Check ``--latent`` / ``--autoencoder``; a resumed latent run keeps its own autoencoder."""
+    bad = [k for k, _ in getattr(args, "overrides", []) if k.startswith("latent.")]
+    if bad:
+        parser.error(f"--set {bad[0]}: the latent section is written by --latent --autoencoder RUN, not by --set")
+    saved_ae = (saved or {}).get("autoencoder")
+    if saved_ae and not args.latent and not args.autoencoder:
+        args.latent, args.autoencoder = True, saved_ae
+    if args.latent and not args.autoencoder:
+        parser.error("--latent needs --autoencoder RUN (a folder from `undiffuse train-autoencoder`)")
+    if args.autoencoder and not args.latent:
+        parser.error(f"--autoencoder {args.autoencoder!r} is only used with --latent (latent diffusion); add --latent "
+                     f"or drop --autoencoder")
+
+
+def _latent_data(args, parser, dataset, overrides: dict, saved: dict | None = None):
+    """The dataset encoded by ``--autoencoder`` and the config overrides that record it; usage
+    errors (not an autoencoder, images of another shape) exit 2."""
+    try:
+        codec = load_autoencoder(args.autoencoder)
+    except AutoencoderError as e:
+        parser.error(f"--autoencoder: {e}")
+    if saved and saved.get("sha256") and saved["sha256"] != codec.sha256:
+        parser.error(f"--autoencoder {args.autoencoder!r} is not the autoencoder the resumed run was trained with "
+                     f"(weights SHA-256 {codec.sha256[:16]}..., the run recorded {saved['sha256'][:16]}...)")
+    if dataset.kind != "image" or tuple(dataset.shape) != codec.image_shape:
+        parser.error(f"--autoencoder {args.autoencoder!r} was trained on images of shape {codec.image_shape} "
+                     f"({codec.meta.get('data', {}).get('name')}); --data {args.data!r} has items of shape "
+                     f"{tuple(dataset.shape)}, so the latent shapes would not match (allowed: data of shape "
+                     f"{codec.image_shape}, or train an autoencoder on this data)")
+    try:
+        latents = LatentDataset(dataset, codec)
+    except ValueError as e:
+        parser.error(f"--autoencoder: {e}")
+    overrides.update({"latent.autoencoder": codec.path, "latent.sha256": codec.sha256,
+                      "latent.scale_factor": codec.scale_factor})
+    overrides.setdefault("diffusion.sigma_data", 1.0)  # scaled latents have unit std
+    return latents
+
+
+def _resumed_latent(args) -> dict | None:
+    """The latent settings saved in the run being resumed, if any."""
+    path = args.out if args.resume == "auto" else args.resume
+    if not path:
+        return None
+    try:
+        return ckpt.load_checkpoint_config(path).get("latent")
+    except (ckpt.CheckpointError, KeyError, OSError):
+        return None
