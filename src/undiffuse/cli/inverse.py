@@ -21,6 +21,7 @@ from undiffuse.cli.options import add_device, check_folder, load_run, positive_i
 from undiffuse.core import schedules
 from undiffuse.core.noise import per_sample_generators
 from undiffuse.inference import generate as gen
+from undiffuse.io.writers import write_samples
 from undiffuse.metrics.evaluate import load_set
 from undiffuse.steering import degradations, inverse
 from undiffuse.steering.conditioning import upsample_condition
@@ -316,7 +317,9 @@ def _restore(args, run, x, seeds, extra, params, usage):
 def _save_results(out: str, x_in: torch.Tensor, y: torch.Tensor, params: dict, seeds: list[int], n_in: int,
                   num: int):
     """The one place these commands write files: ``out/grid.png`` (each input, then its ``num``
-    results, one row per input) and one PNG per result, each with its parameters."""
+    results, one row per input) and one PNG per result with its parameters, through the one
+    output path (``io.writers.write_samples``; no watermark or provenance record: these are
+    edits of the user's own images)."""
     os.makedirs(out, exist_ok=True)
     y01 = gen.to_unit(y.float())
     inputs = gen.to_unit(x_in.float())
@@ -330,7 +333,5 @@ def _save_results(out: str, x_in: torch.Tensor, y: torch.Tensor, params: dict, s
     meta = {"parameters": gen.parameters_text({**params, "seed": f"{seeds[0]}..{seeds[-1]}"}),
             "undiffuse": json.dumps({**params, "seed": seeds[0], "count": len(y)}, default=str)}
     gen.save_png(os.path.join(out, "grid.png"), gen.grid(u8, nrow=num + 1), text=meta, scale=4)
-    for i, img in enumerate(gen.to_uint8(y01)):
-        p = {**params, "input": i // num, "seed": seeds[i]}
-        gen.save_png(os.path.join(out, f"{i:06d}.png"), img,
-                     text={"parameters": gen.parameters_text(p), "undiffuse": json.dumps(p, default=str)})
+    write_samples(y01, out, seed=seeds[0], params=params, per_sample=[{"input": i // num} for i in range(len(y))],
+                  watermark=False, grid=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import torch
 
 from undiffuse import samplers
@@ -26,7 +25,8 @@ from undiffuse.core.schedules import get_sigmas, validate
 from undiffuse.fewstep.calibrate import Calibration
 from undiffuse.inference import generate as gen
 from undiffuse.inference.interop import load_diffusers, sample_diffusers
-from undiffuse.io.content_filter import load_filter, refusal
+from undiffuse.io.content_filter import load_filter
+from undiffuse.io.writers import write_samples
 from undiffuse.steering.classifier_guidance import load_classifier
 from undiffuse.utils import distributed as dist
 from undiffuse.utils.acceleration import compiled
@@ -289,45 +289,28 @@ def _sample_diffusers(args, parser) -> int:
 # ----------------------------------------------------------------------------- output
 
 def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None, content_filter=None) -> int:
-    """The one place ``sample`` writes files: the samples ``x`` (images in [0, 1]) of the run
-    ``loaded`` (None for ``--diffusers``) as ``--format`` asks, after the content filter. Status 1 when the
-    filter refuses every sample."""
+    """The samples ``x`` (images in [0, 1], or vectors) of the run ``loaded`` (None for
+    ``--diffusers``) through the one output path (``io.writers.write_samples``: content filter,
+    file with metadata, provenance, watermark) as ``--format`` asks. Status 1 when the filter
+    refuses every sample."""
     per_image = None if labels is None else [{"class": loaded.class_names[k]} for k in labels.tolist()]
-    keep = None
-    if content_filter is not None:
-        keep = _filtered(content_filter, loaded, x, params, args.seed, per_image)
-        x = x[keep]
-        labels = None if labels is None else labels[keep]
-        params["refused_seeds"] = sorted(set(range(args.seed, args.seed + args.num)) - {args.seed + k for k in keep})
-        if not keep:
-            print("undiffuse sample: error: the content filter refused every sample; nothing written", file=sys.stderr)
-            return 1
+    records = None if loaded is None else [
+        gen.provenance_record(loaded, params, args.seed + i, **(per_image[i] if per_image else {}))
+        for i in range(len(x))]
+    options = {"labels": None if labels is None else labels.numpy()} if args.format == "npz" else {}
+    written = write_samples(x, out, format=args.format, seed=args.seed, params=params, per_sample=per_image,
+                            records=records, content_filter=content_filter, watermark=not args.no_watermark,
+                            **options)
+    for no in written.refused:
+        print(f"undiffuse sample: content filter refused seed {no['seed']}: {no['reason']}", file=sys.stderr)
+    if not written.items:
+        print("undiffuse sample: error: the content filter refused every sample; nothing written", file=sys.stderr)
+        return 1
+    n = len(written.items)
     if args.format == "npz":
-        extra = {} if keep is None else {"seeds": [args.seed + k for k in keep]}
-        gen.save_npz(out, x.numpy().astype(np.float32), {**params, "seed": args.seed, "count": len(x), **extra},
-                     labels=None if labels is None else labels.numpy())
-        print(f"wrote {out} ({len(x)} samples)", file=sys.stderr)
+        print(f"wrote {out} ({n} samples)", file=sys.stderr)
     elif loaded is None or loaded.kind == "image":
-        gen.save_images(out, x, params, seed=args.seed, per_image=per_image, run=loaded, index=keep,
-                        watermark=not args.no_watermark)
-        print(f"wrote {out}/grid.png and {len(x)} images in {out}/", file=sys.stderr)
+        print(f"wrote {out}/grid.png and {n} images in {out}/", file=sys.stderr)
     else:
-        os.makedirs(out, exist_ok=True)
-        gen.save_png(os.path.join(out, "scatter.png"), gen.scatter(x.numpy()),
-                     text={"parameters": gen.parameters_text({**params, "seed": args.seed})})
         print(f"wrote {out}/scatter.png", file=sys.stderr)
     return 0
-
-
-def _filtered(fn, loaded, x, params, seed: int, per_image) -> list[int]:
-    """Indices of the samples the content filter keeps; each refusal is reported on stderr."""
-    outputs = gen.to_uint8(x) if loaded.kind == "image" else x.numpy()
-    keep = []
-    for i, out in enumerate(outputs):
-        rec = gen.provenance_record(loaded, params, seed + i, **(per_image[i] if per_image else {}))
-        reason = refusal(fn, out, {**params, **rec})
-        if reason is None:
-            keep.append(i)
-        else:
-            print(f"undiffuse sample: content filter refused seed {seed + i}: {reason}", file=sys.stderr)
-    return keep
