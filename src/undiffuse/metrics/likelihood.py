@@ -357,7 +357,7 @@ def ddpm_vlb(model, x0, process, *, prediction: str = "denoiser", variance: str 
             with ``"eps"`` a raw DDPM network ``eps(x_t, i, **cond)`` taking the 0-based
             integer timestep (LongTensor of shape (B,)).
         x0: data, shape (B, ...), in model space ([-1, 1] for images).
-        process: a discrete VP process with ``.betas`` and ``.alphas_cumprod`` (``VPDiscrete``).
+        process: a discrete VP process (a ``VPDiscrete``: its ``.betas`` and ``.alphas_cumprod`` are read).
         variance: "small" (``beta_tilde_t``) or "large" (``beta_t``) reverse variances, or a
             tensor of T positive variances in the process's ``x_t`` space (index 0: decoder).
         decoder: "discretized" or "gaussian".
