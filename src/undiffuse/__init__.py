@@ -18,6 +18,7 @@ from undiffuse import samplers
 from undiffuse.core import analytic, precond, process, schedules
 from undiffuse.core.noise import noise
 from undiffuse.core.precond import Denoiser
+from undiffuse.core.types import DenoiserLike
 from undiffuse.samplers.driver import sample
 from undiffuse.steering import degradations, guidance, inverse
 from undiffuse.utils.version import __version__
@@ -80,5 +81,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'undiffuse' has no attribute {name!r}")
 
 
-__all__ = ["Denoiser", "PUBLIC_MODULES", "analytic", "degradations", "guidance", "inverse", "noise", "precond",
-           "process", "sample", "samplers", "schedules", "__version__"]
+__all__ = ["Denoiser", "DenoiserLike", "PUBLIC_MODULES", "analytic", "degradations", "guidance", "inverse", "noise",
+           "precond", "process", "sample", "samplers", "schedules", "__version__"]

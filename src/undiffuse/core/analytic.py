@@ -20,7 +20,12 @@ Tensor = torch.Tensor
 
 
 class GaussianMixture:
-    """A mixture of full-covariance Gaussians in ``dim`` dimensions (float64 maths)."""
+    """A mixture of full-covariance Gaussians in ``dim`` dimensions (float64 maths).
+
+    A :class:`~undiffuse.core.types.DenoiserLike`: exact at every noise level, so it has no
+    sigma range of its own (``sigma_min``/``sigma_max`` are None until set) and no process;
+    ``sample_shape`` is ``(dim,)`` (any shape with ``dim`` entries also works).
+    """
 
     def __init__(self, means: Tensor, covs: Tensor, weights: Tensor | None = None):
         means = torch.as_tensor(means, dtype=torch.float64)
@@ -38,7 +43,10 @@ class GaussianMixture:
         self.evals = evals.clamp(min=0)  # (K, d)
         self.evecs = evecs  # (K, d, d), columns are eigenvectors
         self.dim = means.shape[1]
-        self.sample_shape = (self.dim,)
+        self.sample_shape: tuple[int, ...] | None = (self.dim,)
+        self.sigma_min: float | None = None  # no range of its own: sample(..., sigma_min=, sigma_max=)
+        self.sigma_max: float | None = None
+        self.process = None  # not tied to a noise process
 
     @classmethod
     def random(cls, dim: int = 64, components: int = 8, seed: int = 0, spread: float = 2.0,

@@ -92,11 +92,14 @@ class Denoiser(nn.Module):
 
     The maths runs in float32 or float64 (whichever ``x`` is); the network input is cast to
     the network's own dtype and its output back, so a bf16 network is safe to wrap.
+
+    A :class:`~undiffuse.core.types.DenoiserLike` (and ``HasBoundary``, ``HasSigmaData``): its
+    sigma range is the process's; ``sample_shape`` is the per-sample shape (None: any).
     """
 
     def __init__(self, net: nn.Module | callable, process: NoiseProcess, parameterization: str = "eps", *,
                  sigma_data: float = 0.5, time_scale: float = 1.0, net_dtype: torch.dtype | None = None,
-                 boundary_sigma: float | None = None):
+                 boundary_sigma: float | None = None, sample_shape: tuple[int, ...] | None = None):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
@@ -106,14 +109,17 @@ class Denoiser(nn.Module):
         self.sigma_data = sigma_data
         self.time_scale = time_scale
         self.net_dtype = net_dtype
-        self.boundary_sigma = boundary_sigma
+        self.boundary_sigma = boundary_sigma  # consistency models: the identity at and below this sigma
+        self.sample_shape = None if sample_shape is None else tuple(sample_shape)  # per sample, no batch axis
 
     @property
     def sigma_min(self) -> float:
+        """The process's smallest noise level (rescaled-space std)."""
         return self.process.sigma_min
 
     @property
     def sigma_max(self) -> float:
+        """The process's largest finite noise level (rescaled-space std)."""
         return self.process.sigma_max
 
     def forward(self, x: Tensor, sigma, **cond) -> Tensor:

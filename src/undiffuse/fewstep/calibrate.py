@@ -35,6 +35,7 @@ import torch
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
 from undiffuse.core.noise import noise as _noise
+from undiffuse.core.types import denoiser_info
 from undiffuse.samplers.calibrated import HISTORY
 from undiffuse.utils.atomic import write_json
 
@@ -248,10 +249,7 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
                          f"use one of: {', '.join(n for n in _samplers.names() if n not in _NOT_DIFFERENTIABLE)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    sigma_min = getattr(denoiser, "sigma_min", None) if sigma_min is None else sigma_min
-    sigma_max = getattr(denoiser, "sigma_max", None) if sigma_max is None else sigma_max
-    if sigma_min is None or sigma_max is None:
-        raise ValueError("calibrate needs sigma_min and sigma_max (or a denoiser that carries them)")
+    sigma_min, sigma_max = denoiser_info(denoiser, sigma_min=sigma_min, sigma_max=sigma_max).sigma_range("calibrate")
     learn_weights = (sampler == "calibrated") if learn_weights is None else learn_weights
     if learn_weights and sampler not in _WEIGHTED:
         raise ValueError(f"learn_weights=True needs one of the samplers {', '.join(_WEIGHTED)}, got {sampler!r}")

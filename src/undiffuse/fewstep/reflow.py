@@ -37,6 +37,7 @@ from safetensors import safe_open
 from undiffuse import samplers as _samplers
 from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core.noise import noise as make_noise
+from undiffuse.core.types import denoiser_info
 from undiffuse.inference.generate import load_run
 from undiffuse.io.checkpoint import CheckpointError, load_tensors, save_tensors
 from undiffuse.samplers.driver import sample
@@ -156,7 +157,7 @@ def straightness(denoiser, z: Tensor, *, steps: int = 200, t_max: float | None =
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if t_max is None:
-        s_max = getattr(denoiser, "sigma_max", None)
+        s_max = denoiser_info(denoiser).sigma_max
         if s_max is None:
             raise ValueError("give t_max: the denoiser has no sigma_max")
         t_max = float(s_max) / (1 + float(s_max)) if math.isfinite(s_max) else 1.0

@@ -158,7 +158,6 @@ def load_onnx_denoiser(path: str, *, threads: int | None = None) -> Denoiser:
     m = net.meta
     if not m:
         raise ValueError(f"{path!r} was not written by `undiffuse export` (no {METADATA_KEY!r} metadata)")
-    den = Denoiser(net, _process.from_config(m["process"]), m["parameterization"], sigma_data=m["sigma_data"],
-                   time_scale=m["time_scale"], net_dtype=torch.float32, boundary_sigma=m["boundary_sigma"])
-    den.sample_shape = tuple(m["shape"])
-    return den
+    return Denoiser(net, _process.from_config(m["process"]), m["parameterization"], sigma_data=m["sigma_data"],
+                    time_scale=m["time_scale"], net_dtype=torch.float32, boundary_sigma=m["boundary_sigma"],
+                    sample_shape=tuple(m["shape"]))

@@ -127,11 +127,10 @@ def load_diffusers(folder: str, *, device: str = "cpu") -> DiffusersModel:
         warnings.warn("the scheduler config asks for clip_sample/thresholding of the predicted sample; undiffuse's "
                       "samplers do not clip", stacklevel=2)
     unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True).to(device).eval().requires_grad_(False)
-    den = Denoiser(DiffusersUNet(unet), process_of(sched), parameterization_of(sched))
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     shape = (unet.config.in_channels, *size)
-    den.sample_shape = shape
+    den = Denoiser(DiffusersUNet(unet), process_of(sched), parameterization_of(sched), sample_shape=shape)
     return DiffusersModel(den, sched, shape)
 
 

@@ -98,6 +98,9 @@ import math
 import numpy as np
 import torch
 
+from undiffuse.core.process import NoiseProcess, VPDiscrete
+from undiffuse.core.types import denoiser_info
+
 Tensor = torch.Tensor
 
 #: width of one 8-bit intensity bin in model space for the map x = 2 u / 255 - 1 (u = 0..255)
@@ -225,13 +228,8 @@ def ode_log_likelihood(denoiser, x0, *, sigma_min: float | None = None, sigma_ma
     _choice("space", space, SPACES)
     x0 = _batch(x0)
     cond = dict(cond or {})
-    if sigma_min is None:
-        sigma_min = getattr(denoiser, "sigma_min", None)
-    if sigma_max is None:
-        sigma_max = getattr(denoiser, "sigma_max", None)
-    if sigma_min is None or sigma_max is None:
-        raise ValueError("pass sigma_min and sigma_max (the denoiser does not define them)")
-    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    info = denoiser_info(denoiser, sigma_min=sigma_min, sigma_max=sigma_max)
+    sigma_min, sigma_max = (float(s) for s in info.sigma_range("ode_log_likelihood"))
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min:g}, sigma_max={sigma_max:g}")
     if int(hutchinson_samples) != hutchinson_samples or hutchinson_samples < 1:
@@ -251,8 +249,8 @@ def ode_log_likelihood(denoiser, x0, *, sigma_min: float | None = None, sigma_ma
     log_alpha = 0.0
     start = x0
     if space == "process":
-        process = getattr(denoiser, "process", None)
-        if process is None or not hasattr(process, "alpha_of_sigma"):
+        process = info.process
+        if not isinstance(process, NoiseProcess):
             raise ValueError('space="process" needs a denoiser with a .process (alpha_of_sigma)')
         log_alpha = float(torch.as_tensor(process.alpha_of_sigma(torch.tensor(sigma_min, dtype=torch.float64))).log())
         start = x0 * math.exp(-log_alpha)
@@ -359,7 +357,7 @@ def ddpm_vlb(model, x0, process, *, prediction: str = "denoiser", variance: str 
             with ``"eps"`` a raw DDPM network ``eps(x_t, i, **cond)`` taking the 0-based
             integer timestep (LongTensor of shape (B,)).
         x0: data, shape (B, ...), in model space ([-1, 1] for images).
-        process: a discrete VP process with ``.betas`` and ``.alphas_cumprod`` (``VPDiscrete``).
+        process: a discrete VP process (a ``VPDiscrete``: its ``.betas`` and ``.alphas_cumprod`` are read).
         variance: "small" (``beta_tilde_t``) or "large" (``beta_t``) reverse variances, or a
             tensor of T positive variances in the process's ``x_t`` space (index 0: decoder).
         decoder: "discretized" or "gaussian".
@@ -377,7 +375,7 @@ def ddpm_vlb(model, x0, process, *, prediction: str = "denoiser", variance: str 
     _choice("decoder", decoder, DECODERS)
     x0 = _batch(x0)
     cond = dict(cond or {})
-    if not hasattr(process, "betas") or not hasattr(process, "alphas_cumprod"):
+    if not isinstance(process, VPDiscrete):
         raise ValueError("ddpm_vlb needs a discrete VP process with .betas and .alphas_cumprod "
                          "(process.get('vp', ...))")
     betas = torch.as_tensor(process.betas, dtype=torch.float64)

@@ -60,7 +60,7 @@ def base_weights(sigmas: torch.Tensor, i: int, order: int) -> list:
     if order == 4:
         return adams_weights(sigmas, i, order)
     zero = sigmas.new_zeros(())
-    s, s_next = sigmas[i], sigmas[i + 1]
+    s_next = sigmas[i + 1]
     k = min(order, i + 1)
     if s_next == 0 or k == 1:
         return [zero] * HISTORY

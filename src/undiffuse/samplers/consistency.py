@@ -1,6 +1,8 @@
 """Multistep consistency sampling (Song et al. 2023, Algorithm 1)."""
 from __future__ import annotations
 
+from undiffuse.core.types import denoiser_info
+
 from ._common import call, randn_like, report
 
 
@@ -9,13 +11,13 @@ def consistency(denoiser, x, sigmas, *, generator=None, callback=None, extra=Non
     fresh noise at the next level and jump again: ``x' = f(x, s) + sqrt(s'^2 - b^2) z``.
 
     ``boundary`` is the level ``b`` at which the model is the identity (default: the
-    denoiser's ``boundary_sigma``, else 0). With the two levels ``[sigma_max, 0]`` this is
+    denoiser's ``boundary_sigma`` (``HasBoundary``), else 0). With the two levels ``[sigma_max, 0]`` this is
     one-step generation. Meant for consistency models; for an ordinary denoiser it is
     ancestral sampling with all the noise renewed at every step.
     """
     extra = extra or {}
     if boundary is None:
-        boundary = getattr(denoiser, "boundary_sigma", None) or 0.0
+        boundary = denoiser_info(denoiser).boundary_sigma or 0.0
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = call(denoiser, x, s, **extra)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
 from undiffuse.core.noise import per_sample_generators, seeds_for
+from undiffuse.core.types import denoiser_info
 
 Tensor = torch.Tensor
 
@@ -25,7 +26,8 @@ def sample(denoiser: Callable, noise: Tensor, sampler: str = "dpmpp_2m", steps: 
     ``noise`` is standard normal in the output's shape ``(batch, ...)``; it is scaled to the
     first sigma of the schedule here. ``denoiser(x, sigma)`` takes a batch and a per-sample
     sigma tensor and returns the x0 estimate. ``sigma_min``/``sigma_max`` default to the
-    denoiser's own (``Denoiser`` and analytic models carry them). ``seed`` gives the fresh
+    denoiser's own (a ``DenoiserLike``: ``Denoiser`` carries its process's range); a plain
+    callable needs them passed. ``seed`` gives the fresh
     noise of stochastic samplers one generator per sample (``seed + i``), so sample i is the
     same whatever the batch size. ``sigmas`` (or a list as ``schedule``) bypasses the named
     schedules. Remaining keyword ``options`` go to the sampler (see ``samplers.options``).
@@ -36,19 +38,15 @@ def sample(denoiser: Callable, noise: Tensor, sampler: str = "dpmpp_2m", steps: 
                          + (f" of dtype {noise.dtype}" if isinstance(noise, Tensor) else ""))
     if noise.dim() < 2:
         raise ValueError(f"noise must have shape (batch, ...) with at least 2 dimensions, got {tuple(noise.shape)}")
-    expected = getattr(denoiser, "sample_shape", None)
-    if expected is not None and tuple(noise.shape[1:]) != tuple(expected):
-        raise ValueError(f"noise has per-sample shape {tuple(noise.shape[1:])} but the denoiser expects {tuple(expected)}")
+    expected = denoiser_info(denoiser).sample_shape
+    if expected is not None and tuple(noise.shape[1:]) != expected:
+        raise ValueError(f"noise has per-sample shape {tuple(noise.shape[1:])} but the denoiser expects {expected}")
     unknown = set(options) - set(_samplers.options(sampler))
     if unknown:
         raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; "
                          f"allowed: {', '.join(_samplers.options(sampler)) or 'none'}")
     if sigmas is None:
-        if isinstance(schedule, str):
-            sigma_min = getattr(denoiser, "sigma_min", None) if sigma_min is None else sigma_min
-            sigma_max = getattr(denoiser, "sigma_max", None) if sigma_max is None else sigma_max
-        sigmas = _schedules.get_sigmas(schedule, steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                                       process=getattr(denoiser, "process", None), **(schedule_options or {}))
+        sigmas = schedule_of(denoiser, schedule, steps, sigma_min, sigma_max, schedule_options, caller="sample")
     else:
         sigmas = _schedules.validate(torch.as_tensor(sigmas, dtype=torch.float64))
     sigmas = sigmas.to(noise.device)
@@ -73,3 +71,17 @@ def sample(denoiser: Callable, noise: Tensor, sampler: str = "dpmpp_2m", steps: 
     finally:
         if bar is not None:
             bar.close()
+
+
+def schedule_of(denoiser: Callable, schedule: str | Sequence[float] | Tensor, steps: int,
+                sigma_min: float | None = None, sigma_max: float | None = None, schedule_options: dict | None = None,
+                *, caller: str = "sample") -> Tensor:
+    """The sigma grid :func:`sample` runs for these arguments (the denoiser's range and process
+    fill what is not given); a named schedule that needs a range the denoiser does not carry
+    is a ValueError naming ``caller``'s ``sigma_min``/``sigma_max`` arguments."""
+    info = denoiser_info(denoiser, sigma_min=sigma_min, sigma_max=sigma_max)
+    if (isinstance(schedule, str) and schedule in _schedules.names() and schedule != "custom"
+            and schedule not in _schedules._NEEDS_PROCESS and info.process is None):
+        info.sigma_range(caller)
+    return _schedules.get_sigmas(schedule, steps, sigma_min=info.sigma_min, sigma_max=info.sigma_max,
+                                 process=info.process, **(schedule_options or {}))

@@ -23,13 +23,42 @@ from typing import Callable
 
 import torch
 
+from undiffuse.core.process import NoiseProcess
+from undiffuse.core.types import HasBoundary, HasProcess, HasSampleShape, HasSigmaData, HasSigmaRange
+
 Tensor = torch.Tensor
 
 
 class _Wrapper:
-    """Forward the attributes samplers look up (sigma_min, sigma_max, process, ...)."""
+    """A guided denoiser carries what the one it wraps carries: a ``DenoiserLike`` (and
+    ``HasBoundary``, ``HasSigmaData``) whose attributes are the inner denoiser's, None where it
+    has none. Any other attribute (``net``, ``parameterization``, ...) is forwarded as well."""
 
     inner: Callable
+
+    @property
+    def sigma_min(self) -> float | None:
+        return self.inner.sigma_min if isinstance(self.inner, HasSigmaRange) else None
+
+    @property
+    def sigma_max(self) -> float | None:
+        return self.inner.sigma_max if isinstance(self.inner, HasSigmaRange) else None
+
+    @property
+    def process(self) -> NoiseProcess | None:
+        return self.inner.process if isinstance(self.inner, HasProcess) else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return self.inner.sample_shape if isinstance(self.inner, HasSampleShape) else None
+
+    @property
+    def boundary_sigma(self) -> float | None:
+        return self.inner.boundary_sigma if isinstance(self.inner, HasBoundary) else None
+
+    @property
+    def sigma_data(self) -> float | None:
+        return self.inner.sigma_data if isinstance(self.inner, HasSigmaData) else None
 
     def __getattr__(self, name):
         if name == "inner":

@@ -23,7 +23,10 @@ import torch
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
 from undiffuse.core.noise import per_sample_generators, randn_like
+from undiffuse.core.process import NoiseProcess
+from undiffuse.core.types import HasProcess, HasSampleShape, HasSigmaRange, denoiser_info
 from undiffuse.samplers._common import ancestral_split, call, report
+from undiffuse.samplers.driver import schedule_of
 
 from .degradations import Downsample, Mask, Operator, _is_int, _is_real
 
@@ -68,15 +71,6 @@ def _generators(seed, generator, batch: int, device) -> list[torch.Generator] | 
     if len(seeds) != batch:
         raise ValueError(f"seed list has {len(seeds)} entries but the batch has {batch} samples")
     return per_sample_generators(seeds, device=torch.device(device).type)
-
-
-def _schedule(denoiser, steps, schedule, sigma_min, sigma_max, schedule_options) -> Tensor:
-    """The same sigma grid :func:`undiffuse.sample` would use for these arguments."""
-    if isinstance(schedule, str):
-        sigma_min = getattr(denoiser, "sigma_min", None) if sigma_min is None else sigma_min
-        sigma_max = getattr(denoiser, "sigma_max", None) if sigma_max is None else sigma_max
-    return _schedules.get_sigmas(schedule, steps, sigma_min=sigma_min, sigma_max=sigma_max,
-                                 process=getattr(denoiser, "process", None), **(schedule_options or {}))
 
 
 def _check_sampler_options(sampler: str, options: dict) -> Callable:
@@ -195,7 +189,8 @@ def sdedit(denoiser: Callable, image: Tensor, strength: float, *, sampler: str =
         raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
     image = _check_data("image", image)
     fn = _check_sampler_options(sampler, options)
-    full = _schedule(denoiser, steps, schedule, sigma_min, sigma_max, schedule_options).to(image.device)
+    full = schedule_of(denoiser, schedule, steps, sigma_min, sigma_max, schedule_options, caller="sdedit")
+    full = full.to(image.device)
     total = len(full) - 1
     n = math.floor(total * strength + 0.5)
     if n == 0:
@@ -284,7 +279,8 @@ class PosteriorGuided:
         self.denoiser, self.operator, self.variance = denoiser, operator, variance
         self.noise_std = operator.noise_std if noise_std is None else _check_number("noise_std", noise_std)
         self.scale = _check_number("scale", scale)
-        sigma_data = getattr(denoiser, "sigma_data", 0.5) if sigma_data is None else sigma_data
+        sigma_data = denoiser_info(denoiser).sigma_data if sigma_data is None else sigma_data
+        sigma_data = 0.5 if sigma_data is None else sigma_data
         if not _is_real(sigma_data) or not 0 < sigma_data < math.inf:
             raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
         self.sigma_data = float(sigma_data)
@@ -294,9 +290,23 @@ class PosteriorGuided:
         except NotImplementedError:
             pass
         self.measurement = measurement
-        for name in ("sigma_min", "sigma_max", "process", "sample_shape"):
-            if hasattr(denoiser, name):
-                setattr(self, name, getattr(denoiser, name))
+
+    # a DenoiserLike with the prior denoiser's range, process and sample shape (None where it has none)
+    @property
+    def sigma_min(self) -> float | None:
+        return self.denoiser.sigma_min if isinstance(self.denoiser, HasSigmaRange) else None
+
+    @property
+    def sigma_max(self) -> float | None:
+        return self.denoiser.sigma_max if isinstance(self.denoiser, HasSigmaRange) else None
+
+    @property
+    def process(self) -> NoiseProcess | None:
+        return self.denoiser.process if isinstance(self.denoiser, HasProcess) else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return self.denoiser.sample_shape if isinstance(self.denoiser, HasSampleShape) else None
 
     def __call__(self, x: Tensor, sigma, **extra) -> Tensor:
         y = self.measurement.to(device=x.device, dtype=x.dtype)
@@ -359,7 +369,8 @@ def restore(denoiser: Callable, y: Tensor, operator: Operator, noise_std: float 
     fn = _check_sampler_options(sampler, options)
     guided = PosteriorGuided(denoiser, operator, y, noise_std, scale=scale, variance=variance,
                              sigma_data=sigma_data, cg_iters=cg_iters)
-    sigmas = _schedule(denoiser, steps, schedule, sigma_min, sigma_max, schedule_options).to(y.device)
+    sigmas = schedule_of(denoiser, schedule, steps, sigma_min, sigma_max, schedule_options, caller="restore")
+    sigmas = sigmas.to(y.device)
     shape = operator.input_shape(y.shape)
     gen = _generators(seed, generator, shape[0], y.device)
     with torch.no_grad():
