@@ -250,6 +250,52 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     sigma_min, sigma_max = denoiser_info(denoiser, sigma_min=sigma_min, sigma_max=sigma_max).sigma_range("calibrate")
+    learn_weights, history = _checked(sampler, steps, learn_weights, batch_size, train_size, history,
+                                      last_level_grid, screen)
+    ref_lo = sigma_min if reference_sigma_min is None else reference_sigma_min
+    p = _problem(denoiser, shape, steps, sigma_min, sigma_max, info=info, opts=dict(sampler_options or {}),
+                 extra=extra, seed=seed, train_size=train_size, val_size=val_size, screen=screen,
+                 reference_rtol=reference_rtol, reference_sigma_min=ref_lo, dtype=dtype, device=device)
+    baseline_val, start, start_err, init_sigmas = _baselines_and_start(p, sampler, steps, sigma_min, sigma_max, init)
+    learn_last = learn_last_sigma and steps > 1
+    if learn_last and last_level_grid:
+        with torch.no_grad():
+            init_sigmas, start_err = _search_last_level(p.train_score, init_sigmas, start_err, sigma_min,
+                                                        last_level_grid)
+    best = (start_err, init_sigmas.clone(), None)  # (score, sigmas, (deltas, shifts) or None)
+    if select_every:
+        best = (p.val_score(init_sigmas), init_sigmas.clone(), None)
+    gen = torch.Generator().manual_seed(seed)  # minibatch order, reproducible from ``seed``
+    fit = functools.partial(_fit, p, gen=gen, batch_size=batch_size, select_every=select_every, lr_decay=lr_decay,
+                            verbose=verbose)
+    if learn_weights and position_iters and steps > 1:
+        best = fit(_Params(init_sigmas, sigma_min, learn_last, False), position_iters, position_lr, False, best)
+        if not math.isfinite(best[0]):  # minibatches without selection: score the positions to compare
+            best = (p.val_score(best[1]) if select_every else math.inf, best[1], None)
+    if steps > 1 or learn_weights:
+        params = _Params(best[1], sigma_min, learn_last, learn_weights, history)
+        best = fit(params, iters, lr, learn_weights, best)
+    _, sigmas, deltas = best
+    with torch.no_grad():
+        train_rmse = float(_rmse(p.run(sigmas, p.x_train, *(deltas or ())), p.y_train, p.w_train))
+    val_rmse = p.val_score(sigmas, deltas)
+    opts = p.opts
+    if deltas is not None:
+        opts["deltas"], opts["shifts"] = deltas[0].tolist(), deltas[1].tolist()
+    return Calibration(sampler=sampler, sigmas=sigmas.tolist(), options=opts, train_rmse=train_rmse,
+                       val_rmse=val_rmse, baseline=baseline_val,
+                       meta={"steps": steps, "nfe": steps * max(info.evals_per_step, 1), "train_size": train_size,
+                             "val_size": val_size, "seed": seed, "iters": iters, "batch_size": batch_size,
+                             "select_every": select_every, "lr_decay": lr_decay,
+                             "history": history if learn_weights else None, "screen": screen,
+                             "position_iters": position_iters if learn_weights else 0, "init": start,
+                             "start_sigmas": init_sigmas.tolist(), "reference_rtol": reference_rtol,
+                             "reference_sigma_min": ref_lo, "sigma_min": sigma_min, "sigma_max": sigma_max})
+
+
+def _checked(sampler, steps, learn_weights, batch_size, train_size, history, last_level_grid, screen):
+    """``calibrate``'s remaining arguments checked (ValueError naming each); returns whether
+    solver weights are learned and the resolved ``history``."""
     learn_weights = (sampler == "calibrated") if learn_weights is None else learn_weights
     if learn_weights and sampler not in _WEIGHTED:
         raise ValueError(f"learn_weights=True needs one of the samplers {', '.join(_WEIGHTED)}, got {sampler!r}")
@@ -262,14 +308,50 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
             raise ValueError(f"history applies to sampler='ipndm' with learned weights, got sampler={sampler!r}")
         if not isinstance(history, int) or not 1 <= history <= max(steps - 1, 3):
             raise ValueError(f"history must be 'all' or an integer between 1 and {max(steps - 1, 3)}, got {history!r}")
-    history = HISTORY if history is None else history
     if not isinstance(last_level_grid, int) or last_level_grid < 0:
         raise ValueError(f"last_level_grid must be an integer >= 0 (0: off), got {last_level_grid!r}")
     if not isinstance(screen, int) or screen < 0 or screen == 1:
         raise ValueError(f"screen must be 0 (off) or an integer >= 2, got {screen!r}")
-    opts = dict(sampler_options or {})
-    evals = max(info.evals_per_step, 1)
+    return learn_weights, HISTORY if history is None else history
 
+
+@dataclass
+class _Problem:
+    """What the fit works on: the solver and its options (``opts``, shared and updated as the
+    start is chosen), the training and validation noises (scaled to ``sigma_max``), their
+    accurate ODE solutions and, when screened, their importance weights."""
+
+    denoiser: object
+    info: object
+    opts: dict
+    extra: dict | None
+    x_train: Tensor
+    y_train: Tensor
+    w_train: Tensor | None
+    x_val: Tensor
+    y_val: Tensor
+    w_val: Tensor | None
+
+    def run(self, sigmas, x, deltas=None, shifts=None) -> Tensor:
+        kw = dict(self.opts)
+        if deltas is not None:
+            kw["deltas"] = deltas
+        if shifts is not None:
+            kw["shifts"] = shifts
+        return self.info.fn(self.denoiser, x, sigmas, extra=self.extra, **kw)
+
+    def train_score(self, sigmas) -> float:
+        return float(_rmse(self.run(sigmas, self.x_train), self.y_train, self.w_train))
+
+    def val_score(self, sigmas, weights=None) -> float:
+        with torch.no_grad():
+            return float(_rmse(self.run(sigmas, self.x_val, *(weights or ())), self.y_val, self.w_val))
+
+
+def _problem(denoiser, shape, steps, sigma_min, sigma_max, *, info, opts, extra, seed, train_size, val_size, screen,
+             reference_rtol, reference_sigma_min, dtype, device) -> _Problem:
+    """Draw the noise pools (seeds ``seed ..``, validation right after; screened when ``screen``)
+    and solve their ODEs accurately."""
     def draw(first, count):
         return _noise((count, *shape), seed=list(range(first, first + count)), dtype=dtype, device=device) * sigma_max
 
@@ -289,123 +371,90 @@ def calibrate(denoiser, shape, steps: int, *, sigma_min: float | None = None, si
     else:
         x_train, x_val = draw(seed, train_size), draw(seed + train_size, val_size)
         w_train = w_val = None
-    ref_lo = sigma_min if reference_sigma_min is None else reference_sigma_min
     with torch.no_grad():
-        y_train = reference_solution(denoiser, x_train, sigma_max, ref_lo, rtol=reference_rtol, extra=extra)
-        y_val = reference_solution(denoiser, x_val, sigma_max, ref_lo, rtol=reference_rtol, extra=extra)
+        y_train = reference_solution(denoiser, x_train, sigma_max, reference_sigma_min, rtol=reference_rtol,
+                                     extra=extra)
+        y_val = reference_solution(denoiser, x_val, sigma_max, reference_sigma_min, rtol=reference_rtol, extra=extra)
+    return _Problem(denoiser, info, opts, extra, x_train, y_train, w_train, x_val, y_val, w_val)
 
-    def run(sigmas, x, deltas=None, shifts=None):
-        kw = dict(opts)
-        if deltas is not None:
-            kw["deltas"] = deltas
-        if shifts is not None:
-            kw["shifts"] = shifts
-        return info.fn(denoiser, x, sigmas, extra=extra, **kw)
 
-    def val_score(sigmas, weights=None):
-        with torch.no_grad():
-            return float(_rmse(run(sigmas, x_val, *(weights or ())), y_val, w_val))
-
-    # baselines: standard solvers on fixed schedules, scored on both batches (the reference
-    # point a user would otherwise pick); the best start for the fit among the fixed schedules
-    baseline_val = {}
+def _baselines_and_start(p: _Problem, sampler, steps, sigma_min, sigma_max, init):
+    """Standard solvers on fixed schedules scored on the validation pool (the reference point a
+    user would otherwise pick), and the fit's start: the fixed schedule (and, for the
+    calibrated solver, base order) best on the training pool. Returns (baselines, start name,
+    its training score, its sigmas); ``p.opts`` gets the chosen base order."""
+    baseline_val, starts = {}, {}
     with torch.no_grad():
         for name in _BASELINE_SAMPLERS:
             for sched in _FIXED:
                 s = _schedules.get_sigmas(sched, steps, sigma_min=sigma_min, sigma_max=sigma_max)
-                baseline_val[f"{name}+{sched}"] = float(_rmse(_samplers.get(name)(denoiser, x_val, s, extra=extra),
-                                                              y_val, w_val))
-        starts = {}
+                out = _samplers.get(name)(p.denoiser, p.x_val, s, extra=p.extra)
+                baseline_val[f"{name}+{sched}"] = float(_rmse(out, p.y_val, p.w_val))
         for sched in ([init] if init is not None else _FIXED):
             s = _schedules.get_sigmas(sched, steps, sigma_min=sigma_min, sigma_max=sigma_max)
             if not isinstance(sched, str):  # a list of sigmas: the fit's start
                 if len(s) != steps + 1 or abs(float(s[0]) / sigma_max - 1) > 1e-6:
                     raise ValueError(f"init sigmas must be {steps + 1} values from sigma_max={sigma_max} down to 0")
                 sched = "custom"
-            for order in ((2, 3, 4) if sampler == "calibrated" and "base_order" not in opts else (None,)):
+            for order in ((2, 3, 4) if sampler == "calibrated" and "base_order" not in p.opts else (None,)):
                 if order is not None:
-                    opts["base_order"] = order
-                starts[(sched, order)] = (float(_rmse(run(s, x_train), y_train, w_train)), s)
+                    p.opts["base_order"] = order
+                starts[(sched, order)] = (p.train_score(s), s)
                 if sampler != "calibrated":
-                    baseline_val[f"{sampler}+{sched}"] = val_score(s)
+                    baseline_val[f"{sampler}+{sched}"] = p.val_score(s)
     (start, order), (start_err, init_sigmas) = min(starts.items(), key=lambda kv: kv[1][0])
     if order is not None:
-        opts["base_order"] = order
-    learn_last = learn_last_sigma and steps > 1
-    if learn_last and last_level_grid:
-        with torch.no_grad():
-            init_sigmas, start_err = _search_last_level(lambda s: float(_rmse(run(s, x_train), y_train, w_train)),
-                                                        init_sigmas, start_err, sigma_min, last_level_grid)
-    best = (start_err, init_sigmas.clone(), None)  # (score, sigmas, (deltas, shifts) or None)
-    if select_every:
-        best = (val_score(init_sigmas), init_sigmas.clone(), None)
-    gen = torch.Generator().manual_seed(seed)  # minibatch order, reproducible from ``seed``
+        p.opts["base_order"] = order
+    return baseline_val, start, start_err, init_sigmas
 
-    def fit(params, n_iters, rate, weighted, best):
-        """Adam on ``params`` (its weights only if ``weighted``); returns the best (score, sigmas, weights)."""
-        opt = torch.optim.Adam(params.parameters() if weighted else [params.logits], lr=rate)
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters) if lr_decay else None
-        perm, pos = torch.randperm(train_size, generator=gen), 0
 
-        def snapshot():
-            if not weighted:
-                return params.sigmas().detach().clone(), None
-            return params.sigmas().detach().clone(), (params.deltas.detach().clone(), params.shifts.detach().clone())
+def _fit(p: _Problem, params, n_iters, rate, weighted, best, *, gen, batch_size, select_every, lr_decay, verbose):
+    """Adam on ``params`` (its weights only if ``weighted``) against the training pool (all of
+    it, or minibatches of ``batch_size``); returns the best (score, sigmas, weights): by
+    validation score every ``select_every`` steps, else the lowest full-pool training loss (or,
+    with minibatches, the last)."""
+    train_size = len(p.x_train)
+    opt = torch.optim.Adam(params.parameters() if weighted else [params.logits], lr=rate)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iters) if lr_decay else None
+    perm, pos = torch.randperm(train_size, generator=gen), 0
 
-        for it in range(n_iters):
-            if batch_size is None:
-                xb, yb, wb = x_train, y_train, w_train
-            else:
-                if pos + batch_size > train_size:
-                    perm, pos = torch.randperm(train_size, generator=gen), 0
-                idx = perm[pos: pos + batch_size]
-                pos += batch_size
-                xb, yb = x_train[idx], y_train[idx]
-                wb = None if w_train is None else w_train[idx] * (train_size / batch_size)
-            opt.zero_grad()
-            sig = params.sigmas()
-            out = run(sig, xb, params.deltas, params.shifts) if weighted else run(sig, xb)
-            loss = _rmse(out, yb, wb)
-            value = loss.item()
-            if not math.isfinite(value):
-                break
-            if not select_every and batch_size is None and value < best[0]:
-                best = (value, *snapshot())
-            loss.backward()
-            opt.step()
-            if decay is not None:
-                decay.step()
-            if select_every and ((it + 1) % select_every == 0 or it + 1 == n_iters):
-                sig_now, weights = snapshot()
-                score = val_score(sig_now, weights)
-                if score < best[0]:
-                    best = (score, sig_now, weights)
-                if verbose:
-                    print(f"calibrate: iter {it + 1} validation rmse {score:.4g} (best {best[0]:.4g})")
-            if verbose and it % 50 == 0:
-                print(f"calibrate: iter {it} train rmse {value:.4g}")
-        if not select_every and batch_size is not None:
-            best = (math.nan, *snapshot())  # minibatch losses are not comparable: keep the last
-        return best
+    def snapshot():
+        if not weighted:
+            return params.sigmas().detach().clone(), None
+        return params.sigmas().detach().clone(), (params.deltas.detach().clone(), params.shifts.detach().clone())
 
-    if learn_weights and position_iters and steps > 1:
-        best = fit(_Params(init_sigmas, sigma_min, learn_last, False), position_iters, position_lr, False, best)
-        if not math.isfinite(best[0]):  # minibatches without selection: score the positions to compare
-            best = (val_score(best[1]) if select_every else math.inf, best[1], None)
-    if steps > 1 or learn_weights:
-        params = _Params(best[1], sigma_min, learn_last, learn_weights, history)
-        best = fit(params, iters, lr, learn_weights, best)
-    _, sigmas, deltas = best
-    with torch.no_grad():
-        train_rmse = float(_rmse(run(sigmas, x_train, *(deltas or ())), y_train, w_train))
-        val_rmse = float(_rmse(run(sigmas, x_val, *(deltas or ())), y_val, w_val))
-    if deltas is not None:
-        opts["deltas"], opts["shifts"] = deltas[0].tolist(), deltas[1].tolist()
-    return Calibration(sampler=sampler, sigmas=sigmas.tolist(), options=opts, train_rmse=train_rmse,
-                       val_rmse=val_rmse, baseline=baseline_val,
-                       meta={"steps": steps, "nfe": steps * evals, "train_size": train_size, "val_size": val_size,
-                             "seed": seed, "iters": iters, "batch_size": batch_size, "select_every": select_every,
-                             "lr_decay": lr_decay, "history": history if learn_weights else None,
-                             "screen": screen, "position_iters": position_iters if learn_weights else 0,
-                             "init": start, "start_sigmas": init_sigmas.tolist(), "reference_rtol": reference_rtol,
-                             "reference_sigma_min": ref_lo, "sigma_min": sigma_min, "sigma_max": sigma_max})
+    for it in range(n_iters):
+        if batch_size is None:
+            xb, yb, wb = p.x_train, p.y_train, p.w_train
+        else:
+            if pos + batch_size > train_size:
+                perm, pos = torch.randperm(train_size, generator=gen), 0
+            idx = perm[pos: pos + batch_size]
+            pos += batch_size
+            xb, yb = p.x_train[idx], p.y_train[idx]
+            wb = None if p.w_train is None else p.w_train[idx] * (train_size / batch_size)
+        opt.zero_grad()
+        sig = params.sigmas()
+        out = p.run(sig, xb, params.deltas, params.shifts) if weighted else p.run(sig, xb)
+        loss = _rmse(out, yb, wb)
+        value = loss.item()
+        if not math.isfinite(value):
+            break
+        if not select_every and batch_size is None and value < best[0]:
+            best = (value, *snapshot())
+        loss.backward()
+        opt.step()
+        if decay is not None:
+            decay.step()
+        if select_every and ((it + 1) % select_every == 0 or it + 1 == n_iters):
+            sig_now, weights = snapshot()
+            score = p.val_score(sig_now, weights)
+            if score < best[0]:
+                best = (score, sig_now, weights)
+            if verbose:
+                print(f"calibrate: iter {it + 1} validation rmse {score:.4g} (best {best[0]:.4g})")
+        if verbose and it % 50 == 0:
+            print(f"calibrate: iter {it} train rmse {value:.4g}")
+    if not select_every and batch_size is not None:
+        best = (math.nan, *snapshot())  # minibatch losses are not comparable: keep the last
+    return best
