@@ -169,15 +169,15 @@ def test_a_partial_carrier_keeps_what_it_carries():
 ])
 def test_a_plain_callable_without_a_range_is_told_which_arguments_to_pass(call):
     with pytest.raises(ValueError, match=r"needs sigma_min and sigma_max: the denoiser \(function\) carries no sigma "
-                                         r"range; pass (sample|calibrate|sdedit|restore)\(\.\.\., sigma_min=\.\.\., "
-                                         r"sigma_max=\.\.\.\)"):
+                                         r"range; pass sigma_min=\.\.\. and sigma_max=\.\.\. to "
+                                         r"(sample|calibrate|sdedit|restore)\(\)"):
         call()
 
 
 def test_likelihood_without_a_range_names_the_arguments():
     from undiffuse.metrics.likelihood import ode_log_likelihood
 
-    with pytest.raises(ValueError, match=r"pass ode_log_likelihood\(\.\.\., sigma_min=\.\.\., sigma_max=\.\.\.\)"):
+    with pytest.raises(ValueError, match=r"pass sigma_min=\.\.\. and sigma_max=\.\.\. to ode_log_likelihood\(\)"):
         ode_log_likelihood(_plain, torch.zeros(2, 3))
 
 

@@ -104,7 +104,7 @@ class DenoiserInfo:
         """``(sigma_min, sigma_max)``, or a ValueError naming the arguments ``caller`` takes."""
         if self.sigma_min is None or self.sigma_max is None:
             raise ValueError(f"{caller} needs sigma_min and sigma_max: the denoiser ({self.kind}) carries no sigma "
-                             f"range; pass {caller}(..., sigma_min=..., sigma_max=...)")
+                             f"range; pass sigma_min=... and sigma_max=... to {caller}()")
         return self.sigma_min, self.sigma_max
 
 
