@@ -339,7 +339,7 @@ def test_replacing_a_checkpoint_renames_before_deleting_and_flushes_the_folder(t
     run = str(tmp_path / "r")
     _trainer(run, 2, **{"train.checkpoint_every": 2}).fit()
     c = ckpt.load_checkpoint(run)
-    events, root = [], os.path.join(run, "checkpoints")
+    events = []
     real_replace, real_rmtree, real_fsync = os.replace, ckpt.shutil.rmtree, ckpt._fsync
 
     def replace(src, dst):
