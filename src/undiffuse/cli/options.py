@@ -12,6 +12,7 @@ from typing import NoReturn
 from undiffuse.config import parse_duration, parse_value
 from undiffuse.inference import generate as gen
 from undiffuse.io.checkpoint import CheckpointError
+from undiffuse.io.content_filter import load_filter
 from undiffuse.utils.acceleration import device_option
 
 DEVICE_HELP = "cpu (default), cuda, cuda:1, ..."
@@ -89,6 +90,16 @@ def load_run(parser, path: str, option: str = "--checkpoint", **kwargs) -> gen.L
         return gen.load_run(path, **kwargs)
     except CheckpointError as e:
         parser.error(f"{option}: {e}")
+
+
+def load_content_filter(parser, spec: str | None):
+    """The ``--content-filter MODULE:CALLABLE`` function, or None; a bad one is a usage error."""
+    if not spec:
+        return None
+    try:
+        return load_filter(spec)
+    except ValueError as e:
+        parser.error(f"--content-filter: {e}")
 
 
 def log(message: str) -> None:

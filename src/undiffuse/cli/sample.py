@@ -17,7 +17,7 @@ import sys
 import torch
 
 from undiffuse import samplers
-from undiffuse.cli.options import add_device, load_run, positive_int, sigma_list
+from undiffuse.cli.options import add_device, load_content_filter, load_run, positive_int, sigma_list
 from undiffuse.config import schedule_of
 from undiffuse.core import schedules
 from undiffuse.core.noise import noise as make_noise
@@ -25,7 +25,6 @@ from undiffuse.core.schedules import get_sigmas, validate
 from undiffuse.fewstep.calibrate import Calibration
 from undiffuse.inference import generate as gen
 from undiffuse.inference.interop import load_diffusers, sample_diffusers
-from undiffuse.io.content_filter import load_filter
 from undiffuse.io.writers import write_samples
 from undiffuse.steering.classifier_guidance import load_classifier
 from undiffuse.utils import distributed as dist
@@ -87,12 +86,7 @@ def run(args, parser) -> int:
     _check_options(args, parser)
     if args.diffusers is not None:
         return _sample_diffusers(args, parser)
-    content_filter = None
-    if args.content_filter:
-        try:
-            content_filter = load_filter(args.content_filter)
-        except ValueError as e:
-            parser.error(f"--content-filter: {e}")
+    content_filter = load_content_filter(parser, args.content_filter)
     out = _out_path(args, parser)
     world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
     args.device = dist.device_for(args.device, world)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from undiffuse.cli.options import add_device, positive_int
-from undiffuse.serve import TOKEN_ENV, Limits, is_loopback, load_filter, run_server
+from undiffuse.cli.options import add_device, load_content_filter, positive_int
+from undiffuse.serve import TOKEN_ENV, Limits, is_loopback, run_server
 
 
 def add_parser(subparsers) -> None:
@@ -50,12 +50,7 @@ def run(args, parser) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback(args.host) and not token:
         parser.error(f"--host {args.host} is not a loopback address: give --token or set ${TOKEN_ENV}")
-    content_filter = None
-    if args.content_filter:
-        try:
-            content_filter = load_filter(args.content_filter)
-        except ValueError as e:
-            parser.error(f"--content-filter: {e}")
+    content_filter = load_content_filter(parser, args.content_filter)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limits = Limits(max_count=args.max_count, max_steps=args.max_steps, max_image_size=args.max_image_size,
                     max_body=args.max_body, max_queue=args.max_queue)
