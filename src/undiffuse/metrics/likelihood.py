@@ -94,6 +94,7 @@ however large T is. Measured on 4-D Gaussians with the exact denoiser and a Gaus
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -222,20 +223,14 @@ def ode_log_likelihood(denoiser, x0, *, sigma_min: float | None = None, sigma_ma
     """
     from scipy.integrate import solve_ivp
 
-    _choice("divergence", divergence, DIVERGENCES)
-    _choice("probe", probe, PROBES)
-    _choice("method", method, METHODS)
-    _choice("space", space, SPACES)
+    for name, value, allowed in (("divergence", divergence, DIVERGENCES), ("probe", probe, PROBES),
+                                 ("method", method, METHODS), ("space", space, SPACES)):
+        _choice(name, value, allowed)
     x0 = _batch(x0)
     cond = dict(cond or {})
     info = denoiser_info(denoiser, sigma_min=sigma_min, sigma_max=sigma_max)
     sigma_min, sigma_max = (float(s) for s in info.sigma_range("ode_log_likelihood"))
-    if not (0 < sigma_min < sigma_max < math.inf):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min:g}, sigma_max={sigma_max:g}")
-    if int(hutchinson_samples) != hutchinson_samples or hutchinson_samples < 1:
-        raise ValueError(f"hutchinson_samples must be a positive integer, got {hutchinson_samples!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError("rtol and atol must be positive")
+    _check_solve(sigma_min, sigma_max, hutchinson_samples, rtol, atol)
 
     shape = tuple(x0.shape)
     batch, dim = shape[0], int(np.prod(shape[1:]))
@@ -246,38 +241,8 @@ def ode_log_likelihood(denoiser, x0, *, sigma_min: float | None = None, sigma_ma
     if divergence == "hutchinson":
         probes = _probes(probe, (int(hutchinson_samples),) + shape, generator)
 
-    log_alpha = 0.0
-    start = x0
-    if space == "process":
-        process = info.process
-        if not isinstance(process, NoiseProcess):
-            raise ValueError('space="process" needs a denoiser with a .process (alpha_of_sigma)')
-        log_alpha = float(torch.as_tensor(process.alpha_of_sigma(torch.tensor(sigma_min, dtype=torch.float64))).log())
-        start = x0 * math.exp(-log_alpha)
-
+    start, log_alpha = _start_point(x0, space, info.process, sigma_min)
     counts = {"nfe": 0, "backward": 0}
-
-    def trace_jacobian(x: Tensor, d: Tensor) -> Tensor:
-        """tr(dD/dx) per sample, exact or Hutchinson."""
-        if not d.requires_grad:  # D does not depend on x
-            return torch.zeros(batch, dtype=torch.float64)
-        if divergence == "exact":
-            flat = d.reshape(batch, dim)
-            tr = torch.zeros(batch, dtype=torch.float64)
-            for i in range(dim):
-                (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < dim - 1, allow_unused=True)
-                if g is not None:
-                    tr += g.reshape(batch, dim)[:, i]
-            counts["backward"] += dim
-            return tr
-        acc = torch.zeros(batch, dtype=torch.float64)
-        k = probes.shape[0]
-        for j in range(k):
-            (g,) = torch.autograd.grad((d * probes[j]).sum(), x, retain_graph=j < k - 1, allow_unused=True)
-            if g is not None:
-                acc += (g * probes[j]).reshape(batch, dim).sum(1)
-        counts["backward"] += k
-        return acc / k
 
     def rhs(s: float, y: np.ndarray) -> np.ndarray:
         counts["nfe"] += 1
@@ -288,7 +253,7 @@ def ode_log_likelihood(denoiser, x0, *, sigma_min: float | None = None, sigma_ma
             if tuple(d.shape) != shape:
                 raise ValueError(f"denoiser returned shape {tuple(d.shape)} for input {shape}")
             d = d.to(torch.float64)
-            tr = trace_jacobian(x, d)
+            tr = _trace_jacobian(x, d, probes, counts)
         dx = (x.detach() - d.detach()).reshape(-1)
         dlogp = dim - tr
         return torch.cat([dx, dlogp]).numpy()
@@ -307,6 +272,52 @@ def ode_log_likelihood(denoiser, x0, *, sigma_min: float | None = None, sigma_ma
             "prior_log_prob": prior, "delta_log_prob": delta - dim * log_alpha,
             "nfe": counts["nfe"], "backward_passes": counts["backward"], "divergence": divergence,
             "sigma_min": sigma_min, "sigma_max": sigma_max, "x_end": x_end}
+
+
+def _check_solve(sigma_min: float, sigma_max: float, hutchinson_samples, rtol: float, atol: float) -> None:
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min:g}, sigma_max={sigma_max:g}")
+    if int(hutchinson_samples) != hutchinson_samples or hutchinson_samples < 1:
+        raise ValueError(f"hutchinson_samples must be a positive integer, got {hutchinson_samples!r}")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError("rtol and atol must be positive")
+
+
+def _start_point(x0: Tensor, space: str, process, sigma_min: float) -> tuple[Tensor, float]:
+    """Where the solve starts and ``log alpha(sigma_min)``: ``x0`` itself in the rescaled space;
+    for ``space="process"`` the rescaled point of ``x_t = x0`` (module docstring)."""
+    if space != "process":
+        return x0, 0.0
+    if not isinstance(process, NoiseProcess):
+        raise ValueError('space="process" needs a denoiser with a .process (alpha_of_sigma)')
+    log_alpha = float(torch.as_tensor(process.alpha_of_sigma(torch.tensor(sigma_min, dtype=torch.float64))).log())
+    return x0 * math.exp(-log_alpha), log_alpha
+
+
+def _trace_jacobian(x: Tensor, d: Tensor, probes: Tensor | None, counts: dict) -> Tensor:
+    """tr(dD/dx) per sample: exact (one backward pass per dimension) without ``probes``, else
+    Hutchinson's estimate averaged over the probes (one backward pass each); ``counts["backward"]``
+    counts the passes."""
+    batch, dim = x.shape[0], x[0].numel()
+    if not d.requires_grad:  # D does not depend on x
+        return torch.zeros(batch, dtype=torch.float64)
+    if probes is None:
+        flat = d.reshape(batch, dim)
+        tr = torch.zeros(batch, dtype=torch.float64)
+        for i in range(dim):
+            (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < dim - 1, allow_unused=True)
+            if g is not None:
+                tr += g.reshape(batch, dim)[:, i]
+        counts["backward"] += dim
+        return tr
+    acc = torch.zeros(batch, dtype=torch.float64)
+    k = probes.shape[0]
+    for j in range(k):
+        (g,) = torch.autograd.grad((d * probes[j]).sum(), x, retain_graph=j < k - 1, allow_unused=True)
+        if g is not None:
+            acc += (g * probes[j]).reshape(batch, dim).sum(1)
+    counts["backward"] += k
+    return acc / k
 
 
 # --------------------------------------------------------------------------- DDPM bound
@@ -375,38 +386,12 @@ def ddpm_vlb(model, x0, process, *, prediction: str = "denoiser", variance: str 
     _choice("decoder", decoder, DECODERS)
     x0 = _batch(x0)
     cond = dict(cond or {})
-    if not isinstance(process, VPDiscrete):
-        raise ValueError("ddpm_vlb needs a discrete VP process with .betas and .alphas_cumprod "
-                         "(process.get('vp', ...))")
-    betas = torch.as_tensor(process.betas, dtype=torch.float64)
-    abar = torch.as_tensor(process.alphas_cumprod, dtype=torch.float64)
-    steps = betas.shape[0]
-    if steps < 2:
-        raise ValueError("the process needs at least 2 steps")
-    if not (abar[-1] > 0):
-        raise ValueError("ddpm_vlb does not support zero terminal SNR processes (alphas_cumprod[-1] = 0)")
+    tab = _VLBTables.of(process, variance)
     if decoder == "discretized":
-        if not bin_width > 0:
-            raise ValueError(f"bin_width must be positive, got {bin_width!r}")
-        levels = (x0 + 1) / bin_width
-        if (x0 < -1 - 1e-6).any() or (x0 > 1 + 1e-6).any() or (levels - levels.round()).abs().max() > 1e-3:
-            raise ValueError(f"the discretized decoder needs data on the grid -1 + k * {bin_width:g} in [-1, 1] "
-                             "(8-bit data: x = 2 u / 255 - 1); use decoder='gaussian' for continuous data")
-
+        _check_on_grid(x0, bin_width)
+    abar, sigmas, steps = tab.abar, tab.sigmas, tab.steps
     shape = tuple(x0.shape)
     batch, dim = shape[0], int(np.prod(shape[1:]))
-    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    post_var = betas * (1 - abar_prev) / (1 - abar)  # beta_tilde, 0 at i = 0
-    coef_x0 = betas * abar_prev.sqrt() / (1 - abar)
-    coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
-    if isinstance(variance, str):
-        model_var = (post_var if variance == "small" else betas).clone()
-        model_var[0] = post_var[1]  # decoder variance (beta_tilde_1 = 0), as in Nichol & Dhariwal's code
-    else:
-        model_var = torch.as_tensor(variance, dtype=torch.float64).detach()
-        if model_var.shape != (steps,) or not (model_var > 0).all() or not torch.isfinite(model_var).all():
-            raise ValueError(f"variance must be 'small', 'large' or {steps} positive finite numbers")
-    sigmas = ((1 - abar) / abar).sqrt()
 
     def predict_x0(xt: Tensor, i: int) -> Tensor:
         if prediction == "denoiser":
@@ -431,17 +416,73 @@ def ddpm_vlb(model, x0, process, *, prediction: str = "denoiser", variance: str 
             xt = abar[i].sqrt() * x0 + (1 - abar[i]).sqrt() * eps
             x0_hat = predict_x0(xt, i)
             if i == 0:
-                mean = coef_x0[0] * x0_hat + coef_xt[0] * xt  # = x0_hat (coef_x0 = 1, coef_xt = 0)
-                if decoder == "discretized":
-                    logp = discretized_gaussian_log_prob(x0, mean, model_var[0], bin_width=bin_width)
-                else:
-                    logp = (-0.5 * (x0 - mean) ** 2 / model_var[0] - 0.5 * torch.log(2 * math.pi * model_var[0]))
-                dec = -logp.reshape(batch, dim).sum(1)
+                mean = tab.coef_x0[0] * x0_hat + tab.coef_xt[0] * xt  # = x0_hat (coef_x0 = 1, coef_xt = 0)
+                dec = _decoder_nll(x0, mean, tab.model_var[0], decoder, bin_width)
                 continue
-            sq = (coef_x0[i] * (x0 - x0_hat)).reshape(batch, dim).pow(2).sum(1)
-            ratio = post_var[i] / model_var[i]
-            kl[:, i - 1] = 0.5 * (dim * (ratio - 1 - ratio.log()) + sq / model_var[i])
+            sq = (tab.coef_x0[i] * (x0 - x0_hat)).reshape(batch, dim).pow(2).sum(1)
+            ratio = tab.post_var[i] / tab.model_var[i]
+            kl[:, i - 1] = 0.5 * (dim * (ratio - 1 - ratio.log()) + sq / tab.model_var[i])
     a_t = abar[-1]
     prior = 0.5 * (a_t * (x0.reshape(batch, dim).pow(2) - 1) - torch.log1p(-a_t)).sum(1)
     nats = prior + kl.sum(1) + dec
     return {"bits_per_dim": nats / (dim * _LN2), "nats": nats, "prior": prior, "decoder": dec, "kl": kl}
+
+
+def _check_on_grid(x0: Tensor, bin_width: float) -> None:
+    """The discretized decoder's data must lie on the 8-bit grid ``-1 + k * bin_width``."""
+    if not bin_width > 0:
+        raise ValueError(f"bin_width must be positive, got {bin_width!r}")
+    levels = (x0 + 1) / bin_width
+    if (x0 < -1 - 1e-6).any() or (x0 > 1 + 1e-6).any() or (levels - levels.round()).abs().max() > 1e-3:
+        raise ValueError(f"the discretized decoder needs data on the grid -1 + k * {bin_width:g} in [-1, 1] "
+                         "(8-bit data: x = 2 u / 255 - 1); use decoder='gaussian' for continuous data")
+
+
+@dataclass(frozen=True)
+class _VLBTables:
+    """The per-step float64 tables of the bound (0-based index ``i = t - 1``): ``abar``, the
+    posterior variance ``post_var`` (beta_tilde, 0 at i = 0), the posterior-mean coefficients
+    of x0 and x_t (Ho et al. eq. 7), the reverse variances ``model_var`` (index 0: decoder) and
+    the rescaled-space noise levels ``sigmas``."""
+
+    steps: int
+    abar: Tensor
+    post_var: Tensor
+    coef_x0: Tensor
+    coef_xt: Tensor
+    model_var: Tensor
+    sigmas: Tensor
+
+    @classmethod
+    def of(cls, process, variance) -> "_VLBTables":
+        if not isinstance(process, VPDiscrete):
+            raise ValueError("ddpm_vlb needs a discrete VP process with .betas and .alphas_cumprod "
+                             "(process.get('vp', ...))")
+        betas = torch.as_tensor(process.betas, dtype=torch.float64)
+        abar = torch.as_tensor(process.alphas_cumprod, dtype=torch.float64)
+        steps = betas.shape[0]
+        if steps < 2:
+            raise ValueError("the process needs at least 2 steps")
+        if not (abar[-1] > 0):
+            raise ValueError("ddpm_vlb does not support zero terminal SNR processes (alphas_cumprod[-1] = 0)")
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        post_var = betas * (1 - abar_prev) / (1 - abar)
+        coef_x0 = betas * abar_prev.sqrt() / (1 - abar)
+        coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
+        if isinstance(variance, str):
+            model_var = (post_var if variance == "small" else betas).clone()
+            model_var[0] = post_var[1]  # decoder variance (beta_tilde_1 = 0), as in Nichol & Dhariwal's code
+        else:
+            model_var = torch.as_tensor(variance, dtype=torch.float64).detach()
+            if model_var.shape != (steps,) or not (model_var > 0).all() or not torch.isfinite(model_var).all():
+                raise ValueError(f"variance must be 'small', 'large' or {steps} positive finite numbers")
+        return cls(steps, abar, post_var, coef_x0, coef_xt, model_var, ((1 - abar) / abar).sqrt())
+
+
+def _decoder_nll(x0: Tensor, mean: Tensor, var: Tensor, decoder: str, bin_width: float) -> Tensor:
+    """``L_0 = -log p(x0 | x1)`` per sample: discretized (Ho et al. eq. 13) or a Gaussian density."""
+    if decoder == "discretized":
+        logp = discretized_gaussian_log_prob(x0, mean, var, bin_width=bin_width)
+    else:
+        logp = -0.5 * (x0 - mean) ** 2 / var - 0.5 * torch.log(2 * math.pi * var)
+    return -logp.reshape(x0.shape[0], -1).sum(1)
