@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from undiffuse.inference import generate as gen
+from undiffuse.inference.sweep import figure, save_figure
 from undiffuse.metrics.adherence import class_adherence
 from undiffuse.metrics.evaluate import evaluate, to_json
 from undiffuse.steering.text import caption_table
@@ -74,14 +75,9 @@ def guidance_sweep(run, reference: np.ndarray, *, scales=(1.0, 1.5, 2.0, 3.0), n
 
 def plot_guidance(rows: list[dict], out: str) -> list[str]:
     """``out/adherence_vs_fd.png`` (when adherence was measured) and ``out/diversity_vs_guidance.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     if all(r["adherence"] is not None for r in rows):
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        fig, ax = figure()
         ax.plot([r["fd"] for r in rows], [r["adherence"] for r in rows], marker="o")
         for r in rows:
             ax.annotate(f"{r['guidance']:g}", (r["fd"], r["adherence"]), fontsize=8, xytext=(3, 3),
@@ -89,20 +85,14 @@ def plot_guidance(rows: list[dict], out: str) -> list[str]:
         ax.set_xlabel("Frechet distance")
         ax.set_ylabel("adherence (requested class read)")
         ax.set_title("guidance scale: adherence against FD", fontsize=8)
-        fig.tight_layout()
-        paths.append(os.path.join(out, "adherence_vs_fd.png"))
-        fig.savefig(paths[-1])
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        paths.append(save_figure(fig, os.path.join(out, "adherence_vs_fd.png")))
+    fig, ax = figure()
     for key in ("recall", "coverage", "precision"):
         ax.plot([r["guidance"] for r in rows], [r[key] for r in rows], marker="o", label=key)
     ax.set_xlabel("guidance scale")
     ax.legend(fontsize=8)
     ax.set_title("diversity (recall, coverage) and fidelity (precision)", fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out, "diversity_vs_guidance.png"))
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    paths.append(save_figure(fig, os.path.join(out, "diversity_vs_guidance.png")))
     return paths
 
 

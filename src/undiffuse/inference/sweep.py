@@ -63,15 +63,10 @@ def sweep(run, reference: np.ndarray, *, samplers=("heun", "dpmpp_2m", "unipc", 
 
 def plot(rows: list[dict], out: str) -> list[str]:
     """``out/fd_vs_nfe.png`` and ``out/fd_vs_seconds.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     for xkey, xlabel, name in (("nfe", "network evaluations per sample", "fd_vs_nfe.png"),
                                ("seconds", f"wall seconds for {rows[0]['samples']} samples", "fd_vs_seconds.png")):
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        fig, ax = figure()
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
             pts = sorted((r[xkey], r["fd"]) for r in rows if r["sampler"] == sampler)
             ax.plot(*zip(*pts), marker="o", label=sampler)
@@ -81,12 +76,29 @@ def plot(rows: list[dict], out: str) -> list[str]:
         ax.set_ylabel("Frechet distance")
         ax.set_title(f"FD ({rows[0]['features']})", fontsize=8)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out, name)
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, os.path.join(out, name)))
     return paths
+
+
+def figure():
+    """A (figure, axes) pair of the sweep plots' size, drawn off-screen (matplotlib, imported
+    here: slow to import and only plots need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(5, 3.5), dpi=100)
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out, write and close ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def report(rows: list[dict], out: str, *, title: str = "Sampler sweep") -> str:
