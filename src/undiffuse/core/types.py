@@ -88,6 +88,30 @@ class HasSigmaData(Protocol):
     sigma_data: float | None
 
 
+class WrapsDenoiser:
+    """Mixin for a denoiser that wraps another one, ``self.inner``: its sigma range, process and
+    sample shape are the inner denoiser's, None where that one has none (so the wrapper is a
+    ``DenoiserLike`` whenever it is called like one)."""
+
+    inner: object
+
+    @property
+    def sigma_min(self) -> float | None:
+        return self.inner.sigma_min if isinstance(self.inner, HasSigmaRange) else None
+
+    @property
+    def sigma_max(self) -> float | None:
+        return self.inner.sigma_max if isinstance(self.inner, HasSigmaRange) else None
+
+    @property
+    def process(self) -> NoiseProcess | None:
+        return self.inner.process if isinstance(self.inner, HasProcess) else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return self.inner.sample_shape if isinstance(self.inner, HasSampleShape) else None
+
+
 @dataclass(frozen=True)
 class DenoiserInfo:
     """What :func:`denoiser_info` read: the denoiser's attributes, explicit arguments first."""

@@ -23,34 +23,17 @@ from typing import Callable
 
 import torch
 
-from undiffuse.core.process import NoiseProcess
-from undiffuse.core.types import HasBoundary, HasProcess, HasSampleShape, HasSigmaData, HasSigmaRange
+from undiffuse.core.types import HasBoundary, HasSigmaData, WrapsDenoiser
 
 Tensor = torch.Tensor
 
 
-class _Wrapper:
+class _Wrapper(WrapsDenoiser):
     """A guided denoiser carries what the one it wraps carries: a ``DenoiserLike`` (and
     ``HasBoundary``, ``HasSigmaData``) whose attributes are the inner denoiser's, None where it
     has none. Any other attribute (``net``, ``parameterization``, ...) is forwarded as well."""
 
     inner: Callable
-
-    @property
-    def sigma_min(self) -> float | None:
-        return self.inner.sigma_min if isinstance(self.inner, HasSigmaRange) else None
-
-    @property
-    def sigma_max(self) -> float | None:
-        return self.inner.sigma_max if isinstance(self.inner, HasSigmaRange) else None
-
-    @property
-    def process(self) -> NoiseProcess | None:
-        return self.inner.process if isinstance(self.inner, HasProcess) else None
-
-    @property
-    def sample_shape(self) -> tuple[int, ...] | None:
-        return self.inner.sample_shape if isinstance(self.inner, HasSampleShape) else None
 
     @property
     def boundary_sigma(self) -> float | None:

@@ -23,8 +23,7 @@ import torch
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
 from undiffuse.core.noise import per_sample_generators, randn_like
-from undiffuse.core.process import NoiseProcess
-from undiffuse.core.types import HasProcess, HasSampleShape, HasSigmaRange, denoiser_info
+from undiffuse.core.types import WrapsDenoiser, denoiser_info
 from undiffuse.samplers._common import ancestral_split, call, report
 from undiffuse.samplers.driver import schedule_of
 
@@ -227,7 +226,7 @@ def _conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, iters: int
     return u
 
 
-class PosteriorGuided:
+class PosteriorGuided(WrapsDenoiser):
     """Denoiser of the posterior p(x0 | y) for a measurement ``y = A x0 + noise_std * z``.
 
     By Tweedie's formula the posterior denoiser is the prior one plus sigma^2 times the
@@ -291,22 +290,10 @@ class PosteriorGuided:
             pass
         self.measurement = measurement
 
-    # a DenoiserLike with the prior denoiser's range, process and sample shape (None where it has none)
     @property
-    def sigma_min(self) -> float | None:
-        return self.denoiser.sigma_min if isinstance(self.denoiser, HasSigmaRange) else None
-
-    @property
-    def sigma_max(self) -> float | None:
-        return self.denoiser.sigma_max if isinstance(self.denoiser, HasSigmaRange) else None
-
-    @property
-    def process(self) -> NoiseProcess | None:
-        return self.denoiser.process if isinstance(self.denoiser, HasProcess) else None
-
-    @property
-    def sample_shape(self) -> tuple[int, ...] | None:
-        return self.denoiser.sample_shape if isinstance(self.denoiser, HasSampleShape) else None
+    def inner(self):
+        """The prior denoiser: its range, process and sample shape are this one's (``WrapsDenoiser``)."""
+        return self.denoiser
 
     def __call__(self, x: Tensor, sigma, **extra) -> Tensor:
         y = self.measurement.to(device=x.device, dtype=x.dtype)
