@@ -225,6 +225,19 @@ PRESETS: dict[str, dict] = {
         "train": {"max_steps": 100_000, "checkpoint_every": 5000, "sample_every": 5000},
         "sample": {"sampler": "heun", "steps": 18},
     },
+    # Colour emoji (OpenMoji, 32x32 RGB) with their captions: a first recipe for a CPU, not yet
+    # ablated (issue 18): 2x2 pixel patches (the U-Net runs at 16x16), cross-attention at 8x8
+    # and 4x4, the learning rate and EMA scaled to a few thousand steps like the digits preset.
+    "emoji": {
+        "model": {"kind": "unet", "channels": 48, "channel_mult": [1, 2, 4], "num_res_blocks": 1,
+                  "attention_levels": [1, 2], "head_channels": 32, "dropout": 0.0, "patch_size": 2},
+        "diffusion": {"sigma_data": 0.63},  # the std of the emoji pixels in [-1, 1]
+        "optim": {"lr": 2e-3, "batch_size": 64, "warmup_steps": 200},
+        "ema": {"halflife_samples": 20_000},
+        "conditioning": {"max_tokens": 24},  # the longest emoji caption has 23 word pieces
+        "train": {"time_budget": 900.0, "checkpoint_every": 500},
+        "sample": {"sampler": "heun", "steps": 12},
+    },
     # Larger images (~64x64 and up).
     "base": {
         "model": {"kind": "unet", "channels": 128, "channel_mult": [1, 2, 2, 2], "num_res_blocks": 2,
@@ -258,6 +271,8 @@ def default_preset(dataset) -> str:
         return "toy"
     if dataset.name == "digits":
         return "digits"
+    if dataset.name.split(":")[0] == "emoji":
+        return "emoji"
     return "small" if max(dataset.shape[1:]) <= 32 else "base"
 
 
@@ -322,9 +337,14 @@ def _condition_model(d: dict, dataset) -> None:
     kind = cond.get("kind", "none")
     if kind not in CONDITIONING:
         raise ValueError(f"conditioning {kind!r} is not allowed; allowed: {', '.join(CONDITIONING)}")
-    if kind in ("class", "text") and dataset.labels is None:
-        raise ValueError(f"conditioning {kind!r} needs labelled data; {dataset.name!r} has no labels "
+    captioned = getattr(dataset, "captions", None) is not None
+    if kind == "class" and dataset.labels is None:
+        raise ValueError(f"conditioning 'class' needs labelled data; {dataset.name!r} has no labels "
                          f"(image folders get labels from class sub-folders, .npz files from a 'labels' array)")
+    if kind == "text" and dataset.labels is None and not captioned:
+        raise ValueError(f"conditioning 'text' needs captions or labels; {dataset.name!r} has neither (give an image "
+                         f"folder a metadata.jsonl with file_name and text per image, or a NAME.txt caption beside "
+                         f"each image, or class sub-folders)")
     if kind == "class":
         model.setdefault("num_classes", dataset.num_classes)
     elif kind == "text":

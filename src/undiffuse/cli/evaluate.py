@@ -11,6 +11,7 @@ from undiffuse.cli.options import add_device, check_file, positive_int
 from undiffuse.inference import generate as gen
 from undiffuse.metrics import evaluate as ev
 from undiffuse.metrics.copies import copy_pairs_grid
+from undiffuse.steering import text
 from undiffuse.utils.atomic import write_json
 
 
@@ -23,9 +24,10 @@ def add_parser(subparsers) -> None:
     e.add_argument("--reference", default="digits", help="built-in dataset, image folder or .npz/.npy (default: "
                    "digits)")
     e.add_argument("--train", help="set searched for near-copies (default: the reference)")
-    e.add_argument("--features", default="auto", help="feature space: auto, digits, pixels, inception (FID "
-                   "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS) (default: auto = digits "
-                   "for 1x8x8 images, else pixels)")
+    e.add_argument("--features", default="auto", help="feature space: auto, digits, pixels, emoji (the in-project "
+                   "image-text scorer; adds clip_score and prompt_accuracy when the npz holds prompts), inception (FID "
+                   "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS) (default: auto = emoji "
+                   "for --reference emoji, digits for 1x8x8 images, else pixels)")
     e.add_argument("--inception-weights", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth (checked by "
                    "SHA-256, loaded without unpickling code) or its safetensors copy; never downloaded")
     e.add_argument("--k", type=positive_int, default=5, help="neighbours for precision/recall/density/coverage")
@@ -44,14 +46,19 @@ def run(args, parser) -> int:
         os.environ["UNDIFFUSE_INCEPTION_WEIGHTS"] = args.inception_weights
     for opt, path in (("--out", args.out), ("--pairs", args.pairs)):
         check_file(parser, path, opt)
+    space = args.features
+    if space == "auto" and args.reference.split(":")[0] == "emoji":
+        space = "emoji"
+    prompts = ev.requested_prompts(args.samples) if space == "emoji" else None
     try:
         samples, _ = ev.load_set(args.samples, what="samples")
         reference, ref_desc = ev.load_set(args.reference, what="--reference")
         train = ev.load_set(args.train, what="--train")[0] if args.train else None
-        result = ev.evaluate(samples, reference, feature_space=args.features, train=train, k=args.k,
+        result = ev.evaluate(samples, reference, feature_space=space, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                              reference_name=f"{args.reference}: {ref_desc}", labels=ev.requested_labels(args.samples),
-                             device=args.device)
+                             device=args.device, prompts=prompts,
+                             sentence=text.sentence_embeddings if space == "emoji" else None)
     except ValueError as e:
         parser.error(str(e))
     out = ev.to_json(result)

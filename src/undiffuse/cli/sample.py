@@ -31,7 +31,7 @@ from undiffuse.utils import distributed as dist
 from undiffuse.utils.acceleration import compiled
 
 # sample options that need an undiffuse run (its conditioning, its recommended settings, its checksum)
-_RUN_ONLY = {"class_": "--class", "prompt": "--prompt", "negative_prompt": "--negative-prompt",
+_RUN_ONLY = {"class_": "--class", "prompt": "--prompt", "prompts": "--prompts", "negative_prompt": "--negative-prompt",
              "autoguide": "--autoguide", "classifier": "--classifier", "calibration": "--calibration",
              "guidance_interval": "--guidance-interval", "content_filter": "--content-filter"}
 
@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--checkpoint", help="run folder (latest checkpoint) or checkpoint folder")
     s.add_argument("--diffusers", metavar="FOLDER", help="instead of --checkpoint: a diffusers UNet2DModel with its "
                    "scheduler, saved by save_pretrained (sampler default ddim, 50 steps on the scheduler's timesteps)")
-    s.add_argument("--num", type=positive_int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--num", type=positive_int, help="number of samples (default: 64, or one per line of --prompts)")
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
     s.add_argument("--sampler", help="sampler name (default: the run's recommendation)")
     s.add_argument("--steps", type=positive_int, help="sampler steps (default: the run's recommendation)")
@@ -55,6 +55,8 @@ def add_parser(subparsers) -> None:
                    "(the count spread evenly over the classes, in order); needs a class-conditional run or "
                    "--classifier")
     s.add_argument("--prompt", help="text prompt (text-conditioned runs)")
+    s.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line: one sample per line, in "
+                   "order (the npz holds them as 'prompts')")
     s.add_argument("--negative-prompt", help="prompt of the unconditional branch of classifier-free guidance "
                    "(default: the empty prompt)")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none, the "
@@ -84,6 +86,7 @@ def add_parser(subparsers) -> None:
 
 def run(args, parser) -> int:
     _check_options(args, parser)
+    _read_prompts(args, parser)
     if args.diffusers is not None:
         return _sample_diffusers(args, parser)
     content_filter = load_content_filter(parser, args.content_filter)
@@ -107,10 +110,42 @@ def run(args, parser) -> int:
     if loaded.kind == "image":
         x = gen.to_unit(x)
     return _write_samples(args, out, x, params, loaded=loaded, labels=condition.get("class_labels"),
-                          content_filter=content_filter)
+                          prompts=args.prompt_list, content_filter=content_filter)
 
 
 # ----------------------------------------------------------------------------- options
+
+def _read_prompts(args, parser) -> None:
+    """``args.prompt_list``: one prompt per sample (``--prompts``, or ``--prompt`` repeated), or None;
+    ``args.num`` completed (64 unless ``--prompts`` gives the count)."""
+    args.prompt_list = None
+    if args.prompt is not None and not args.prompt.strip():
+        parser.error("--prompt is empty; give a caption (for the unconditional model use --guidance 0 with any "
+                     "prompt)")
+    if args.prompts is None:
+        args.num = args.num or 64
+        if args.prompt is not None:
+            args.prompt_list = [args.prompt] * args.num
+        return
+    if args.prompt is not None:
+        parser.error("give --prompt (one prompt for every sample) or --prompts FILE (one per line), not both")
+    try:
+        with open(args.prompts, encoding="utf-8") as f:
+            lines = [line.rstrip("\r\n") for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        parser.error(f"--prompts {args.prompts!r}: cannot read it ({e})")
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing blank lines
+    if not lines:
+        parser.error(f"--prompts {args.prompts!r} has no prompts; write one prompt per line")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            parser.error(f"--prompts {args.prompts!r} line {number} is empty; every line is one sample's prompt")
+    if args.num is not None and args.num != len(lines):
+        parser.error(f"--num {args.num} and --prompts {args.prompts!r} ({len(lines)} lines) disagree: --prompts "
+                     f"draws one sample per line; omit --num")
+    args.num, args.prompt_list = len(lines), [line.strip() for line in lines]
+
 
 def _check_options(args, parser) -> None:
     """The checks that need no run (usage errors exit 2)."""
@@ -191,9 +226,9 @@ def _steering(args, parser, loaded):
         if args.class_ is not None:
             condition["class_labels"] = gen.class_labels(loaded, args.class_, args.num)
             steer["class"] = args.class_
-        if args.prompt is not None:
-            condition.update(gen.prompt_condition(loaded, args.prompt))
-            steer["prompt"] = args.prompt
+        if args.prompt_list is not None:
+            condition.update(gen.prompt_condition(loaded, args.prompt if args.prompts is None else args.prompt_list))
+            steer["prompt" if args.prompts is None else "prompts"] = args.prompt or os.path.abspath(args.prompts)
             if args.negative_prompt is not None:
                 steer["negative_prompt"] = args.negative_prompt
         den = gen.guided(loaded, guidance=args.guidance, interval=args.guidance_interval,
@@ -208,13 +243,14 @@ def _steering(args, parser, loaded):
 
 def _check_conditioning(args, parser, kind: str) -> None:
     """The steering options the run's conditioning allows."""
-    if args.prompt is not None and kind != "text":
-        parser.error(f"--prompt needs a text-conditioned run (train --conditioning text); {args.checkpoint!r} is "
-                     f"conditioned on {kind!r}")
+    for given, flag in ((args.prompt, "--prompt"), (args.prompts, "--prompts")):
+        if given is not None and kind != "text":
+            parser.error(f"{flag} needs a text-conditioned run (train --conditioning text); {args.checkpoint!r} is "
+                         f"conditioned on {kind!r}")
     if args.negative_prompt is not None and kind != "text":
         parser.error("--negative-prompt needs a text-conditioned run")
-    if kind == "text" and args.prompt is None:
-        parser.error("this run is text-conditioned: give --prompt (use --prompt '' for the unconditional model)")
+    if kind == "text" and args.prompt_list is None:
+        parser.error("this run is text-conditioned: give --prompt TEXT or --prompts FILE")
     if kind == "lowres":
         parser.error("this run is a super-resolution model: use `undiffuse upscale --checkpoint RUN --image LOW`")
     if args.classifier is None and args.class_ is not None and kind != "class":
@@ -282,16 +318,21 @@ def _sample_diffusers(args, parser) -> int:
 
 # ----------------------------------------------------------------------------- output
 
-def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None, content_filter=None) -> int:
+def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None, prompts=None,
+                   content_filter=None) -> int:
     """The samples ``x`` (images in [0, 1], or vectors) of the run ``loaded`` (None for
     ``--diffusers``) through the one output path (``io.writers.write_samples``: content filter,
     file with metadata, provenance, watermark) as ``--format`` asks. Status 1 when the filter
     refuses every sample."""
     per_image = None if labels is None else [{"class": loaded.class_names[k]} for k in labels.tolist()]
+    if prompts is not None and args.prompts is not None:  # one prompt shared by all is in params already
+        per_image = [{**(per_image[i] if per_image else {}), "prompt": p} for i, p in enumerate(prompts)]
     records = None if loaded is None else [
         gen.provenance_record(loaded, params, args.seed + i, **(per_image[i] if per_image else {}))
         for i in range(len(x))]
-    options = {"labels": None if labels is None else labels.numpy()} if args.format == "npz" else {}
+    options = {}
+    if args.format == "npz":
+        options = {"labels": None if labels is None else labels.numpy(), "prompts": prompts}
     written = write_samples(x, out, format=args.format, seed=args.seed, params=params, per_sample=per_image,
                             records=records, content_filter=content_filter, watermark=not args.no_watermark,
                             **options)

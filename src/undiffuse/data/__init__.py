@@ -26,6 +26,10 @@ Conventions
   not, then ``(N, H, W, C)``. Integer images must lie in 0..255 (stored uint8); float images in
   [0, 1], or [-1, 1] when any value is negative. ``.npz`` data comes from the first of
   ``x/images/samples/data`` (else the only non-label array), labels from ``y``/``labels``.
+* Captions (text-to-image): ``Dataset.captions`` holds each item's wordings. Image folders
+  read them from ``metadata.jsonl`` or sidecar ``NAME.txt`` files (``data.captions``);
+  ``emoji`` has them from the emoji names (``data.emoji``: ``emoji`` is the training split,
+  ``emoji:heldout`` the held-out emoji, ``emoji:all`` both).
 """
 from __future__ import annotations
 
@@ -34,12 +38,13 @@ import os
 from undiffuse.data.arrays import _array_file
 from undiffuse.data.base import SUPPORTED, DataError, Dataset, DataWarning, _parse_size  # noqa: F401 (public)
 from undiffuse.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, _digits, _folder, _mnist5k  # noqa: F401 (public)
+from undiffuse.data.emoji import load_emoji
 from undiffuse.data.toys import TOYS, _toy
 
 
 def names() -> list[str]:
     """The built-in dataset names."""
-    return ["digits", "mnist5k", *TOYS]
+    return ["digits", "mnist5k", "emoji", *TOYS]
 
 
 def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
@@ -57,6 +62,8 @@ def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels
         return _digits(size, channels)
     if spec == "mnist5k":
         return _mnist5k(size, channels)
+    if spec == "emoji" or spec.startswith("emoji:"):
+        return load_emoji(spec, size, channels)
     if spec in TOYS:
         return _toy(spec, num_points, seed)
     path = os.path.expanduser(spec)

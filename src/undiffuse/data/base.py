@@ -31,6 +31,8 @@ class Dataset:
     source: str
     storage: torch.Tensor = field(repr=False, default=None)  # (N, *shape)
     max_value: float | None = None  # images: stored value that maps to +1 (0 maps to -1)
+    captions: list[list[str]] | None = field(repr=False, default=None)  # per item: its caption wordings (text-to-image data)
+    info: dict = field(repr=False, default_factory=dict)  # licence, attribution and other facts a run records
 
     def __len__(self) -> int:
         return int(self.storage.shape[0])

@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from undiffuse.data.base import DataError, Dataset, DataWarning, _resize_crop
+from undiffuse.data.captions import folder_captions, is_caption_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 PIL_FORMATS = ("PNG", "JPEG", "WEBP")  # never let content sniffing reach other decoders (EPS...)
@@ -139,7 +140,7 @@ def _folder(spec: str, root: str, size, channels, strict: bool) -> Dataset:
         ext = os.path.splitext(rel)[1].lower()
         if ext in IMAGE_EXTENSIONS:
             candidates.append(rel)
-        else:
+        elif not is_caption_file(rel):
             bad(rel, f"unsupported file type {ext or '(none)'!r}; expected {', '.join(IMAGE_EXTENSIONS)}")
     depths = [rel.count("/") for rel in candidates]
     labelled = bool(candidates) and all(d == 1 for d in depths)
@@ -151,7 +152,8 @@ def _folder(spec: str, root: str, size, channels, strict: bool) -> Dataset:
     class_of = {c: i for i, c in enumerate(class_names)}
 
     mode = "L" if channels == 1 else "RGB"
-    images, labels, grays, skipped = [], [], [], len(files) - len(candidates)
+    images, labels, grays, kept = [], [], [], []
+    skipped = sum(os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS and not is_caption_file(rel) for rel in files)
     for rel in tqdm(candidates, desc=f"loading {spec}", disable=len(candidates) <= PROGRESS_MIN_FILES):
         try:
             arr, gray = _read_image(os.path.join(root, rel), mode, size)
@@ -163,6 +165,7 @@ def _folder(spec: str, root: str, size, channels, strict: bool) -> Dataset:
             size = arr.shape[:2]
         images.append(arr)
         grays.append(gray)
+        kept.append(rel)
         if labelled:
             labels.append(class_of[rel.split("/")[0]])
     if not images:
@@ -174,6 +177,9 @@ def _folder(spec: str, root: str, size, channels, strict: bool) -> Dataset:
     x = x.contiguous()
     c, h, w = x.shape[1:]
     what = f"{len(class_names)} classes ({', '.join(class_names)})" if labelled else "unlabelled"
+    captions = folder_captions(root, kept, strict)
+    if captions is not None:
+        what += f", {sum(map(bool, captions))} captioned"
     return Dataset(spec, "image", (c, h, w), torch.tensor(labels, dtype=torch.int64) if labelled else None,
                    class_names, f"{len(x)} images from folder {root}, {what}, centre-cropped and resized "
-                   f"to {h}x{w} with {c} channel(s); {skipped} file(s) skipped", x, 255.0)
+                   f"to {h}x{w} with {c} channel(s); {skipped} file(s) skipped", x, 255.0, captions=captions)

@@ -127,6 +127,7 @@ class LatentDataset:
                              f"on this data")
         self.pixels, self.codec = dataset, codec
         self.name, self.labels, self.class_names = dataset.name, dataset.labels, list(dataset.class_names)
+        self.captions, self.info = getattr(dataset, "captions", None), getattr(dataset, "info", {})
         self.shape = codec.latent_shape
         self.source = f"{dataset.source}; encoded by the autoencoder {codec.path} (scale {codec.scale_factor:.4g})"
         self.storage = codec.encode(dataset.get(torch.arange(len(dataset)))).contiguous()  # (N, *latent_shape)

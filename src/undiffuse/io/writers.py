@@ -136,7 +136,7 @@ def write_samples(samples, out: str | None = None, *, format: str = "png", seed:
 
     ``format``: a key of :data:`WRITERS` (``png``: ``out`` is a folder of ``grid.png`` or
     ``scatter.png`` plus ``000000.png``...; ``npz``: ``out`` is the file). ``options`` go to the
-    format's writer (png: ``individual``, ``grid``, ``grid_scale``; npz: ``labels``).
+    format's writer (png: ``individual``, ``grid``, ``grid_scale``; npz: ``labels``, ``prompts``).
     With ``out=None`` nothing is written and the bytes are in the result. Nothing is written,
     not even the folder, when every sample is refused.
     """
@@ -243,21 +243,25 @@ def write_png(batch: Batch, *, individual: bool = True, grid: bool = True, grid_
     return files
 
 
-def npz_bytes(samples: np.ndarray, params: dict, *, labels=None) -> bytes:
-    """An ``.npz`` of ``samples``, the JSON string ``parameters`` (and ``labels``, int64)."""
+def npz_bytes(samples: np.ndarray, params: dict, *, labels=None, prompts=None) -> bytes:
+    """An ``.npz`` of ``samples``, the JSON string ``parameters`` (and ``labels``, int64, and
+    ``prompts``, unicode strings, one per sample)."""
     arrays = {"samples": samples, "parameters": np.array(json.dumps(params))}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int64)
+    if prompts is not None:
+        arrays["prompts"] = np.array(list(prompts), dtype=str)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
 
 
 @writer("npz")
-def write_npz(batch: Batch, *, labels=None) -> list[File]:
+def write_npz(batch: Batch, *, labels=None, prompts=None) -> list[File]:
     """One ``.npz`` of every kept sample as given; ``parameters``: the shared parameters, the
     request's first ``seed``, ``count`` (and the kept ``seeds`` when a filter ran); ``labels``
-    (one per row given, e.g. each sample's class index) of the kept rows."""
+    (one per row given, e.g. each sample's class index) and ``prompts`` (one per row) of the
+    kept rows."""
     params = {**(batch.params or {}), "seed": batch.seed, "count": len(batch.items)}
     if batch.filtered:
         params["seeds"] = [it.seed for it in batch.items]
@@ -266,4 +270,8 @@ def write_npz(batch: Batch, *, labels=None) -> list[File]:
         if len(labels) != len(batch.samples):
             raise ValueError(f"labels has {len(labels)} entries for {len(batch.samples)} samples; give one per sample")
         labels = labels[[it.row for it in batch.items]]
-    return [File(None, npz_bytes(batch.kept(), params, labels=labels))]
+    if prompts is not None:
+        if len(prompts) != len(batch.samples):
+            raise ValueError(f"prompts has {len(prompts)} entries for {len(batch.samples)} samples; give one per sample")
+        prompts = [prompts[it.row] for it in batch.items]
+    return [File(None, npz_bytes(batch.kept(), params, labels=labels, prompts=prompts))]

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from undiffuse import data as _data
+from undiffuse.metrics import image_text
 from undiffuse.metrics.adherence import class_adherence
 from undiffuse.metrics.features import digits_features
 from undiffuse.metrics.inception import inception_features
@@ -34,7 +35,7 @@ from undiffuse.metrics.prdc import prdc as _prdc
 from .copies import nearest_copies
 from .frechet import frechet_distance, gaussian_stats
 
-FEATURE_SPACES = ("auto", "digits", "pixels", "inception")  # "auto" never picks inception (needs weights)
+FEATURE_SPACES = ("auto", "digits", "pixels", "inception", "emoji")  # "auto" never picks inception (needs weights)
 
 
 class EvaluationError(ValueError):
@@ -84,9 +85,21 @@ def _check(arr: np.ndarray, what: str, spec: str) -> np.ndarray:
     return arr
 
 
-def features(x: np.ndarray, space: str, device: str = "cpu") -> np.ndarray:
+def requested_prompts(spec: str) -> list[str] | None:
+    """The ``prompts`` array (each sample's prompt) of a samples ``.npz``, as ``undiffuse sample
+    --prompt/--prompts ... --format npz`` writes it, or None."""
+    if not (spec.endswith(".npz") and os.path.isfile(spec)):
+        return None
+    with np.load(spec, allow_pickle=False) as f:
+        return [str(p) for p in f["prompts"]] if "prompts" in f.files and "samples" in f.files else None
+
+
+def features(x: np.ndarray, space: str, device: str = "cpu", sentence=None) -> np.ndarray:
     """Feature vectors of ``x`` in ``space``; ``device`` runs the Inception network (the small
-    digits network and raw pixels stay on the CPU)."""
+    digits network, the emoji scorer and raw pixels stay on the CPU). ``sentence``: the text
+    embedding function the emoji scorer was trained against (``steering.text.sentence_embeddings``)."""
+    if space == "emoji":
+        return image_text.embed(x, _emoji_scorer(sentence))[0]
     if space == "digits":
         return digits_features(x)
     if space == "pixels":
@@ -98,8 +111,16 @@ def features(x: np.ndarray, space: str, device: str = "cpu") -> np.ndarray:
     raise EvaluationError(f"unknown feature space {space!r}; allowed: {', '.join(FEATURE_SPACES)}")
 
 
+def _emoji_scorer(sentence):
+    if sentence is None:
+        raise EvaluationError("feature space 'emoji' needs the text embeddings its scorer is trained against "
+                              "(pass sentence=steering.text.sentence_embeddings)")
+    return image_text.scorer(sentence)
+
+
 def describe(space: str, dim: int) -> str:
     return {"digits": f"undiffuse digits classifier, {dim}-d penultimate layer",
+            "emoji": f"undiffuse emoji image-text scorer, {dim}-d pooled image features",
             "pixels": f"raw values, {dim}-d",
             "inception": f"FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth, pytorch-fid pipeline), "
                          f"{dim}-d pool3"}[space]
@@ -107,12 +128,15 @@ def describe(space: str, dim: int) -> str:
 
 def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: int = 5,
              kid_subsets: int = 100, kid_subset_size: int = 1000, copy_threshold: float = 1 / 3,
-             reference_name: str = "reference", seed: int = 0, labels=None, device: str = "cpu") -> dict:
+             reference_name: str = "reference", seed: int = 0, labels=None, device: str = "cpu",
+             prompts=None, sentence=None) -> dict:
     """Score ``samples`` against ``reference`` (arrays as in the module docstring).
 
     ``train`` (default: the reference) is the set that near-copies are searched in.
     ``labels``: the class each sample was asked to be; adds ``adherence`` (the share the
-    digits classifier reads as requested; 1x8x8 images only).
+    digits classifier reads as requested; 1x8x8 images only). ``prompts`` (one per sample)
+    with feature space ``emoji`` adds ``clip_score`` and ``prompt_accuracy``
+    (``metrics.image_text``); ``sentence`` is the text embedding function the scorer uses.
     """
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if samples.shape[1:] != reference.shape[1:]:
@@ -127,8 +151,11 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
         feature_space = "digits" if samples.shape[1:] == (1, 8, 8) else "pixels"
     if feature_space not in FEATURE_SPACES:
         raise EvaluationError(f"unknown feature space {feature_space!r}; allowed: {', '.join(FEATURE_SPACES)}")
+    if prompts is not None and feature_space != "emoji":
+        raise EvaluationError(f"prompt scores (clip_score, prompt_accuracy) need feature space 'emoji', the "
+                              f"image-text scorer; got {feature_space!r}")
     t0 = time.perf_counter()
-    fs, fr = features(samples, feature_space, device), features(reference, feature_space, device)
+    fs, fr = features(samples, feature_space, device, sentence), features(reference, feature_space, device, sentence)
     dim = fs.shape[1]
     out = {"fd": frechet_distance(*gaussian_stats(fs), *gaussian_stats(fr))}
     k_out = _kid(fs, fr, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
@@ -155,6 +182,12 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
         out["adherence"], out["adherence_per_class"] = adh["adherence"], adh["per_class"]
         out["protocol"]["adherence"] = f"{adh['protocol']['reader']} reads the requested class " \
                                        f"({adh['protocol']['classes_requested']} classes requested)"
+    if prompts is not None:
+        out.update(image_text.text_scores(image_text.embed(samples, _emoji_scorer(sentence))[1], list(prompts),
+                                          sentence, seed=seed))
+        out["protocol"]["prompt_accuracy"] = (f"own prompt ranked above {out.pop('distractors')} others drawn from "
+                                              f"{out.pop('distractor_pool')} emoji names (chance "
+                                              f"{out.pop('prompt_accuracy_chance'):.2f})")
     out["_copies"] = cp  # for the closest-pairs picture; dropped by to_json
     return out
 
@@ -174,5 +207,8 @@ def summary_lines(result: dict) -> list[str]:
              f"  copies     {result['copies']} of {p['samples']} ({result['copy_rate']:.2%}); {p['copy_rule']}"]
     if "adherence" in result:
         lines.append(f"  adherence  {result['adherence']:.1%}  ({p['adherence']})")
+    if "clip_score" in result:
+        lines.append(f"  clip_score {result['clip_score']:.4f}   prompt_accuracy {result['prompt_accuracy']:.3f}  "
+                     f"({p['prompt_accuracy']})")
     lines += [f"  note: {n}" for n in p["notes"]]
     return lines

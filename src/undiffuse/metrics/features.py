@@ -59,18 +59,15 @@ import hashlib
 import json
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
-from undiffuse.utils.atomic import write_atomic
 from undiffuse.utils.cache import cache_dir
 
 from .frechet import frechet_distance, gaussian_stats
+from .trained import deterministic, load_weights, save_weights
 
 __all__ = ["DigitsNet", "digits_features", "digits_classifier", "fd_digits", "calibration_scores",
            "digits_data", "cache_dir", "weights_path"]
@@ -162,16 +159,8 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
 
 def _train(images: np.ndarray, labels: np.ndarray, hparams: dict = HPARAMS) -> DigitsNet:
     """Train ``DigitsNet`` with the module's recipe; deterministic; restores global torch state."""
-    threads = torch.get_num_threads()
-    det, det_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        torch.set_num_threads(hparams["threads"])
-        torch.use_deterministic_algorithms(True)
-        with torch.random.fork_rng(devices=[]):
-            return _train_inner(images, labels, hparams)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+    with deterministic(hparams["threads"]):
+        return _train_inner(images, labels, hparams)
 
 
 def _train_inner(images, labels, hp) -> DigitsNet:
@@ -219,22 +208,6 @@ def _holdout_accuracy(seed: int = 0) -> float:
 # loading / caching
 
 
-def _load(path: str, hp: dict) -> DigitsNet:
-    net = DigitsNet(hp["channels"], hp["features"])
-    state = load_file(path)
-    net.load_state_dict(state, strict=True)  # raises on missing/unexpected keys or wrong shapes
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise ValueError("non-finite weights")
-    return net.eval()
-
-
-def _save(net: DigitsNet, path: str) -> None:
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    write_atomic(path, lambda tmp: save_file(state, tmp, metadata={"recipe": RECIPE,
-                                                                   "hparams": json.dumps(HPARAMS, sort_keys=True)}),
-                 suffix=".safetensors.tmp")
-
-
 def _stat_key(path: str):
     try:
         st = os.stat(path)
@@ -251,18 +224,11 @@ def _extractor() -> DigitsNet:
     hit = _MEMO.get(path)
     if hit is not None and key is not None and hit["key"] == key:
         return hit["net"]
-    net = None
-    if key is not None:
-        try:
-            net = _load(path, HPARAMS)
-        except Exception as e:  # corrupt / truncated / foreign file: retrain and overwrite
-            warnings.warn(f"cached digits feature weights {path} unreadable ({type(e).__name__}: {e}); retraining",
-                          RuntimeWarning, stacklevel=3)
+    net = load_weights(lambda: DigitsNet(HPARAMS["channels"], HPARAMS["features"]), path, "digits feature")
     if net is None:
         x, y = digits_data()
         net = _train(x, y, HPARAMS)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _save(net, path)
+        save_weights(net, path, {"recipe": RECIPE, "hparams": HPARAMS})
     for p in net.parameters():
         p.requires_grad_(False)
     _MEMO.clear()  # one extractor at a time (the cache folder may change between calls)

@@ -6,8 +6,8 @@
 * ``lowres``: ``cond_image``, the image average-pooled by ``factor`` and brought back to full
   size by nearest up-sampling (so the network sees exactly the low-resolution pixels).
 
-Training draws the condition of each sample from the data (for text, one of the captions
-written for its label, chosen at random) and replaces it by the null condition with
+Training draws the condition of each sample from the data (for text, one of its own caption
+wordings, or of those written for its label, chosen at random) and replaces it by the null condition with
 probability ``dropout`` (Ho & Salimans 2022), which is what classifier-free guidance needs.
 Every random draw comes from the trainer's generator, so resumed runs stay exact.
 """
@@ -32,27 +32,39 @@ def upsample_condition(low: Tensor, factor: int) -> Tensor:
 
 
 class TextTable:
-    """Encoded captions of a labelled dataset: every wording of every label plus "" (last)."""
+    """Encoded captions: every wording of every row plus "" (last, the null caption). A row is
+    an item of captioned data (``Dataset.captions``) or a class of labelled data (the captions
+    ``text.caption_table`` writes for it); a row without wordings always gets the null caption."""
 
-    def __init__(self, dataset_name: str, class_names: list[str], max_tokens: int):
-        captions, labels = text.caption_table(dataset_name, class_names)
-        self.captions = list(captions) + [""]
+    def __init__(self, wordings: list[list[str]], max_tokens: int, per_item: bool):
+        self.per_item = per_item
+        self.captions = [w for row in wordings for w in row] + [""]
         enc = text.encode_cached(self.captions, max_tokens=max_tokens)
         self.tokens, self.mask = enc.tokens, enc.mask
         self.null = len(self.captions) - 1
-        labels = torch.as_tensor(labels)
-        self.by_label = [torch.nonzero(labels == k)[:, 0] for k in range(len(class_names))]
-        empty = [class_names[k] for k, rows in enumerate(self.by_label) if len(rows) == 0]
+        starts = torch.tensor([0] + [len(row) for row in wordings]).cumsum(0)
+        self.start, self.count = starts[:-1], starts[1:] - starts[:-1]
+
+    @classmethod
+    def for_dataset(cls, dataset, max_tokens: int) -> "TextTable":
+        if dataset.captions is not None:
+            return cls(dataset.captions, max_tokens, per_item=True)
+        captions, labels = text.caption_table(dataset.name, list(dataset.class_names))
+        wordings = [[c for c, k in zip(captions, labels) if k == row] for row in range(dataset.num_classes)]
+        empty = [dataset.class_names[k] for k, row in enumerate(wordings) if not row]
         if empty:
             raise ValueError(f"no captions were written for class(es) {empty}")
+        return cls(wordings, max_tokens, per_item=False)
 
-    def pick(self, labels: Tensor, u: Tensor) -> Tensor:
-        """Caption index per sample: wording ``floor(u * count)`` of its label."""
-        out = torch.empty(len(labels), dtype=torch.long)
-        for i, (k, r) in enumerate(zip(labels.tolist(), u.tolist())):
-            rows = self.by_label[k]
-            out[i] = rows[min(int(r * len(rows)), len(rows) - 1)]
-        return out
+    def pick(self, rows: Tensor, u: Tensor) -> Tensor:
+        """Caption index per sample: wording ``floor(u * count)`` of its row (null if it has none)."""
+        count = self.count[rows]
+        choice = (u * count).long().clamp(max=(count - 1).clamp(min=0))
+        return torch.where(count > 0, self.start[rows] + choice, self.null)
+
+    def first(self, rows: Tensor) -> Tensor:
+        """Each row's first wording (null if it has none)."""
+        return self.pick(rows, torch.zeros(len(rows)))
 
     def rows(self, index: Tensor, device) -> dict:
         return {"context": self.tokens[index].to(device), "context_mask": self.mask[index].to(device)}
@@ -63,7 +75,7 @@ class TrainingConditions:
 
     def __init__(self, cfg, dataset):  # cfg: the run's ``conditioning`` group (kind, dropout, factor, max_tokens)
         self.cfg, self.data = cfg, dataset
-        self.text = TextTable(dataset.name, list(dataset.class_names), cfg.max_tokens) if cfg.kind == "text" else None
+        self.text = TextTable.for_dataset(dataset, cfg.max_tokens) if cfg.kind == "text" else None
 
     def __call__(self, index: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
         kind, p = self.cfg.kind, self.cfg.dropout
@@ -71,12 +83,13 @@ class TrainingConditions:
             return {}
         if kind == "lowres":
             return {"cond_image": lowres_image(x0, self.cfg.factor)}
-        labels = self.data.labels_of(index).long()
-        u = torch.rand(2, len(labels), generator=generator)  # [0]: dropout, [1]: caption choice
+        labels = self.data.labels_of(index)
+        u = torch.rand(2, len(index), generator=generator)  # [0]: dropout, [1]: caption choice
         drop = u[0] < p
         if kind == "class":
-            return {"class_labels": torch.where(drop, -1, labels).to(x0.device)}
-        index = torch.where(drop, self.text.null, self.text.pick(labels, u[1]))
+            return {"class_labels": torch.where(drop, -1, labels.long()).to(x0.device)}
+        rows = torch.as_tensor(index).long() if self.text.per_item else labels.long()
+        index = torch.where(drop, self.text.null, self.text.pick(rows, u[1]))
         return self.text.rows(index, x0.device)
 
 

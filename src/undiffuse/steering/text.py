@@ -373,6 +373,31 @@ def encode_cached(texts: list[str], max_tokens: int = 16) -> TextEmbedding:
     return _DEFAULT.encode_cached(texts, max_tokens)
 
 
+SENTENCE_TOKENS = 32  # sentence embeddings only: room for every emoji caption (23 word pieces at most)
+
+
+def sentence_embeddings(texts: list[str]) -> torch.Tensor:
+    """The pooled unit sentence embeddings (N, 384) of ``texts`` (up to 32 word pieces), cached
+    like ``encode_cached`` but storing only the pooled vectors (what scorers compare)."""
+    texts = _check_texts(texts)
+    key = _DEFAULT.cache_key(texts, SENTENCE_TOKENS)
+    path = os.path.join(cache_dir(), f"sentences_{_DEFAULT.name}_{key[:20]}.safetensors")
+    if os.path.exists(path):
+        try:
+            pooled = load_file(path)["pooled"]
+            if pooled.shape == (len(texts), EMBED_DIM) and torch.isfinite(pooled).all():
+                return pooled
+            raise ValueError(f"shape {tuple(pooled.shape)} does not fit {len(texts)} texts")
+        except Exception as e:  # corrupt / truncated / foreign file: recompute and overwrite
+            warnings.warn(f"cached sentence embeddings {path} unreadable ({type(e).__name__}: {e}); recomputing",
+                          RuntimeWarning, stacklevel=2)
+    pooled = _DEFAULT.encode(texts, SENTENCE_TOKENS).pooled
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, lambda tmp: save_file({"pooled": pooled.contiguous()}, tmp, metadata={"key": key}),
+                 suffix=".safetensors.tmp")
+    return pooled
+
+
 # ----------------------------------------------------------------------------------------------
 # captions
 

@@ -93,6 +93,12 @@ class DataOrder:
         return torch.cat(out)
 
 
+def _licence(dataset) -> dict:
+    """The licence and attribution a dataset asks every run to keep (``Dataset.info``)."""
+    info = getattr(dataset, "info", None) or {}
+    return {k: info[k] for k in ("licence", "attribution") if k in info}
+
+
 class Trainer(TrainingLoop):
     """Train ``cfg`` on ``dataset`` into the run folder ``run``.
 
@@ -279,7 +285,8 @@ class Trainer(TrainingLoop):
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
                  "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
-                             "size": len(self.data), "class_names": list(self.data.class_names)}}
+                             "size": len(self.data), "class_names": list(self.data.class_names),
+                             **_licence(self.data)}}
         path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
         self._saved_step = self.step
@@ -363,18 +370,20 @@ class Trainer(TrainingLoop):
 
     def _sampling_conditions(self, n: int) -> dict:
         """Conditions for ``n`` progress samples: classes (or each class's first caption) in
-        turn, or the low-resolution copies of the first ``n`` training images (no guidance)."""
+        turn, the first captions of items spread over captioned data, or the low-resolution copies of the first ``n`` training images (no guidance)."""
         kind = self.cfg.conditioning.kind
         if kind == "none":
             return {}
         if kind == "lowres":
             x0 = self.data.get(torch.arange(n) % len(self.data)).to(self.device)
             return self.conditions(torch.arange(n), x0, torch.Generator())
+        table = self.conditions.text
+        if kind == "text" and table.per_item:  # the first wording of n items spread over the data
+            return table.rows(table.first(torch.arange(n) * len(self.data) // n), self.device)
         labels = torch.arange(n) % self.data.num_classes
         if kind == "class":
             return {"class_labels": labels.to(self.device)}
-        table = self.conditions.text
-        return table.rows(torch.stack([table.by_label[k][0] for k in labels.tolist()]), self.device)
+        return table.rows(table.first(labels), self.device)
 
     def evaluate(self) -> dict:
         """Score ``eval_samples`` EMA samples against the training data with the evaluation
