@@ -90,10 +90,10 @@ class SeededNoise:
         if x.shape[0] != len(self.seeds):
             raise ValueError(f"SeededNoise has {len(self.seeds)} seeds but the batch has {x.shape[0]} samples")
         block = self._block
-        if block is None or block.shape[2:] != x.shape[1:] or block.dtype != x.dtype:
-            self._fill(x.shape[1:], x.dtype, 0)  # first draw (or another shape: start over)
-        elif self._next == block.shape[1]:
-            self._fill(x.shape[1:], x.dtype, self._index + 1)
+        if block is None:
+            self._fill(x.shape[1:], x.dtype, 0)
+        elif self._next == block.shape[1] or block.shape[2:] != x.shape[1:] or block.dtype != x.dtype:
+            self._fill(x.shape[1:], x.dtype, self._index + 1)  # used up (or another shape: a fresh block)
         out = self._block[:, self._next]
         self._next += 1
         return out.to(x.device)

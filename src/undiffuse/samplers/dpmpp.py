@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import axpy, call, levels, per_step, randn_like, report
+from ._common import axpy, levels, per_step, randn_like, report
 
 
 def _lam(sigma):
