@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch lies on this disk; a bare `torch` would pull a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Test-only reference for tests/test_kdiffusion_crosscheck.py, installed without its dependencies:
+# only its sampling.py is read (tests/_kdiffusion.py); its torchvision would replace this torch.
+K_DIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
 
 .PHONY: demo test bench bench-train setup browser clean
 
@@ -12,6 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "$(K_DIFFUSION_SPEC)"
 	touch $@
 
 setup: $(VENV)/.installed $(VENV)/.browser

@@ -3,6 +3,8 @@
 an exact answer, plus the per-step overhead of each sampler.
 
     python benchmarks/samplers.py [--write BENCHMARKS.md] [--quick]
+    python benchmarks/samplers.py --overhead-only [--repeats 15]
+    python benchmarks/samplers.py --parity
 
 Accuracy. Data: a 64-dimensional mixture of 16 anisotropic Gaussians, whose exact denoiser is
 known (``undiffuse.core.analytic``). Process: the discrete DDPM VP process (linear betas, 1000
@@ -13,7 +15,12 @@ diffusers' schedulers get the same analytic model, wrapped as the eps-network ep
 they expect, and the same starting point, converted to the space each one works in.
 
 Overhead. The time a sampler spends on its own per step, measured with a trivial denoiser on
-an image-sized batch; ours and the matching diffusers scheduler are timed interleaved.
+a float32 256 x 64 batch; ours (unseeded and seeded), the matching diffusers scheduler and
+k-diffusion's function (when installed, tests/_kdiffusion.py) are timed interleaved.
+
+Parity (``--parity``). The largest relative difference to k-diffusion and diffusers of every
+shared sampler at 5 / 10 / 20 steps, from the cross-check tests' own runs, and dpmpp_3m against
+dpmpp_3m_taylor on this problem.
 
 Methods are plain entries ``Method(library, name, schedule, run)`` with ``run(nfe) -> final
 sample (in undiffuse's rescaled space) or None``; append to the list in ``build_methods`` to
@@ -42,6 +49,7 @@ import undiffuse
 from undiffuse import samplers as S
 from undiffuse.core import schedules
 from undiffuse.core.analytic import GaussianMixture, ode_solution
+from undiffuse.core.noise import SeededNoise, per_sample_generators
 from undiffuse.core.process import VPDiscrete
 
 NFES = (5, 10, 20, 50)
@@ -323,32 +331,79 @@ def run_rk45(p: Problem, tolerances=RK45_TOLERANCES) -> list[tuple[float, int, f
 # --------------------------------------------------------------------------- overhead timing
 
 
-def _timing_pairs():
+OVERHEAD_SHAPE = (256, 64)  # batch 256 of 64 values, float32 (issue 23's setting)
+OVERHEAD_STEPS = 50
+
+
+def _kdiffusion():
+    """k-diffusion's sampling.py loaded by file path (tests/_kdiffusion.py), or None."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        from _kdiffusion import sampling
+    finally:
+        sys.path.pop(0)
+    return sampling()
+
+
+def _timing_rows():
+    """(label, our sampler, its options, seeded, diffusers label, scheduler factory, step() options,
+    k-diffusion label, its function name, its options). A None diffusers or k-diffusion entry: that
+    library has no such sampler."""
     import diffusers as d
 
     base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                 prediction_type="epsilon")
-    return [
-        ("euler", {}, "EulerDiscrete", lambda: d.EulerDiscreteScheduler(**base)),
-        ("ddim", {}, "DDIM", lambda: d.DDIMScheduler(**base, clip_sample=False, timestep_spacing="trailing")),
-        ("heun", {}, "HeunDiscrete", lambda: d.HeunDiscreteScheduler(**base)),
-        ("dpmpp_2m", {}, "DPMSolverMultistep(2)", lambda: d.DPMSolverMultistepScheduler(**base, solver_order=2)),
-        ("dpmpp_3m", {}, "DPMSolverMultistep(3)", lambda: d.DPMSolverMultistepScheduler(**base, solver_order=3)),
-        ("unipc", {"order": 2}, "UniPCMultistep(2)", lambda: d.UniPCMultistepScheduler(**base, solver_order=2)),
-        ("unipc", {"order": 3}, "UniPCMultistep(3)", lambda: d.UniPCMultistepScheduler(**base, solver_order=3)),
-        ("lms", {}, "LMSDiscrete", lambda: d.LMSDiscreteScheduler(**base)),
-        ("ipndm", {}, "PNDM(skip_prk)", lambda: d.PNDMScheduler(**base, skip_prk_steps=True,
-                                                                set_alpha_to_one=True,
-                                                                timestep_spacing="trailing")),
+    ddim = lambda: d.DDIMScheduler(**base, clip_sample=False, timestep_spacing="trailing")  # noqa: E731
+    dpm3 = lambda: d.DPMSolverMultistepScheduler(**base, solver_order=3, solver_type="heun",  # noqa: E731
+                                                 lower_order_final=False)
+    ancestral = lambda: d.EulerAncestralDiscreteScheduler(**base)  # noqa: E731
+    ddpm = lambda: d.DDPMScheduler(**base, clip_sample=False)  # noqa: E731
+    sde = lambda: d.DPMSolverMultistepScheduler(**base, solver_order=2, algorithm_type="sde-dpmsolver++")  # noqa: E731
+    deterministic = [
+        ("euler", "euler", {}, "EulerDiscrete", lambda: d.EulerDiscreteScheduler(**base), "sample_euler", {}),
+        ("ddim", "ddim", {}, "DDIM", ddim, "sample_euler", {}),
+        ("heun", "heun", {}, "HeunDiscrete", lambda: d.HeunDiscreteScheduler(**base), "sample_heun", {}),
+        ("dpmpp_2m", "dpmpp_2m", {}, "DPMSolverMultistep(2)",
+         lambda: d.DPMSolverMultistepScheduler(**base, solver_order=2), "sample_dpmpp_2m", {}),
+        ("dpmpp_3m", "dpmpp_3m", {}, "DPMSolverMultistep(3)", dpm3, "sample_dpmpp_3m_sde", {"eta": 0.0}),
+        ("unipc(2)", "unipc", {"order": 2}, "UniPCMultistep(2)",
+         lambda: d.UniPCMultistepScheduler(**base, solver_order=2), None, None),
+        ("unipc(3)", "unipc", {"order": 3}, "UniPCMultistep(3)",
+         lambda: d.UniPCMultistepScheduler(**base, solver_order=3), None, None),
+        ("lms", "lms", {}, "LMSDiscrete", lambda: d.LMSDiscreteScheduler(**base), "sample_lms", {}),
+        ("ipndm", "ipndm", {}, "PNDM(skip_prk)",
+         lambda: d.PNDMScheduler(**base, skip_prk_steps=True, set_alpha_to_one=True, timestep_spacing="trailing"),
+         None, None),
     ]
+    stochastic = [
+        ("euler_ancestral", "euler_ancestral", {}, "EulerAncestralDiscrete", ancestral, "sample_euler_ancestral", {}),
+        ("ddpm", "ddpm", {}, "DDPM", ddpm, "sample_euler_ancestral", {}),
+        ("dpmpp_2m_sde", "dpmpp_2m_sde", {}, "DPMSolverMultistep(sde-dpmsolver++)", sde, "sample_dpmpp_2m_sde", {}),
+    ]
+    rows = [(label, name, opts, None, dname, make, kname, kopts) for label, name, opts, dname, make, kname, kopts
+            in deterministic]
+    for label, name, opts, dname, make, kname, kopts in stochastic:
+        rows.append((label, name, opts, None, dname, make, kname, kopts))
+        rows.append((f"{label}, seed", name, opts, "seeded", dname, make, kname, kopts))
+    # the seeded path before issue 23: one generator call per sample per step (still what a plain
+    # list of generators does)
+    label, name, opts, _, dname, make, kname, kopts = stochastic[0][:1] + rows[len(deterministic)][1:]
+    rows.append((f"{label}, seed (per-sample generators: before)", name, opts, "generators", dname, make, kname, kopts))
+    return rows
 
 
-def measure_overhead(repeats: int, steps: int = 50, log=print):
-    """Seconds per step of each sampler loop with a trivial denoiser (0.5 * x, float32,
-    16 x 3 x 64 x 64). Schedule construction (get_sigmas / set_timesteps) is outside the timer;
-    the loop, every step() and scale_model_input and the trivial model are inside."""
+def measure_overhead(repeats: int, steps: int = OVERHEAD_STEPS, shape=OVERHEAD_SHAPE, log=print, kdiffusion=True):
+    """Seconds per step of each sampler loop with a trivial denoiser (0.5 * x, float32, ``shape``):
+    ours, the matching diffusers scheduler in its standard loop and k-diffusion's function, timed
+    interleaved. Schedule construction (get_sigmas / set_timesteps) is outside the timer; the
+    loop, every step() and scale_model_input, the noise draws and the trivial model are inside.
+    A seeded row of ours builds its per-sample noise source (what ``sample(seed=...)`` passes)
+    inside the timer; diffusers' stochastic steps draw from one seeded generator and k-diffusion's
+    from torch's global one (seeded before the run), each library's own way to seed a run."""
+    K = _kdiffusion() if kdiffusion else None
     process = VPDiscrete()
-    x0 = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x0 = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(shape[0]))
 
     def trivial_denoiser(x, sigma):
         return 0.5 * x
@@ -357,43 +412,63 @@ def measure_overhead(repeats: int, steps: int = 50, log=print):
         return 0.5 * x
 
     sigmas = schedules.get_sigmas("linspace", steps, process=process)
-    pairs = []
-    for name, opts, dname, make in _timing_pairs():
+    k_sigmas = sigmas.to(torch.float32)  # k-diffusion's own schedules are float32
+    rows = []
+    for label, name, opts, seeded, dname, make, kname, kopts in _timing_rows():
         fn = S.get(name)
-        label = f"{name}({opts['order']})" if opts else name
 
-        def ours(fn=fn, opts=opts):
+        def ours(fn=fn, opts=opts, seeded=seeded):
             x = x0 * float(sigmas[0])
             t0 = time.perf_counter()
-            fn(trivial_denoiser, x, sigmas, **opts)
+            gen = None
+            if seeded == "seeded":
+                gen = SeededNoise(seeds, draws=steps)
+            elif seeded == "generators":
+                gen = per_sample_generators(seeds)
+            fn(trivial_denoiser, x, sigmas, generator=gen, **opts)
             return time.perf_counter() - t0
 
         sched = make()
+        noisy = S.info(name).stochastic
 
-        def theirs(sched=sched):
+        def theirs(sched=sched, noisy=noisy):
             sched.set_timesteps(steps)
             x = x0 * sched.init_noise_sigma
+            gen = {"generator": torch.Generator().manual_seed(0)} if noisy else {}
             t0 = time.perf_counter()
             for t in sched.timesteps:
                 eps = trivial_eps(sched.scale_model_input(x, t), t)
-                x = sched.step(eps, t, x).prev_sample
+                x = sched.step(eps, t, x, **gen).prev_sample
             return time.perf_counter() - t0
 
-        pairs.append([label, dname, ours, theirs, [], []])
+        kd = None
+        if K is not None and kname is not None:
+            kfn = getattr(K, kname)
+
+            def kd(kfn=kfn, kopts=kopts, noisy=noisy):
+                x = x0 * float(k_sigmas[0])
+                torch.manual_seed(0)
+                extra = dict(kopts)
+                if "eta" in extra or noisy:  # its SDE samplers default to a torchsde Brownian tree
+                    extra["noise_sampler"] = K.default_noise_sampler(x)
+                t0 = time.perf_counter()
+                kfn(trivial_denoiser, x, k_sigmas, disable=True, **extra)
+                return time.perf_counter() - t0
+
+        rows.append({"label": label, "dname": dname, "kname": kname, "runs": [ours, theirs, kd],
+                     "times": [[], [], []]})
 
     with torch.no_grad():
-        for pair in pairs:  # warm-up (and skip samplers that cannot run yet)
-            try:
-                pair[2]()
-            except NotImplementedError:
-                pair[2] = None
-            pair[3]()
+        for row in rows:  # warm-up
+            for run in row["runs"]:
+                if run is not None:
+                    run()
         for r in range(repeats):
-            for pair in pairs:
-                order = (2, 3) if r % 2 == 0 else (3, 2)
+            for row in rows:
+                order = [0, 1, 2] if r % 2 == 0 else [2, 1, 0]
                 for k in order:
-                    if pair[k] is not None:
-                        pair[k + 2].append(pair[k]())
+                    if row["runs"][k] is not None:
+                        row["times"][k].append(row["runs"][k]())
         den_times = []
         for _ in range(repeats):
             x = x0.clone()
@@ -401,13 +476,30 @@ def measure_overhead(repeats: int, steps: int = 50, log=print):
             for _ in range(steps):
                 trivial_denoiser(x, None)
             den_times.append(time.perf_counter() - t0)
-    rows = []
-    for label, dname, ours, _theirs, t_ours, t_theirs in pairs:
-        a = statistics.median(t_ours) / steps if t_ours else None
-        b = statistics.median(t_theirs) / steps
-        rows.append((label, a, dname, b))
-        log(f"  {label:10s} {a * 1e6 if a else float('nan'):9.1f} us   {dname:24s} {b * 1e6:9.1f} us")
-    return rows, statistics.median(den_times) / steps
+    out = []
+    for row in rows:
+        a, b, c = (statistics.median(t) / steps if t else None for t in row["times"])
+        out.append((row["label"], a, row["dname"], b, row["kname"], c))
+        cells = "  ".join(f"{v * 1e6:8.1f}" if v else "       -" for v in (a, b, c))
+        log(f"  {row['label']:52s} {cells}  us/step  (ours, diffusers, k-diffusion)")
+    return out, statistics.median(den_times) / steps
+
+
+def overhead_table(overhead) -> list[str]:
+    """Markdown rows: ours, diffusers and k-diffusion in us/step, and ours / each."""
+    lines = ["| ours | us/step | diffusers | us/step | k-diffusion | us/step | ours / diffusers | ours / k-diffusion |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def us(v):
+        return "-" if v is None else f"{v * 1e6:.0f}"
+
+    def ratio(a, b):
+        return "-" if a is None or b is None else f"{a / b:.2f}"
+
+    for label, a, dname, b, kname, c in overhead:
+        kcell = f"`{kname}`" if kname else "-"
+        lines.append(f"| `{label}` | {us(a)} | `{dname}` | {us(b)} | {kcell} | {us(c)} | {ratio(a, b)} | {ratio(a, c)} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- report
@@ -630,23 +722,79 @@ def report(p: Problem, methods: list[Method], rk45_rows, overhead, den_step, arg
 
     out += ["### Per-step overhead", "",
             f"Time per step of the sampler's own work: trivial denoiser (0.5 * x, "
-            f"{den_step * 1e6:.0f} us per call, included) on a float32 16x3x64x64 batch, 50 steps "
-            f"(schedule `linspace` for ours, each scheduler's default spacing except trailing for DDIM/PNDM; "
-            f"heun's 50 steps are 99 evaluations in both libraries, PNDM's 51); median of "
-            f"{args.repeats} interleaved repeats after warm-up, divided by 50. Schedule construction "
-            "(`get_sigmas` / `set_timesteps`) is not timed.", "",
-            "| ours | us/step | diffusers | us/step | ours / diffusers |", "|---|---|---|---|---|"]
-    for label, a, dname, b in overhead:
-        if a is None:
-            out.append(f"| `{label}` | n/a | `{dname}` | {b * 1e6:.0f} | - |")
-        else:
-            out.append(f"| `{label}` | {a * 1e6:.0f} | `{dname}` | {b * 1e6:.0f} | {a / b:.2f} |")
+            f"{den_step * 1e6:.0f} us per call, included) on a float32 {'x'.join(map(str, OVERHEAD_SHAPE))} batch, "
+            f"{OVERHEAD_STEPS} steps (schedule `linspace` for ours and k-diffusion, each scheduler's default spacing "
+            f"except trailing for DDIM/PNDM; heun's steps are 2 evaluations in all three libraries, PNDM's first "
+            f"2); median of {args.repeats} interleaved repeats after warm-up, divided by {OVERHEAD_STEPS}. Schedule "
+            "construction (`get_sigmas` / `set_timesteps`) is not timed; a seeded row builds its per-sample noise "
+            "inside the timer.", ""]
+    out += overhead_table(overhead)
     out += ["", END_MARK]
     return "\n".join(out) + "\n"
 
 
 def write_section(path: Path, section: str) -> None:
     _write_section(path, section, START_MARK, END_MARK)
+
+
+PARITY_STEPS = (5, 10, 20)
+
+
+def parity_tables(log=print) -> list[str]:
+    """Markdown: the largest relative difference (max |ours - theirs| / max |theirs|) to
+    k-diffusion for every case of tests/test_kdiffusion_crosscheck.py and to diffusers for the
+    DPM-Solver++ cases of tests/test_diffusers_crosscheck.py, at 5 / 10 / 20 steps (the tests'
+    own runs: same model, sigmas, start and noise); then dpmpp_3m against dpmpp_3m_taylor on the
+    exact ODE solution of this benchmark's mixture."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    sys.path.insert(0, tests)
+    try:
+        import test_diffusers_crosscheck as dx
+        import test_kdiffusion_crosscheck as kx
+    finally:
+        sys.path.remove(tests)
+    torch.set_num_threads(1)
+    head = "| case | ours | reference | " + " | ".join(f"{n} steps" for n in PARITY_STEPS) + " |"
+    lines = [head, "|---|---|---|" + "---|" * len(PARITY_STEPS)]
+    for name, (ours, opts, kname, kopts, noise) in kx.CASES.items():
+        cells = [f"{kx.rel(*kx.run_pair(name, n)):.1e}" for n in PARITY_STEPS]
+        o = ", ".join(f"{k}={v}" for k, v in opts.items())
+        ko = ", ".join(f"{k}={v}" for k, v in kopts.items() if k != "noise_sampler")
+        via = {"sampler": " (matched noise_sampler)", "churn": " (matched churn noise)"}.get(noise, "")
+        lines.append(f"| {name} | `{ours}`{f'({o})' if o else ''} | k-diffusion `{kname}`{f'({ko})' if ko else ''}{via} | "
+                     + " | ".join(cells) + " |")
+        log(lines[-1])
+    for name in ("dpmpp_2m", "dpmpp_3m", "dpmpp_3m_diffusers_defaults"):
+        _, (ours, opts), _, _ = dx.CASES[name]
+        cells = [f"{dx._rel(*dx._run_pair(name, n)):.1e}" for n in PARITY_STEPS]
+        o = ", ".join(f"{k}={v!r}" for k, v in opts.items())
+        sched = dx.CASES[name][0]()
+        cfg = {k: sched.config[k] for k in ("solver_order", "solver_type", "lower_order_final")}
+        lines.append(f"| {name} | `{ours}`{f'({o})' if o else ''} | diffusers `DPMSolverMultistepScheduler`"
+                     f"({', '.join(f'{k}={v!r}' for k, v in cfg.items())}) | " + " | ".join(cells) + " |")
+        log(lines[-1])
+    return lines
+
+
+def dpmpp_3m_accuracy(n: int = 256, log=print) -> list[str]:
+    """RMSE against the exact ODE solution (this benchmark's problem, Karras and logsnr
+    schedules) of dpmpp_3m and dpmpp_3m_taylor at a few NFE."""
+    torch.set_num_threads(1)
+    p = Problem(n)
+    variants = [("dpmpp_3m", {}), ("dpmpp_3m_taylor", {}),
+                ("dpmpp_3m_taylor", {"second_order": "taylor", "lower_order_final": False})]
+    lines = ["| sampler | schedule | " + " | ".join(f"NFE {k}" for k in NFES) + " |", "|---|---|" + "---|" * len(NFES)]
+    for name, opts in variants:
+        label = name + (f"({', '.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else "")
+        for sched in ("karras", "logsnr"):
+            errs = []
+            for k in NFES:
+                sig = schedules.get_sigmas(sched, k, process=p.process)
+                with torch.no_grad():
+                    errs.append(rmse(S.get(name)(p.denoiser, p.x_start.clone(), sig, **opts), p.reference))
+            lines.append(f"| `{label}` | {sched} | " + " | ".join(f"{e:.2e}" for e in errs) + " |")
+            log(lines[-1])
+    return lines
 
 
 def main(argv=None) -> int:
@@ -657,13 +805,34 @@ def main(argv=None) -> int:
                         help="torch threads for the overhead timing (default 1: on a shared machine more threads "
                              "make the timings mostly contention)")
     parser.add_argument("--overhead-only", action="store_true",
-                        help="only the per-step overhead timing, printed (the section is not rewritten)")
+                        help="only the per-step overhead timing (ours, diffusers, k-diffusion), printed as a "
+                             "Markdown table (the section is not rewritten)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats for --overhead-only")
+    parser.add_argument("--parity", action="store_true",
+                        help="only the parity tables (largest relative difference to k-diffusion and diffusers "
+                             "at 5 / 10 / 20 steps; dpmpp_3m vs dpmpp_3m_taylor accuracy), printed")
     args = parser.parse_args(argv)
     if args.overhead_only:
         torch.set_num_threads(args.threads)
-        print(f"load average (1 min) {os.getloadavg()[0]:.1f}; median of 15 interleaved repeats, us/step")
+        load = os.getloadavg()[0]
+        print(f"load average (1 min) {load:.1f}; median of {args.repeats} interleaved repeats, us/step; "
+              f"float32 {'x'.join(map(str, OVERHEAD_SHAPE))}, {OVERHEAD_STEPS} steps, {args.threads} thread(s)")
         with torch.no_grad():
-            measure_overhead(15, log=print)
+            rows, den_step = measure_overhead(args.repeats, log=print)
+        print(f"\ntrivial denoiser {den_step * 1e6:.0f} us per call; load average (1 min) at the end "
+              f"{os.getloadavg()[0]:.1f}\n")
+        print("\n".join(overhead_table(rows)))
+        return 0
+    if args.parity:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        kd = _kdiffusion()
+        print(f"k-diffusion {None if kd is None else 'loaded'}; float64; relative difference = "
+              "max |ours - theirs| / max |theirs|")
+        lines = parity_tables(log=lambda *a: None)
+        print("\n".join(lines) + "\n")
+        print("\n".join(dpmpp_3m_accuracy(log=lambda *a: None)))
         return 0
     args.samples = 64 if args.quick else 256
     args.repeats = 3 if args.quick else 9

@@ -14,7 +14,7 @@ def gm():
     return GaussianMixture.random(dim=8, components=4, seed=4, scale_range=(0.1, 0.6))
 
 
-@pytest.mark.parametrize("order, ref", [(1, "euler"), (2, "dpmpp_2m"), (3, "dpmpp_3m")])
+@pytest.mark.parametrize("order, ref", [(1, "euler"), (2, "dpmpp_2m"), (3, "dpmpp_3m_taylor")])
 def test_calibrated_solver_without_offsets_is_dpm_solver(gm, order, ref):
     x = undiffuse.noise((4, 8), seed=0, dtype=torch.float64) * 20
     sig = schedules.get_sigmas("logsnr", 7, sigma_min=0.02, sigma_max=20.0)

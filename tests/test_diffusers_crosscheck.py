@@ -88,8 +88,12 @@ CASES = {
     "heun": (lambda: diffusers.HeunDiscreteScheduler(**BASE), ("heun", {}), {}, False),
     "dpmpp_2m": (lambda: diffusers.DPMSolverMultistepScheduler(**BASE, solver_order=2),
                  ("dpmpp_2m", {}), {}, False),
-    "dpmpp_3m": (lambda: diffusers.DPMSolverMultistepScheduler(**BASE, solver_order=3),
-                 ("dpmpp_3m", {"diffusers_third_order": True}), {}, False),
+    # dpmpp_3m's defaults are k-diffusion's: diffusers' Taylor ("heun") warm-up step, no lower-order cap
+    "dpmpp_3m": (lambda: diffusers.DPMSolverMultistepScheduler(**BASE, solver_order=3, solver_type="heun",
+                                                               lower_order_final=False),
+                 ("dpmpp_3m", {}), {}, False),
+    "dpmpp_3m_diffusers_defaults": (lambda: diffusers.DPMSolverMultistepScheduler(**BASE, solver_order=3),
+                                    ("dpmpp_3m", {"second_order": "midpoint", "lower_order_final": True}), {}, False),
     "unipc2_bh2": (lambda: diffusers.UniPCMultistepScheduler(**BASE, solver_order=2, solver_type="bh2"),
                    ("unipc", {"order": 2, "variant": "bh2"}), {}, False),
     "unipc3_bh2": (lambda: diffusers.UniPCMultistepScheduler(**BASE, solver_order=3, solver_type="bh2"),
@@ -173,14 +177,15 @@ def test_matches_diffusers(name, steps):
 
 def test_crosscheck_is_sensitive():
     """The tolerance separates real solver differences: bh1 vs bh2, a disabled corrector and
-    DPM-Solver's Taylor vs diffusers' third-order weight all differ by far more than 1e-4."""
+    the Taylor vs the reference third-order weight all differ by far more than 1e-4."""
     _, theirs = _run_pair("unipc2_bh2", 10)
     other = samplers.unipc(DENOISER, *_start("unipc2_bh2", 10), order=2, variant="bh1")
     assert _rel(other, theirs) > 10 * RTOL
     other = samplers.unipc(DENOISER, *_start("unipc2_bh2", 10), order=2, disable_corrector=range(10))
     assert _rel(other, theirs) > 10 * RTOL
     _, theirs3 = _run_pair("dpmpp_3m", 10)
-    assert _rel(samplers.dpmpp_3m(DENOISER, *_start("dpmpp_3m", 10)), theirs3) > 10 * RTOL
+    taylor = samplers.dpmpp_3m_taylor(DENOISER, *_start("dpmpp_3m", 10), second_order="taylor", lower_order_final=False)
+    assert _rel(taylor, theirs3) > 10 * RTOL
 
 
 @pytest.mark.parametrize("steps", (1, 5, 7, 10, 25, 50, 999))

@@ -15,7 +15,9 @@ ORDER_CASES = [
     ("ddim", {}, 0.85, 1.3),
     ("heun", {}, 1.8, 2.5),
     ("dpmpp_2m", {}, 1.8, 2.4),
-    ("dpmpp_3m", {}, 2.7, 3.6),
+    ("dpmpp_3m", {}, 2.2, 2.8),  # the reference's half-Taylor second difference: order 2 (2.52 measured)
+    ("dpmpp_3m_taylor", {}, 2.7, 3.6),
+    ("dpmpp_3m_taylor", {"lower_order_final": False, "second_order": "taylor"}, 2.7, 3.6),
     ("unipc", {"order": 2}, 1.8, 3.6),
     ("unipc", {"order": 3}, 2.7, 4.5),
     ("lms", {}, 2.8, 4.5),
@@ -124,3 +126,61 @@ def test_every_sampler_runs_on_images_in_float32_and_calls_back(name):
     assert len(calls) >= 1 and {"i", "x", "sigma", "sigma_next", "denoised"} <= set(calls[0])
     if samplers.info(name).evals_per_step:
         assert len(calls) == 4
+
+
+class _CountNoise(torch.overrides.TorchFunctionMode):
+    """Counts the calls that draw normal noise (torch.randn, Tensor.normal_) under it."""
+
+    calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.randn, torch.Tensor.normal_):
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "ddpm", "dpmpp_2m_sde", "heun_churn", "sde_pc"])
+def test_seeded_sampling_draws_once_per_sample_per_run(name, gmm8):
+    """With ``seed=...`` a stochastic sampler's fresh noise costs one generator call per sample
+    for the whole run (one block of draws), not one per sample per step."""
+    sampler, opts = ("heun", {"s_churn": 5.0}) if name == "heun_churn" else (name, {})
+    batch, steps = 12, 20
+    z = undiffuse.noise((batch, 8), seed=0)
+    with _CountNoise() as count:
+        undiffuse.sample(gmm8, z, sampler=sampler, steps=steps, sigma_min=SMIN, sigma_max=SMAX, seed=3, **opts)
+    calls = count.calls
+    blocks = 2 if name == "sde_pc" else 1  # sde_pc draws twice a step: a second block of `steps` draws
+    assert calls == blocks * batch, f"{calls} noise calls for {batch} samples, {steps} steps"
+
+
+def test_seeded_noise_streams_are_defined_per_sample_and_block(monkeypatch):
+    """Draw k of sample i is entry k % block of the block a generator seeded
+    derive_seed(seed_i, 1 + k // block) fills; it never depends on the other samples, and never
+    repeats the starting noise of the same seed."""
+    from undiffuse.core.noise import SeededNoise, derive_seed
+
+    monkeypatch.setattr(SeededNoise, "BLOCK_BYTES", 3 * 5 * 8)  # 3 draws of 5 float64 values per block
+    x = torch.zeros(4, 5, dtype=torch.float64)
+    many, one = SeededNoise([7, 8, 9, 10], draws=10), SeededNoise([9], draws=10)
+    draws = [many.like(x) for _ in range(7)]  # blocks 0, 1 and part of 2
+    alone = [one.like(x[2:3]) for _ in range(7)]
+    for k, (d, a) in enumerate(zip(draws, alone)):
+        assert torch.equal(d[2:3], a)
+        g = torch.Generator().manual_seed(derive_seed(8, 1 + k // 3))
+        assert torch.equal(d[1], torch.randn(3, 5, generator=g, dtype=torch.float64)[k % 3])
+    assert not torch.allclose(draws[0][0], undiffuse.noise((1, 5), seed=7, dtype=torch.float64)[0])
+    with pytest.raises(ValueError, match="4 seeds but the batch has 2"):
+        many.like(x[:2])
+
+
+def test_lms_weights_are_computed_once_per_call(gmm8, monkeypatch):
+    import importlib
+
+    lms_module = importlib.import_module("undiffuse.samplers.lms")  # the module (the package exports the function)
+
+    calls = []
+    original = lms_module.lms_weights
+    monkeypatch.setattr(lms_module, "lms_weights", lambda *a: calls.append(a) or original(*a))
+    sig = schedules.get_sigmas("karras", 12, sigma_min=SMIN, sigma_max=SMAX)
+    samplers.get("lms")(gmm8, undiffuse.noise((2, 8), seed=0, dtype=torch.float64) * SMAX, sig)
+    assert len(calls) == 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from undiffuse.core import schedules
-from undiffuse.core.process import EDM, VPDiscrete
+from undiffuse.core.process import EDM, VE, RectifiedFlow, VPContinuous, VPDiscrete
 
 
 @pytest.mark.parametrize("name", [n for n in schedules.names() if n != "custom"])
@@ -84,3 +84,25 @@ def test_bad_schedule_arguments():
         schedules.get_sigmas("karras", 10, sigma_min=10, sigma_max=0.1)
     with pytest.raises(ValueError, match="needs a process"):
         schedules.get_sigmas("trailing", 10, sigma_min=0.1, sigma_max=10)
+
+
+@pytest.mark.parametrize("proc", [EDM(), VE(), VPContinuous(), RectifiedFlow(), VPDiscrete()],
+                         ids=lambda p: p.name)
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_uniform_t_schedules_are_built_in_float64(proc, spacing):
+    """Every step of a uniform-t schedule is float64 arithmetic: the process's end times come from
+    its float64 sigma range, not from a float32 copy (2.6e-8..6.2e-8 relative off before)."""
+    lo, hi = 0.5 * (proc.sigma_min + proc.sigma_max) * 1e-3, 0.5 * (proc.sigma_min + proc.sigma_max)
+    for user_range in (False, True):
+        kw = {"sigma_min": lo, "sigma_max": hi} if user_range else {}
+        s = schedules.get_sigmas(spacing, 6, process=proc, **kw)
+        smin, smax = (lo, hi) if user_range else (proc.sigma_min, proc.sigma_max)
+        t_lo = proc.t(torch.tensor(smin, dtype=torch.float64))
+        t_hi = proc.t(torch.tensor(smax, dtype=torch.float64))
+        if isinstance(proc, VPDiscrete) and not user_range:
+            continue  # integer table timesteps, checked against diffusers elsewhere
+        i = torch.arange(6, dtype=torch.float64)
+        ts = {"linspace": torch.linspace(float(t_hi), float(t_lo), 6, dtype=torch.float64), "leading": t_lo + (t_hi - t_lo) * (5 - i) / 6,
+              "trailing": t_hi - (t_hi - t_lo) * i / 6}[spacing]
+        expect = proc.sigma(ts)
+        assert torch.allclose(s[:-1], expect, rtol=1e-14, atol=0), (s[:-1] / expect - 1).abs().max()

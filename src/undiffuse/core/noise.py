@@ -1,5 +1,6 @@
-"""Seeded Gaussian noise, one generator per sample: sample i is the same whatever the batch
-size or its place in the batch (EDM's per-image seeding); and the one derivation of a seed
+"""Seeded Gaussian noise, one stream per sample: sample i is the same whatever the batch
+size or its place in the batch (EDM's per-image seeding); :class:`SeededNoise`, the fresh noise
+of a whole sampling run drawn a block of steps at a time; and the one derivation of a seed
 from several integers (:func:`derive_seed`)."""
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Sequence
 import torch
 
 Tensor = torch.Tensor
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 SEED_MULTIPLIER = 1_000_003  # a prime; see derive_seed
 
@@ -55,12 +55,73 @@ def noise(shape: Sequence[int], seed: int | Sequence[int] = 0, *, dtype=torch.fl
     return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in per_sample_generators(seeds)]).to(device)
 
 
+class SeededNoise:
+    """The fresh noise of one sampling run, one seeded stream per sample, drawn in blocks.
+
+    Draw ``k`` (the k-th call of :meth:`like`) of sample i is standard normal noise that depends
+    on ``seeds[i]``, the sample's shape and dtype, and ``draws`` alone, never on the batch: it
+    is entry ``k % block`` of block ``k // block``, which a generator seeded
+    ``derive_seed(seeds[i], 1 + k // block)`` fills with ``block`` draws in one call. So a run
+    of n steps costs one generator call per sample per block (one block when ``draws`` covers
+    the run), not one per sample per step, and a step's noise is a slice of that block.
+
+    ``draws`` is how many draws to expect (a sampler's step count); more are served by further
+    blocks. A block holds at most :attr:`BLOCK_BYTES` per sample (at least one draw), so large
+    samples (images) draw a few steps at a time. The streams never equal the starting noise of
+    :func:`noise` for the same seeds (those use ``seeds[i]`` itself).
+    """
+
+    BLOCK_BYTES = 64 * 1024  # per sample: 256 draws of 64 float32 values, 1 of a 3x64x64 image
+
+    def __init__(self, seeds: Sequence[int], draws: int = 1, device="cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self.draws = max(int(draws), 1)
+        self.device = torch.device(device)
+        self._block: Tensor | None = None  # (batch, block, *shape)
+        self._next = 0  # next draw within the block
+        self._index = 0  # index of the block held
+        self._generator: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def like(self, x: Tensor) -> Tensor:
+        """The next draw, shaped like ``x`` (one row per sample)."""
+        if x.shape[0] != len(self.seeds):
+            raise ValueError(f"SeededNoise has {len(self.seeds)} seeds but the batch has {x.shape[0]} samples")
+        block = self._block
+        if block is None:
+            self._fill(x.shape[1:], x.dtype, 0)
+        elif self._next == block.shape[1] or block.shape[2:] != x.shape[1:] or block.dtype != x.dtype:
+            self._fill(x.shape[1:], x.dtype, self._index + 1)  # used up (or another shape: a fresh block)
+        out = self._block[:, self._next]
+        self._next += 1
+        return out.to(x.device)
+
+    def _fill(self, shape, dtype, index: int) -> None:
+        per_draw = max(shape.numel(), 1) * torch.empty((), dtype=dtype).element_size()
+        size = max(1, min(self.draws, self.BLOCK_BYTES // per_draw))
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device)
+        block = torch.empty((len(self.seeds), size, *shape), dtype=dtype, device=self.device)
+        for row, seed in zip(block, self.seeds):
+            self._generator.manual_seed(derive_seed(seed, 1 + index))
+            row.normal_(generator=self._generator)
+        self._block, self._next, self._index = block, 0, index
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | SeededNoise | None
+
+
 def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
     """Standard normal noise shaped like ``x``.
 
-    With a list of generators, row i is drawn from generator i alone (EDM's per-image
-    seeding): the same row whatever else is in the batch.
+    With a :class:`SeededNoise` its next draw (row i from seed i alone, a slice of a block drawn
+    once per run); with a list of generators, row i is drawn from generator i alone (EDM's
+    per-image seeding, one call per sample): either way the same row whatever else is in the batch.
     """
+    if isinstance(generator, SeededNoise):
+        return generator.like(x)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     if len(generator) != x.shape[0]:

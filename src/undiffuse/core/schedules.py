@@ -64,8 +64,10 @@ def timesteps(process: NoiseProcess, steps: int, spacing: str, sigma_min: float 
     ``leading`` (``arange(n) * (T // n) + offset``) and ``trailing``
     (``round(arange(T, 0, -T/n)) - 1``).
     """
-    t_lo = float(process.t(torch.tensor(sigma_min if sigma_min is not None else process.sigma_min)))
-    t_hi = float(process.t(torch.tensor(sigma_max if sigma_max is not None else process.sigma_max)))
+    # float64 ends: a bare torch.tensor(float) is float32, 3e-8..6e-8 off
+    lo = torch.tensor(sigma_min if sigma_min is not None else process.sigma_min, dtype=torch.float64)
+    hi = torch.tensor(sigma_max if sigma_max is not None else process.sigma_max, dtype=torch.float64)
+    t_lo, t_hi = float(process.t(lo)), float(process.t(hi))
     if isinstance(process, VPDiscrete) and sigma_min is None and sigma_max is None:
         T = process.steps
         if spacing == "linspace":

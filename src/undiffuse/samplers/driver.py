@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
-from undiffuse.core.noise import per_sample_generators, seeds_for
+from undiffuse.core.noise import SeededNoise, seeds_for
 from undiffuse.core.types import denoiser_info
 
 Tensor = torch.Tensor
@@ -27,9 +27,9 @@ def sample(denoiser: Callable, noise: Tensor, sampler: str = "dpmpp_2m", steps: 
     first sigma of the schedule here. ``denoiser(x, sigma)`` takes a batch and a per-sample
     sigma tensor and returns the x0 estimate. ``sigma_min``/``sigma_max`` default to the
     denoiser's own (a ``DenoiserLike``: ``Denoiser`` carries its process's range); a plain
-    callable needs them passed. ``seed`` gives the fresh
-    noise of stochastic samplers one generator per sample (``seed + i``), so sample i is the
-    same whatever the batch size. ``sigmas`` (or a list as ``schedule``) bypasses the named
+    callable needs them passed. ``seed`` gives the fresh noise of stochastic samplers one
+    stream per sample (seeded from ``seed + i``, see ``core.noise.SeededNoise``), so sample i is
+    the same whatever the batch size. ``sigmas`` (or a list as ``schedule``) bypasses the named
     schedules. Remaining keyword ``options`` go to the sampler (see ``samplers.options``).
     """
     info = _samplers.info(sampler)
@@ -51,8 +51,8 @@ def sample(denoiser: Callable, noise: Tensor, sampler: str = "dpmpp_2m", steps: 
         sigmas = _schedules.validate(torch.as_tensor(sigmas, dtype=torch.float64))
     sigmas = sigmas.to(noise.device)
     generator = None
-    if seed is not None:
-        generator = per_sample_generators(seeds_for(seed, noise.shape[0]), device=noise.device.type)
+    if seed is not None:  # sample i's fresh noise from seed i alone, drawn a block of steps at a time
+        generator = SeededNoise(seeds_for(seed, noise.shape[0]), draws=len(sigmas) - 1, device=noise.device.type)
     bar = None
     if progress:
         bar = tqdm(total=len(sigmas) - 1, desc=sampler, unit="step")

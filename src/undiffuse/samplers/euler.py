@@ -7,42 +7,63 @@ level is fresh noise (see ``ancestral_split``).
 """
 from __future__ import annotations
 
-from ._common import ancestral_split, call, randn_like, report, to_d
+import torch
+
+from ._common import ancestral_split, axpy, levels, per_step, randn_like, report
+
+
+def _lerp(den, x, a):
+    """den + a (x - den) = a x + (1 - a) den in one kernel (a: a float or a differentiable 0-dim tensor)."""
+    return torch.lerp(den, x, a)
 
 
 def euler(denoiser, x, sigmas, *, generator=None, callback=None, extra=None):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, eq. 3); order 1.
 
-    Identical to deterministic DDIM (Song et al. 2021) in the rescaled space.
+    Identical to deterministic DDIM (Song et al. 2021) in the rescaled space. The step
+    x + (s' - s) (x - D) / s is written as D + (s' / s) (x - D), one interpolation per step.
     """
     extra = extra or {}
+    ratios = per_step(sigmas[1:] / sigmas[:-1])
+    sig, sv = levels(sigmas, x), sigmas.tolist()
     for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = call(denoiser, x, s, **extra)
-        report(callback, i, x, s, s_next, den)
-        x = x + (s_next - s) * to_d(x, s, den)
+        den = denoiser(x, sig[i], **extra)
+        report(callback, i, x, sv[i], sv[i + 1], den)
+        x = _lerp(den, x, ratios[i][0])
+    return x
+
+
+def _ancestral(denoiser, x, sigmas, generator, callback, extra, eta, s_noise, variance="small"):
+    """x' = D + (sigma_down / sigma) (x - D) + s_noise * sigma_up * z for every step (z only when
+    sigma_next > 0 and sigma_up > 0). ``variance="large"`` replaces sigma_up by DDPM's beta_t
+    in sigmas, sqrt((s^2 - s'^2)(1 + s'^2) / (1 + s^2)), keeping the posterior mean."""
+    extra = extra or {}
+    s, s_next = sigmas[:-1], sigmas[1:]
+    down, up = ancestral_split(s, s_next, eta)  # for all steps at once
+    if variance == "large":
+        up = ((s**2 - s_next**2) * (1 + s_next**2) / (1 + s**2)) ** 0.5
+    weights = per_step(down / s, up * s_noise * (s_next > 0))
+    sig, sv = levels(sigmas, x), sigmas.tolist()
+    for i in range(len(sigmas) - 1):
+        den = denoiser(x, sig[i], **extra)
+        report(callback, i, x, sv[i], sv[i + 1], den)
+        ratio, up = weights[i]
+        x = _lerp(den, x, ratio)
+        if sv[i + 1] > 0 and not (isinstance(up, float) and up == 0.0):
+            x = axpy(x, up, randn_like(x, generator))
     return x
 
 
 def euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, eta=1.0, s_noise=1.0):
     """Euler step to sigma_down, then fresh noise of std sigma_up (k-diffusion's ancestral
     Euler; with eta = 1 it samples the DDPM posterior at each step)."""
-    extra = extra or {}
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = call(denoiser, x, s, **extra)
-        report(callback, i, x, s, s_next, den)
-        down, up = ancestral_split(s, s_next, eta)
-        x = x + (down - s) * to_d(x, s, den)
-        if s_next > 0 and up > 0:
-            x = x + randn_like(x, generator) * (s_noise * up)
-    return x
+    return _ancestral(denoiser, x, sigmas, generator, callback, extra, eta, s_noise)
 
 
 def ddim(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, eta=0.0):
     """DDIM (Song et al. 2021, eq. 12) with its stochasticity eta: 0 is deterministic,
     1 is the DDPM posterior. Works for every process in the rescaled space."""
-    return euler_ancestral(denoiser, x, sigmas, generator=generator, callback=callback, extra=extra, eta=eta)
+    return _ancestral(denoiser, x, sigmas, generator, callback, extra, eta, 1.0)
 
 
 def ddpm(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, variance="small"):
@@ -53,16 +74,4 @@ def ddpm(denoiser, x, sigmas, *, generator=None, callback=None, extra=None, vari
     """
     if variance not in ("small", "large"):
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
-    extra = extra or {}
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = call(denoiser, x, s, **extra)
-        report(callback, i, x, s, s_next, den)
-        down, up = ancestral_split(s, s_next, 1.0)
-        x = den + down * to_d(x, s, den)  # posterior mean
-        if s_next > 0:
-            if variance == "large":
-                # beta_t / abar_prev in sigmas: (s^2 - s'^2)(1 + s'^2) / (1 + s^2)
-                up = ((s**2 - s_next**2) * (1 + s_next**2) / (1 + s**2)) ** 0.5
-            x = x + randn_like(x, generator) * up
-    return x
+    return _ancestral(denoiser, x, sigmas, generator, callback, extra, 1.0, 1.0, variance)
