@@ -64,7 +64,8 @@ def test_consistency_student_samples_in_one_and_two_steps(tmp_path, teacher, cap
 
 def test_consistency_distillation_resumes_exactly(tmp_path, teacher, capsys):
     straight, split = str(tmp_path / "a"), str(tmp_path / "b")
-    base = ["distill", "--method", "consistency", "--teacher", teacher, "--steps", "6", "--no-progress"]
+    base = ["distill", "--method", "consistency", "--teacher", teacher, "--steps", "6", "--no-levels",
+            "--no-progress"]
     assert run_main([*base, "--out", straight, "--max-steps", "4"], capsys)[0] == 0
     assert run_main([*base, "--out", split, "--max-steps", "2"], capsys)[0] == 0
     assert run_main([*base, "--out", split, "--max-steps", "4"], capsys)[0] == 0
@@ -119,7 +120,7 @@ def test_distill_usage_errors_exit_2(tmp_path, teacher, capsys, args, message):
 def test_a_consistency_model_cannot_teach(tmp_path, teacher, capsys):
     cm = str(tmp_path / "cm")
     assert run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out", cm, "--max-steps", "1",
-                     "--steps", "4", "--no-progress"], capsys)[0] == 0
+                     "--steps", "4", "--no-levels", "--no-progress"], capsys)[0] == 0
     code, _, err = run_main(["distill", "--method", "progressive", "--teacher", cm, "--out", str(tmp_path / "pd"),
                              "--steps", "4", "--no-progress"], capsys)
     assert code == 2 and "is a consistency model" in err
@@ -139,7 +140,7 @@ def student(teacher, tmp_path_factory):
 
 def _levels_file(run):
     path = os.path.join(run, "checkpoints")
-    return os.path.join(path, sorted(os.listdir(path))[-1], "levels.json")
+    return os.path.join(path, max(os.listdir(path)), "levels.json")
 
 
 def _sample_npz(capsys, run, path, *args):

@@ -61,7 +61,7 @@ def test_the_search_picks_the_level_the_student_is_right_at(where):
 
 def test_ties_keep_the_default_and_the_search_is_deterministic():
     lists = {1: [[80.0, 0.0], [8.0, 0.0], [4.0, 0.0]]}
-    same = lambda x, sigma: 0.3 * torch.sign(x)  # noqa: E731 (every start level gives the same samples)
+    same = lambda x, sigma: 0.3 * torch.sign(x)  # every start level gives the same samples
     args = (_draw(same), _reference(), lists, lambda x: features(x, "pixels"))
     a, b = lv.choose(*args, default={1: [80.0, 0.0]}), lv.choose(*args, default={1: [80.0, 0.0]})
     assert a == b and a["picked"] == {"1": [80.0, 0.0]}

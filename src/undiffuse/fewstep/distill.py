@@ -13,7 +13,7 @@ import os
 from undiffuse import data as _data
 from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core import schedules
-from undiffuse.fewstep.levels import LevelSearch, after_training
+from undiffuse.fewstep.levels import DEFAULT_SEARCH, LevelSearch, after_training
 from undiffuse.inference.codec import LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.training.objectives import build_objective, load_teacher  # noqa: F401 (public)
@@ -61,7 +61,7 @@ def _init_weights(path: str, cfg: RunConfig) -> dict:
 def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = None,
                         time_budget: float | None = None, solver: str = "heun", steps: int = 18,
                         lr: float | None = None, seed: int = 0, overrides: dict | None = None,
-                        init: str | None = None, levels: LevelSearch | None = LevelSearch(),
+                        init: str | None = None, levels: LevelSearch | None = DEFAULT_SEARCH,
                         progress: bool = False, log=print) -> dict:
     """Consistency distillation of a trained run into ``out``.
 
@@ -99,7 +99,7 @@ def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = 
 def progressive_distill(teacher_path: str, out: str, *, steps: int, rounds: int = 1, max_steps: int | None = None,
                         time_budget: float | None = None, solver: str = "euler", schedule: str | None = None,
                         lr: float | None = None, seed: int = 0, overrides: dict | None = None,
-                        levels: LevelSearch | None = LevelSearch(), progress: bool = False, log=print) -> dict:
+                        levels: LevelSearch | None = DEFAULT_SEARCH, progress: bool = False, log=print) -> dict:
     """``rounds`` rounds of progressive distillation: the teacher's ``steps``-step ``solver``
     (on its ``schedule``, default the run's) halved each round, ending with a student of
     ``steps / 2^rounds`` Euler steps in ``out``. Earlier rounds go to

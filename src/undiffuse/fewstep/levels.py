@@ -73,6 +73,9 @@ class LevelSearch:
                              f"samples {self.samples}, grid {self.grid}, steps {tuple(self.steps)}")
 
 
+DEFAULT_SEARCH = LevelSearch()  # what distill and train use unless told otherwise
+
+
 def _round(v: float) -> float:
     return float(f"{v:.4g}")
 
@@ -215,7 +218,7 @@ def pick_levels(run_path: str, search: LevelSearch | None = None, *, device: str
     """Pick and record the 1- and 2-step levels of the student in ``run_path`` (its latest
     checkpoint, EMA weights); returns the record written beside the checkpoint, or None for a
     text- or image-conditioned run (no validation condition to sample with; it samples as before)."""
-    search = search or LevelSearch()
+    search = search or DEFAULT_SEARCH
     t0 = time.perf_counter()
     run = gen.load_run(run_path, weights="ema", device=device)
     cfg = run.config

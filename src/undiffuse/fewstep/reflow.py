@@ -38,7 +38,7 @@ from undiffuse import samplers as _samplers
 from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.types import denoiser_info
-from undiffuse.fewstep.levels import LevelSearch, after_training
+from undiffuse.fewstep.levels import DEFAULT_SEARCH, LevelSearch, after_training
 from undiffuse.inference.generate import load_run
 from undiffuse.io.checkpoint import CheckpointError, load_tensors, save_tensors
 from undiffuse.samplers.driver import sample
@@ -239,7 +239,7 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
            time_budget: float | None = None, seed: int = 0, sampler: str = "heun",
            steps: int | None = None, schedule: str | None = None, batch_size: int = 256, init: str = "ema",
            overrides: dict | None = None, couplings_file: str | None = None,
-           levels: LevelSearch | None = LevelSearch(), progress: bool = False, log=print) -> dict:
+           levels: LevelSearch | None = DEFAULT_SEARCH, progress: bool = False, log=print) -> dict:
     """Reflow a trained flow run: ``n`` couplings of the teacher's EMA model (seeds
     ``seed .. seed + n - 1``; ``sampler``, and ``steps``/``schedule`` defaulting to the
     teacher's sample settings), then train a student with the teacher's config (same network,
