@@ -64,7 +64,8 @@ def test_consistency_student_samples_in_one_and_two_steps(tmp_path, teacher, cap
 
 def test_consistency_distillation_resumes_exactly(tmp_path, teacher, capsys):
     straight, split = str(tmp_path / "a"), str(tmp_path / "b")
-    base = ["distill", "--method", "consistency", "--teacher", teacher, "--steps", "6", "--no-progress"]
+    base = ["distill", "--method", "consistency", "--teacher", teacher, "--steps", "6", "--no-levels",
+            "--no-progress"]
     assert run_main([*base, "--out", straight, "--max-steps", "4"], capsys)[0] == 0
     assert run_main([*base, "--out", split, "--max-steps", "2"], capsys)[0] == 0
     assert run_main([*base, "--out", split, "--max-steps", "4"], capsys)[0] == 0
@@ -119,7 +120,96 @@ def test_distill_usage_errors_exit_2(tmp_path, teacher, capsys, args, message):
 def test_a_consistency_model_cannot_teach(tmp_path, teacher, capsys):
     cm = str(tmp_path / "cm")
     assert run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out", cm, "--max-steps", "1",
-                     "--steps", "4", "--no-progress"], capsys)[0] == 0
+                     "--steps", "4", "--no-levels", "--no-progress"], capsys)[0] == 0
     code, _, err = run_main(["distill", "--method", "progressive", "--teacher", cm, "--out", str(tmp_path / "pd"),
                              "--steps", "4", "--no-progress"], capsys)
     assert code == 2 and "is a consistency model" in err
+
+
+# --------------------------------------------------------------------------- picked 1- and 2-step levels
+
+@pytest.fixture(scope="module")
+def student(teacher, tmp_path_factory):
+    """A consistency student whose levels were picked (small search: 16 samples, grids of 2)."""
+    out = str(tmp_path_factory.mktemp("levels") / "cm")
+    code = _quiet(["distill", "--method", "consistency", "--teacher", teacher, "--out", out, "--max-steps", "1",
+                   "--steps", "4", "--levels-samples", "16", "--levels-grid", "2", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def _levels_file(run):
+    path = os.path.join(run, "checkpoints")
+    return os.path.join(path, max(os.listdir(path)), "levels.json")
+
+
+def _sample_npz(capsys, run, path, *args):
+    code, _, err = run_main(["sample", "--checkpoint", run, "--num", "4", "--format", "npz", "--out", path,
+                             "--no-progress", *args], capsys)
+    assert code == 0, err
+    import numpy as np
+
+    return np.load(path)["samples"], err
+
+
+def test_distill_records_the_picked_levels_with_every_score(student):
+    with open(_levels_file(student)) as f:
+        rec = json.load(f)
+    assert rec["sampler"] == "consistency" and rec["weights"] == "ema" and rec["step"] == 1
+    assert rec["default"] == {"1": [80.0, 0.0], "2": [80.0, pytest.approx(3.0), 0.0]}
+    for steps in ("1", "2"):
+        rows = rec["candidates"][steps]
+        assert rows[0]["default"] and rows[0]["sigmas"] == rec["default"][steps] and len(rows) >= 2
+        assert all(len(r["sigmas"]) == int(steps) + 1 and r["sigmas"][-1] == 0 for r in rows)
+        best = min((r for r in rows if r["fd"] is not None), key=lambda r: r["fd"])
+        assert rec["picked"][steps] == best["sigmas"]
+    assert rec["protocol"]["samples"] == 16 and "digits" in rec["protocol"]["features"]
+
+
+def test_sample_uses_the_picked_levels_unless_sigmas_are_given(student, tmp_path, capsys):
+    path = _levels_file(student)
+    with open(path) as f:
+        rec = json.load(f)
+    rec["picked"] = {"1": [7.0, 0.0], "2": [20.0, 1.5, 0.0]}  # levels no default would give
+    with open(path, "w") as f:
+        json.dump(rec, f)
+    npz = str(tmp_path / "s.npz")
+    for steps, sigmas in (("1", "7.0,0"), ("2", "20,1.5,0")):
+        picked, err = _sample_npz(capsys, student, npz, "--steps", steps)
+        assert f"on sigmas {sigmas.replace('.0,', ',').replace(',', ', ')} (picked for this student" in err, err
+        assert "levels.json" in err and "--sigmas overrides" in err
+        given, err = _sample_npz(capsys, student, npz, "--sigmas", sigmas)
+        assert (picked == given).all() and "given by --sigmas" in err
+    default, err = _sample_npz(capsys, student, npz)  # the run's own steps (1): picked too
+    assert (default == _sample_npz(capsys, student, npz, "--sigmas", "7,0")[0]).all()
+    other, err = _sample_npz(capsys, student, npz, "--sigmas", "80,0")
+    assert not (other == default).all()
+    # another sampler than the one the levels were picked with: the run's schedule
+    _, err = _sample_npz(capsys, student, npz, "--steps", "1", "--sampler", "euler")
+    assert "on sigmas 80, 0 (schedule karras)" in err
+
+
+def test_a_student_without_picked_levels_samples_on_its_old_defaults(student, tmp_path, capsys):
+    import shutil
+
+    old = str(tmp_path / "old")
+    shutil.copytree(student, old)
+    os.remove(_levels_file(old))  # as a student from before levels were picked
+    assert load_run(old).levels is None
+    npz = str(tmp_path / "s.npz")
+    for steps, sigmas in (("1", "80,0"), ("2", "80,3,0")):
+        x, err = _sample_npz(capsys, old, npz, "--steps", steps)
+        assert f"on sigmas {sigmas.replace(',', ', ')} (schedule karras)" in err, err
+        assert (x == _sample_npz(capsys, old, npz, "--sigmas", sigmas)[0]).all()
+
+
+def test_no_levels_and_bad_levels_options(teacher, tmp_path, capsys):
+    out = str(tmp_path / "plain")
+    code, stdout, err = run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out", out,
+                                  "--max-steps", "1", "--steps", "4", "--no-levels", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "levels" not in json.loads(stdout.strip().splitlines()[-1])
+    assert not os.path.exists(_levels_file(out)) and load_run(out).levels is None
+    code, _, err = run_main(["distill", "--method", "consistency", "--teacher", teacher, "--out",
+                             str(tmp_path / "x"), "--levels-samples", "1", "--no-progress"], capsys)
+    assert code == 2 and "--levels-samples" in err

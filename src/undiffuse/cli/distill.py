@@ -9,6 +9,7 @@ import os
 from undiffuse.cli.options import add_device, add_set, check_folder, duration, log, positive_int
 from undiffuse.core import schedules
 from undiffuse.fewstep.distill import consistency_distill, progressive_distill
+from undiffuse.fewstep.levels import LevelSearch
 from undiffuse.fewstep.reflow import reflow
 from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.samplers.odestep import check_solver
@@ -28,7 +29,9 @@ def add_parser(subparsers) -> None:
                               "(Salimans & Ho 2022), the teacher's --steps halved --rounds times. reflow: "
                               "rectified-flow reflow (Liu et al. 2023) from N noise-to-sample pairs of the teacher's "
                               "ODE. Sample the student as any run: `undiffuse sample --checkpoint STUDENT` (its "
-                              "recommended sampler and steps are saved in its config).")
+                              "recommended sampler and steps are saved in its config; the 1- and 2-step noise "
+                              "levels that scored best on a validation batch after training are recorded beside "
+                              "its checkpoint and used by `sample --steps 1` and `--steps 2` unless --sigmas).")
     r.add_argument("--method", choices=("consistency", "progressive", "reflow"), required=True,
                    help="distillation method")
     r.add_argument("--teacher", required=True, help="a trained diffusion run (reflow: a rectified-flow run, "
@@ -55,6 +58,14 @@ def add_parser(subparsers) -> None:
                    "read if it exists and was drawn the same way (teacher, sampler, steps, schedule, --seed), "
                    "written otherwise")
     add_set(r, help="any student config key, e.g. --set objective.index_sampling=uniform (repeatable)")
+    r.add_argument("--levels-samples", type=positive_int, default=LevelSearch.samples, help="after training, the "
+                   "student's 1- and 2-step noise levels are picked by sampling this many validation images per "
+                   "candidate list and scoring them (FD) against as many training images; recorded beside its "
+                   f"checkpoint and used by `undiffuse sample --steps 1/2` (default: {LevelSearch.samples})")
+    r.add_argument("--levels-grid", type=positive_int, default=LevelSearch.grid, help="levels per candidate grid "
+                   f"(1-step start levels; 2-step middle levels) (default: {LevelSearch.grid})")
+    r.add_argument("--no-levels", action="store_true", help="do not pick levels: the student samples 1 and 2 "
+                   "steps on the run's default schedule")
     r.add_argument("--seed", type=int, default=0)
     add_device(r, default=None, help="where the teacher and the student run: cpu (default), cuda, ...")
     r.add_argument("--no-progress", action="store_true")
@@ -68,7 +79,8 @@ def run(args, parser) -> int:
     if args.device:
         overrides["train.device"] = args.device
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
-    common = dict(seed=args.seed, progress=not args.no_progress,
+    levels = None if args.no_levels else LevelSearch(samples=args.levels_samples, grid=args.levels_grid)
+    common = dict(seed=args.seed, progress=not args.no_progress, levels=levels,
                   log=log if main_rank else (lambda m: None))
     try:
         result = _distill(args, parser, solver, overrides, **stop, **common)
@@ -106,6 +118,8 @@ def _check_options(args, parser) -> str:
         parser.error("--init is for --method reflow")
     if args.init is not None and not os.path.isdir(args.init):
         parser.error(f"--init {args.init!r} is not a run folder")
+    if args.levels_samples < 2:
+        parser.error(f"--levels-samples must be >= 2 (a covariance needs two samples), got {args.levels_samples}")
     solver = args.sampler or _SOLVERS[args.method]
     try:
         check_solver(solver)

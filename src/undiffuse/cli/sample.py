@@ -26,6 +26,7 @@ from undiffuse.fewstep.calibrate import Calibration
 from undiffuse.inference import generate as gen
 from undiffuse.inference.interop import load_diffusers, sample_diffusers
 from undiffuse.io.writers import write_samples
+from undiffuse.samplers import driver
 from undiffuse.steering.classifier_guidance import load_classifier
 from undiffuse.utils import distributed as dist
 from undiffuse.utils.acceleration import compiled
@@ -99,6 +100,7 @@ def run(args, parser) -> int:
     cal = _calibration(args, parser)
     condition, den, steer = _steering(args, parser, loaded)
     _check_schedule(args, parser, loaded, cal)
+    _report_levels(args, loaded, cal)
     x = gen.generate(loaded, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
                      schedule=args.schedule, batch_size=args.batch_size, progress=not args.no_progress,
                      calibration=cal, condition=condition, denoiser=den)
@@ -183,7 +185,9 @@ def _calibration(args, parser) -> Calibration | None:
 
 
 def _check_schedule(args, parser, loaded, cal) -> None:
-    """``--sigmas`` becomes the schedule; ``--steps`` must fit a run's fixed list of noise levels."""
+    """``--sigmas`` becomes the schedule, else a student's picked levels for the steps asked
+    (``args.recorded``); ``--steps`` must fit a run's fixed list of noise levels."""
+    args.recorded = None
     if args.sigmas is not None:
         if args.steps is not None or args.schedule is not None or cal is not None:
             parser.error("--sigmas replaces --steps, --schedule and --calibration; give one or the other")
@@ -192,10 +196,49 @@ def _check_schedule(args, parser, loaded, cal) -> None:
             args.schedule = validate(args.sigmas, "--sigmas").tolist()
         except ValueError as e:
             parser.error(str(e))
+    elif cal is None:  # a student's picked levels for this many steps, unless told otherwise
+        args.recorded = gen.recorded_levels(loaded, sampler=args.sampler, steps=args.steps, schedule=args.schedule)
+        args.schedule = args.recorded or args.schedule
     sched = schedule_of(loaded.config.sample, args.schedule)
     if args.steps is not None and not isinstance(sched, str) and args.steps != len(sched) - 1:
         parser.error(f"--steps {args.steps}: this run samples on its fixed list of {len(sched) - 1} steps "
                      f"(sample.sigmas, e.g. from progressive distillation); omit --steps or give a --schedule")
+
+
+def _report_levels(args, loaded, cal) -> None:
+    """Say on stderr which noise levels the samples go through, and where they come from."""
+    c = loaded.config.sample
+    if cal is not None:
+        sigmas, why = cal.sigmas, f"from the calibration {args.calibration}"
+    elif args.recorded:
+        sigmas, why = args.recorded, _picked_note(loaded, args.recorded)
+    else:
+        try:
+            sigmas = driver.schedule_of(loaded.denoiser, schedule_of(c, args.schedule), args.steps or c.steps,
+                                        c.sigma_min, c.sigma_max).tolist()
+        except ValueError:  # generate names the problem
+            return
+        why = ("given by --sigmas" if args.sigmas is not None else "the run's fixed levels"
+               if (args.schedule or c.schedule) == "custom" else f"schedule {args.schedule or c.schedule}")
+    print(f"undiffuse sample: {args.sampler or c.sampler}, {len(sigmas) - 1} step{'s' * (len(sigmas) > 2)} on "
+          f"sigmas {_fmt(sigmas)} ({why})", file=sys.stderr)
+
+
+def _picked_note(loaded, sigmas) -> str:
+    """Where a student's picked levels come from, with their score and the old default's."""
+    rec, steps = loaded.levels, str(len(sigmas) - 1)
+    fd = {tuple(r["sigmas"]): r["fd"] for r in rec.get("candidates", {}).get(steps, [])}
+    old = rec.get("default", {}).get(steps)
+    note = "picked for this student" + (f", FD {fd[tuple(sigmas)]:.4g} on its validation batch"
+                                        if fd.get(tuple(sigmas)) is not None else "")
+    if old and fd.get(tuple(old)) is not None and list(old) != list(sigmas):
+        note += f"; the default {_fmt(old)}: FD {fd[tuple(old)]:.4g}"
+    return f"{note}; all scores in {os.path.join(loaded.checkpoint, 'levels.json')}; --sigmas overrides"
+
+
+def _fmt(sigmas) -> str:
+    v = [f"{float(s):.4g}" for s in sigmas]
+    return ", ".join(v) if len(v) <= 8 else f"{', '.join(v[:3])}, ..., {', '.join(v[-2:])} ({len(v)} levels)"
 
 
 def _params(args, loaded, cal, steer: dict) -> dict:

@@ -11,6 +11,7 @@ import sys
 from undiffuse import data as _data
 from undiffuse.cli.options import add_device, add_set, check_folder, duration, log, positive_int
 from undiffuse.config import default_preset, resolve
+from undiffuse.fewstep.levels import DEFAULT_SEARCH, after_training
 from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.checkpoint import CheckpointError
@@ -141,6 +142,8 @@ def _fit(args, parser, cfg, dataset, out: str) -> int:
     if args.fsdp and not trainer.world.distributed:
         print("undiffuse train: note: --fsdp shards over torchrun's processes; a single process trains unsharded",
               file=sys.stderr)
+    if trainer.world.main and cfg.objective.kind != "denoising":  # a few-step student: its 1- and 2-step levels
+        result = after_training(result, out, DEFAULT_SEARCH, device=cfg.train.device, log=log)
     if trainer.world.main:
         print(json.dumps({"run": out, **result}))
     return 0

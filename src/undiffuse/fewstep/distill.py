@@ -13,6 +13,7 @@ import os
 from undiffuse import data as _data
 from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core import schedules
+from undiffuse.fewstep.levels import DEFAULT_SEARCH, LevelSearch, after_training
 from undiffuse.inference.codec import LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.training.objectives import build_objective, load_teacher  # noqa: F401 (public)
@@ -25,7 +26,8 @@ def _stopping(d: dict, max_steps: int | None, time_budget: float | None) -> None
     d["train"]["max_steps"], d["train"]["time_budget"] = max_steps, time_budget
 
 
-def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, init: str | None = None) -> dict:
+def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, init: str | None = None,
+                   levels: LevelSearch | None = None) -> dict:
     dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
     if cfg.latent.autoencoder is not None:  # a latent teacher: the student learns on the same latents
 
@@ -40,7 +42,7 @@ def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, in
             start = _init_weights(init, cfg)
             trainer.net.load_state_dict(start["model"])
             trainer.ema.load_state_dict(start["ema"])
-    return trainer.fit()
+    return after_training(trainer.fit(), out, levels, main=trainer.world.main, device=cfg.train.device, log=log)
 
 
 def _init_weights(path: str, cfg: RunConfig) -> dict:
@@ -59,7 +61,8 @@ def _init_weights(path: str, cfg: RunConfig) -> dict:
 def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = None,
                         time_budget: float | None = None, solver: str = "heun", steps: int = 18,
                         lr: float | None = None, seed: int = 0, overrides: dict | None = None,
-                        init: str | None = None, progress: bool = False, log=print) -> dict:
+                        init: str | None = None, levels: LevelSearch | None = DEFAULT_SEARCH,
+                        progress: bool = False, log=print) -> dict:
     """Consistency distillation of a trained run into ``out``.
 
     ``steps``: the grid's intervals N (the teacher solves the ODE in N ``solver`` steps over
@@ -90,17 +93,19 @@ def consistency_distill(teacher_path: str, out: str, *, max_steps: int | None = 
     log(f"consistency distillation of {teacher.checkpoint} (step {teacher.step}): {solver} steps on a grid of "
         f"{cfg.objective.steps_start}..{cfg.objective.steps_end} intervals, lr {cfg.optim.lr:g}, into {out}"
         + (f", starting from the student {init}" if init else ""))
-    return _train_student(teacher, cfg, out, progress=progress, log=log, init=init)
+    return _train_student(teacher, cfg, out, progress=progress, log=log, init=init, levels=levels)
 
 
 def progressive_distill(teacher_path: str, out: str, *, steps: int, rounds: int = 1, max_steps: int | None = None,
                         time_budget: float | None = None, solver: str = "euler", schedule: str | None = None,
                         lr: float | None = None, seed: int = 0, overrides: dict | None = None,
-                        progress: bool = False, log=print) -> dict:
+                        levels: LevelSearch | None = DEFAULT_SEARCH, progress: bool = False, log=print) -> dict:
     """``rounds`` rounds of progressive distillation: the teacher's ``steps``-step ``solver``
     (on its ``schedule``, default the run's) halved each round, ending with a student of
     ``steps / 2^rounds`` Euler steps in ``out``. Earlier rounds go to
     ``out/rounds/NN_steps``; ``max_steps`` / ``time_budget`` are per round / for all rounds.
+    ``levels``: how the last student's 1- and 2-step levels are picked (``fewstep.levels``; None:
+    not picked, it samples only on its fixed grid).
     """
     if rounds < 1 or steps % (2**rounds):
         raise ValueError(f"steps ({steps}) must be divisible by 2^rounds (rounds = {rounds}, >= 1)")
@@ -132,6 +137,7 @@ def progressive_distill(teacher_path: str, out: str, *, steps: int, rounds: int 
         cfg = RunConfig.from_dict(apply_overrides(d, overrides or {}))
         log(f"progressive distillation round {r}/{rounds}: {2 * n} {solver} steps of {teacher.checkpoint} -> "
             f"{n} Euler steps, into {folder}")
-        result = _train_student(teacher, cfg, folder, progress=progress, log=log)
+        result = _train_student(teacher, cfg, folder, progress=progress, log=log,
+                                levels=levels if r == rounds else None)
         teacher = load_teacher(folder)
     return {**result, "steps": steps // 2**rounds}

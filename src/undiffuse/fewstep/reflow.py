@@ -38,6 +38,7 @@ from undiffuse import samplers as _samplers
 from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.types import denoiser_info
+from undiffuse.fewstep.levels import DEFAULT_SEARCH, LevelSearch, after_training
 from undiffuse.inference.generate import load_run
 from undiffuse.io.checkpoint import CheckpointError, load_tensors, save_tensors
 from undiffuse.samplers.driver import sample
@@ -237,8 +238,8 @@ def _as_index(index):
 def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = None,
            time_budget: float | None = None, seed: int = 0, sampler: str = "heun",
            steps: int | None = None, schedule: str | None = None, batch_size: int = 256, init: str = "ema",
-           overrides: dict | None = None, couplings_file: str | None = None, progress: bool = False,
-           log=print) -> dict:
+           overrides: dict | None = None, couplings_file: str | None = None,
+           levels: LevelSearch | None = DEFAULT_SEARCH, progress: bool = False, log=print) -> dict:
     """Reflow a trained flow run: ``n`` couplings of the teacher's EMA model (seeds
     ``seed .. seed + n - 1``; ``sampler``, and ``steps``/``schedule`` defaulting to the
     teacher's sample settings), then train a student with the teacher's config (same network,
@@ -252,8 +253,9 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     ``overrides``). ``overrides`` are dotted config overrides for the
     student (e.g. ``{"optim.lr": 1e-4}``). ``couplings_file``: a safetensors file that keeps
     the pairs (with how they were drawn) for the next student: read when it exists and was
-    drawn the same way (its first ``n`` pairs), written otherwise. Returns the trainer's
-    ``fit()`` result.
+    drawn the same way (its first ``n`` pairs), written otherwise. ``levels``: how the
+    student's 1- and 2-step levels are picked after training (``fewstep.levels``; None: not
+    picked). Returns the trainer's ``fit()`` result (with the picked ``levels``).
     """
     if init not in ("ema", "none") and not os.path.isdir(init):
         raise ValueError(f"init must be 'ema', 'none' or a run folder, got {init!r}")
@@ -312,4 +314,5 @@ def reflow(teacher_run_path: str, out: str, *, n: int, max_steps: int | None = N
     length = f"{max_steps} steps" if max_steps is not None else f"{time_budget:g} s"
     split = f", drawn by {world.size} processes" if world.distributed else ""
     log(f"reflow: {n} couplings of {teacher.checkpoint} (step {teacher.step}){split}; training {out} for {length}")
-    return trainer.fit()
+    return after_training(trainer.fit(), out, levels, main=world.main, device=_dist.device_for(device, world),
+                          log=log)

@@ -52,6 +52,7 @@ class LoadedRun:
     kind: str             # "image" or "vector"
     class_names: tuple = ()  # the training data's class names (index = label)
     decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
+    levels: dict | None = None  # few-step students: the levels record picked for these weights (io.checkpoint)
 
     @property
     def image_shape(self) -> tuple:
@@ -79,8 +80,24 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedR
     else:
         shape, kind = (m["in_channels"], *state["sample_size"]), "image"
     names = tuple(state.get("dataset", {}).get("class_names", ()))
+    levels = ckpt.read_levels(loaded["path"])
+    if levels is not None and levels.get("weights", "ema") != weights:  # picked for the other weights
+        levels = None
     return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
-                     _latent_decoder(cfg, tuple(shape), device))
+                     _latent_decoder(cfg, tuple(shape), device), levels)
+
+
+def recorded_levels(run: LoadedRun, *, sampler: str | None = None, steps: int | None = None,
+                    schedule=None) -> list[float] | None:
+    """The noise levels picked for this student at ``steps`` (default: the run's steps) when the
+    request leaves them open: no ``schedule`` (or sigmas) given and the sampler they were picked
+    with (the run's own unless ``sampler`` names another). None otherwise, and for runs without
+    picked levels (ordinary runs, students from before levels were picked), which sample as before."""
+    rec = run.levels
+    if rec is None or schedule is not None or (sampler or run.config.sample.sampler) != rec["sampler"]:
+        return None
+    picked = rec["picked"].get(str(steps or run.config.sample.steps))
+    return None if picked is None else [float(v) for v in picked]
 
 
 def _latent_decoder(cfg: RunConfig, shape: tuple, device):
@@ -169,18 +186,20 @@ def _guided_by_model(run: LoadedRun, guidance, interval, negative_prompt, weak):
 
 def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
              schedule: str | None = None, batch_size: int = 256, progress: bool = False, calibration=None,
-             condition: dict | None = None, denoiser=None, **options) -> torch.Tensor:
+             condition: dict | None = None, denoiser=None, alone: bool = False, **options) -> torch.Tensor:
     """``num`` samples in model space (images in [-1, 1]; a latent run's samples decoded), float32
     on the CPU.
 
     ``calibration`` (a ``calibrate.Calibration``) replaces sampler, steps and schedule by its
-    fitted solver and sigmas. ``condition`` holds the network's conditioning keyword
+    fitted solver and sigmas. Without a ``schedule``, a few-step student samples 1 or 2 steps
+    on the levels picked for it (:func:`recorded_levels`). ``condition`` holds the network's conditioning keyword
     arguments, each with ``num`` rows or one shared row; ``denoiser`` replaces the run's own
     (e.g. by :func:`guided`).
 
     Under ``torchrun`` (an initialised process group) the batches are dealt to the ranks in
     turn and gathered on rank 0, which returns the same tensor, byte for byte, as one process;
-    the other ranks return None.
+    the other ranks return None. ``alone``: this process draws all ``num`` samples even then
+    (e.g. rank 0 scoring a student by itself).
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -190,7 +209,7 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     if calibration is not None:
         kw = {**calibration.sample_kwargs(), **options}
     else:
-        sched = schedule_of(s, schedule)
+        sched = schedule_of(s, recorded_levels(run, sampler=sampler, steps=steps, schedule=schedule) or schedule)
         if not isinstance(sched, str) and steps is not None and steps != len(sched) - 1:
             raise ValueError(f"this run samples on its fixed list of {len(sched) - 1} steps (sample.sigmas, e.g. "
                              f"from progressive distillation); steps {steps} do not fit it (give {len(sched) - 1}, "
@@ -200,7 +219,7 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     device = next(run.denoiser.net.parameters()).device
     den = denoiser or run.denoiser
     condition = _check_condition(run, condition or {}, num)
-    world = _dist.current()
+    world = _dist.World() if alone else _dist.current()
     starts = _dist.my_batches(num, batch_size, world)  # all batches for a single process
     out = []
     bar = None

@@ -7,6 +7,8 @@ A run folder looks like::
     RUN/checkpoints/step_00001000/     one complete checkpoint:
         model.safetensors  ema.safetensors  state.safetensors  state.json
     RUN/latest                         name of the newest complete checkpoint
+    RUN/checkpoints/step_.../levels.json   (few-step students) the noise levels picked for
+                                       1 and 2 steps with these weights, and every candidate's score
 
 Writes are atomic at two levels: a checkpoint is written into a hidden temporary folder and
 renamed into place only when every file is complete (and flushed), the folder is flushed after
@@ -41,6 +43,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 FILES = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+LEVELS = "levels.json"  # optional, beside a checkpoint's files: its picked sampling levels
 ASIDE = ".old-"  # prefix of a complete checkpoint set aside while the same step is rewritten
 
 
@@ -317,3 +320,27 @@ def read_config(run: str) -> dict:
         raise CheckpointError(f"run {run!r} has no config.json") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_levels(checkpoint: str, record: dict) -> str:
+    """Write the sampling levels picked for a checkpoint's weights (``fewstep.levels``) beside
+    them, atomically; returns the file's path."""
+    path = os.path.join(find_checkpoint(checkpoint), LEVELS)
+    write_json(path, record)
+    return path
+
+
+def read_levels(checkpoint: str) -> dict | None:
+    """The levels record of a checkpoint folder, or None when it has none (an ordinary run, or a
+    student from before levels were picked); ``CheckpointError`` when the file is unreadable."""
+    path = os.path.join(checkpoint, LEVELS)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable levels record: {e}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("picked"), dict) or "sampler" not in record:
+        raise CheckpointError(f"{path} is not a levels record (a JSON object with 'sampler' and 'picked')")
+    return record

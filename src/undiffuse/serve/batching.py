@@ -151,8 +151,9 @@ class Batcher:
 
         self.batches += 1
         try:
-            x = sample(den, z, sampler=first.sampler, steps=first.steps, schedule=s.schedule, sigma_min=s.sigma_min,
-                       sigma_max=s.sigma_max, seed=seeds, extra=condition, callback=callback)
+            picked = gen.recorded_levels(run, sampler=first.sampler, steps=first.steps)  # a student's 1-/2-step levels
+            x = sample(den, z, sampler=first.sampler, steps=first.steps, schedule=picked or s.schedule,
+                       sigma_min=s.sigma_min, sigma_max=s.sigma_max, seed=seeds, extra=condition, callback=callback)
         except _Stop:
             for job in group:
                 job.stopped()
