@@ -44,6 +44,7 @@ LAZY = {
     "diffusers": "diffusers extra",
     "torch.utils.tensorboard": "tensorboard extra",
     "matplotlib": "plots only; slow to import",
+    "emoji": "the emoji dataset's names only; 80 ms to import",
     "sklearn": "slow to import (about a second); only the digits data and feature fits use it",
     "scipy.integrate": "reference ODE solves only; slow to import",
     "torch.distributed.tensor": "FSDP only (DTensor)",

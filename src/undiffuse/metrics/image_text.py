@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from undiffuse import data
 from undiffuse.metrics.trained import deterministic, load_weights, save_weights
 from undiffuse.utils.cache import cache_dir
 
@@ -141,8 +142,6 @@ def _targets(wordings: list[list[str]], sentence) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the shared scorer
 
 def _emoji_training_set():
-    from undiffuse import data
-
     ds = data.load("emoji")
     return ds.get(torch.arange(len(ds))).add(1).div(2), ds.captions
 
@@ -185,8 +184,6 @@ def embed(images, net: ImageEncoder, batch_size: int = 512) -> tuple[np.ndarray,
 
 def emoji_names() -> list[str]:
     """The distractor pool of ``prompt_accuracy``: the name of every emoji (both splits)."""
-    from undiffuse import data
-
     return [row[0] for row in data.load("emoji:all").captions]
 
 
@@ -213,8 +210,6 @@ def text_scores(embeddings: np.ndarray, prompts: list[str], sentence, *, pool: l
 def report(sentence, seed: int = 0) -> dict:
     """The scorer on real held-out emoji (never trained on): retrieval top-1 / top-5 among all
     held-out names, and ``prompt_accuracy`` / ``clip_score`` of the real images."""
-    from undiffuse import data
-
     ds = data.load("emoji:heldout")
     images = ds.get(torch.arange(len(ds))).add(1).div(2)
     names = [row[0] for row in ds.captions]
