@@ -165,3 +165,9 @@ def test_empty_prompt_is_a_usage_error(text_run, tmp_path, capsys):
     code, _, err = run_main(["sample", "--checkpoint", str(text_run / "run"), "--prompt", "  ",
                              "--out", str(tmp_path / "s")], capsys)
     assert code == 2 and "--prompt is empty" in err
+
+
+def test_text_run_records_example_prompts_for_the_web_page(text_run):
+    from undiffuse.inference import generate as gen
+    run = gen.load_run(str(text_run / "run"))
+    assert run.example_prompts and set(run.example_prompts) <= {f"a {c} square" for c in COLOURS}

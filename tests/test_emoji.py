@@ -96,3 +96,29 @@ def test_emoji_at_64_and_in_grey(table):
     assert np.abs(pooled - small[0]).mean() < 8  # the same drawing at twice the resolution
     grey = data.load("emoji", channels=1)
     assert grey.shape == (1, 32, 32) and len(grey) == len(data.load("emoji"))
+
+
+def test_demo_grid_prompts_are_twelve_training_and_four_heldout_names():
+    from undiffuse.cli.text_demo import grid_prompts
+    train = [w[0] for w in data.load("emoji").captions]
+    held = [w[0] for w in data.load("emoji:heldout").captions]
+    shown = grid_prompts(train, held)
+    assert len(shown) == 16 and [h for _, h in shown] == [False] * 12 + [True] * 4
+    assert all((p in held) == h and (p in train) != h for p, h in shown)
+    assert shown[0] == ("red apple", False) or "red apple" in held
+
+
+def test_captioned_grid_writes_every_caption_under_its_image():
+    from undiffuse.io.images import captioned_grid
+    images = np.zeros((5, 8, 8, 3), np.uint8)
+    sheet = captioned_grid(images, ["a", "b", "c", "d", "a much longer caption that wraps"], nrow=4, scale=4)
+    assert sheet.shape[0] == 2 * (8 * 4 + 26) and sheet.shape[2] == 3
+    assert (sheet[8 * 4:8 * 4 + 26] < 128).any()  # text under the first row
+    with pytest.raises(ValueError, match="one per image"):
+        captioned_grid(images, ["a"])
+
+
+def test_demo_analytic_takes_no_data(tmp_path, capsys):
+    from _cli import run_main
+    code, _, err = run_main(["demo", "--data", "emoji", "--analytic", "--out", str(tmp_path / "d")], capsys)
+    assert code == 2 and "--analytic" in err

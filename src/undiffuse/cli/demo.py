@@ -1,6 +1,7 @@
 """``undiffuse demo``: the README's main job. Train the default digits preset on this machine,
 sample a grid with a fast sampler, and score the samples honestly (``--analytic``: the exact
-Gaussian-mixture job of :mod:`undiffuse.cli.analytic_demo` instead, no training).
+Gaussian-mixture job of :mod:`undiffuse.cli.analytic_demo` instead, no training; ``--data
+emoji``: the text-to-image job of :mod:`undiffuse.cli.text_demo`).
 
 Scores (``scores.json``) come from the evaluation suite (``metrics.evaluate``) on ``num``
 samples against the 1,797 real digits, in the features of the in-project digits classifier:
@@ -19,7 +20,7 @@ import torch
 
 from undiffuse import data as _data
 from undiffuse import samplers
-from undiffuse.cli import analytic_demo
+from undiffuse.cli import analytic_demo, text_demo
 from undiffuse.cli.options import add_set, check_folder, duration, log, positive_int
 from undiffuse.config import resolve
 from undiffuse.inference import generate as gen
@@ -31,8 +32,12 @@ from undiffuse.utils.atomic import write_json
 
 def add_parser(subparsers) -> None:
     d = subparsers.add_parser("demo", help="train on digits, sample a grid, score it (the README's main job)")
-    d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    d.add_argument("--time-budget", type=duration, default=300.0, help="training time (default: 5m)")
+    d.add_argument("--data", choices=("digits", "emoji"), default="digits", help="digits (default): unconditional "
+                   "digits; emoji: text to image on the OpenMoji emoji, a grid of named prompts, image-text scores")
+    d.add_argument("--out", help="run folder (default: runs/demo, or runs/demo-emoji with --data emoji)")
+    d.add_argument("--time-budget", type=duration, help="training time (default: 5m for digits, 10m for emoji)")
+    d.add_argument("--guidance", type=float, default=3.0, help="--data emoji: classifier-free guidance scale "
+                   "(default: 3)")
     d.add_argument("--max-steps", type=positive_int, help="train for N steps instead of a time budget")
     d.add_argument("--num", type=positive_int, default=1797, help="samples scored (default: 1797)")
     d.add_argument("--seed", type=int, default=0)
@@ -43,16 +48,21 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, parser) -> int:
+    args.out = args.out or ("runs/demo-emoji" if args.data == "emoji" else "runs/demo")
     check_folder(parser, args.out)
     if args.analytic:
-        scores = analytic_demo.run(args.out, seed=args.seed)
-        print(json.dumps(scores, indent=1))
+        if args.data != "digits":
+            parser.error("--analytic is the digits mixture job; it takes no --data")
+        print(json.dumps(analytic_demo.run(args.out, seed=args.seed), indent=1))
         return 0
-
+    budget = None if args.max_steps else args.time_budget or (600.0 if args.data == "emoji" else 300.0)
+    common = {"time_budget": budget, "max_steps": args.max_steps, "seed": args.seed,
+              "overrides": dict(args.overrides), "progress": not args.no_progress, "log": log}
     try:
-        scores = _train_sample_score(args.out, time_budget=None if args.max_steps else args.time_budget,
-                                     max_steps=args.max_steps, num=args.num, seed=args.seed,
-                                     overrides=dict(args.overrides), progress=not args.no_progress, log=log)
+        if args.data == "emoji":
+            scores = text_demo.run(args.out, guidance=args.guidance, **common)
+        else:
+            scores = _train_sample_score(args.out, num=args.num, **common)
     except ValueError as e:
         parser.error(str(e))
     print(json.dumps(scores, indent=1))

@@ -52,7 +52,8 @@ def run(args, parser) -> int:
     prompts = ev.requested_prompts(args.samples) if space == "emoji" else None
     try:
         samples, _ = ev.load_set(args.samples, what="samples")
-        reference, ref_desc = ev.load_set(args.reference, what="--reference")
+        size = samples.shape[-1] if space == "emoji" and samples.ndim == 4 else None  # emoji renders at any size
+        reference, ref_desc = ev.load_set(args.reference, what="--reference", image_size=size)
         train = ev.load_set(args.train, what="--train")[0] if args.train else None
         result = ev.evaluate(samples, reference, feature_space=space, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,

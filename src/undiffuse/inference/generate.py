@@ -53,6 +53,7 @@ class LoadedRun:
     class_names: tuple = ()  # the training data's class names (index = label)
     decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
     levels: dict | None = None  # few-step students: the levels record picked for these weights (io.checkpoint)
+    example_prompts: tuple = ()  # text runs: a few training captions (what the web page offers)
 
     @property
     def image_shape(self) -> tuple:
@@ -83,8 +84,9 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedR
     levels = ckpt.read_levels(loaded["path"])
     if levels is not None and levels.get("weights", "ema") != weights:  # picked for the other weights
         levels = None
+    examples = tuple(state.get("dataset", {}).get("example_prompts", ()))
     return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
-                     _latent_decoder(cfg, tuple(shape), device), levels)
+                     _latent_decoder(cfg, tuple(shape), device), levels, examples)
 
 
 def recorded_levels(run: LoadedRun, *, sampler: str | None = None, steps: int | None = None,

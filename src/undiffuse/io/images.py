@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from undiffuse.utils.atomic import write_atomic
@@ -34,6 +34,34 @@ def grid(images_u8: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.nda
         r, col = divmod(i, nrow)
         out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
     return out
+
+
+def captioned_grid(images_u8: np.ndarray, captions: list[str], *, nrow: int = 4, scale: int = 4,
+                   line_chars: int = 18) -> np.ndarray:
+    """(N, H, W, C) uint8 images, each upscaled ``scale`` times (nearest) with its caption
+    written under it (wrapped at ``line_chars``, two lines at most), tiled ``nrow`` per row
+    on white; returns (rows, cols, 3) uint8."""
+    if len(captions) != len(images_u8):
+        raise ValueError(f"{len(captions)} captions for {len(images_u8)} images; give one per image")
+    n, h, w, c = images_u8.shape
+    font = ImageFont.load_default()
+    tile_w, text_h = max(w * scale, 6 * line_chars + 8), 26
+    rows = (n + nrow - 1) // nrow
+    sheet = Image.new("RGB", (nrow * tile_w, rows * (h * scale + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, caption) in enumerate(zip(images_u8, captions)):
+        r, col = divmod(i, nrow)
+        x0, y0 = col * tile_w, r * (h * scale + text_h)
+        tile = Image.fromarray(upscale(img if c == 3 else img.repeat(3, axis=2), scale))
+        sheet.paste(tile, (x0 + (tile_w - w * scale) // 2, y0))
+        words, lines = caption.split(), [""]
+        for word in words:
+            if len(lines[-1]) + len(word) + 1 > line_chars and lines[-1]:
+                lines.append("")
+            lines[-1] = f"{lines[-1]} {word}".strip()
+        text = "\n".join(lines[:2]) + ("..." if len(lines) > 2 else "")
+        draw.multiline_text((x0 + 4, y0 + h * scale + 1), text, fill=(0, 0, 0), font=font, spacing=1)
+    return np.asarray(sheet)
 
 
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:

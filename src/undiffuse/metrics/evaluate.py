@@ -42,11 +42,12 @@ class EvaluationError(ValueError):
     """Bad evaluation input; the message names the argument and what was expected."""
 
 
-def load_set(spec: str, *, what: str = "samples") -> tuple[np.ndarray, str]:
+def load_set(spec: str, *, what: str = "samples", image_size: int | None = None) -> tuple[np.ndarray, str]:
     """Load a sample or reference set as float64: images (N, C, H, W) in [0, 1] or vectors (N, D).
 
     ``spec``: an ``.npz`` (array ``samples``, as ``undiffuse sample --format npz`` writes, or the
-    keys ``data.load`` accepts), an ``.npy``, an image folder, or a built-in dataset name.
+    keys ``data.load`` accepts), an ``.npy``, an image folder, or a built-in dataset name
+    (rendered or resized to ``image_size`` when given, e.g. ``emoji`` at the samples' size).
     """
     if spec.endswith(".npz") and os.path.isfile(spec):
         try:
@@ -57,7 +58,7 @@ def load_set(spec: str, *, what: str = "samples") -> tuple[np.ndarray, str]:
         except ValueError as e:
             raise EvaluationError(f"{what} {spec}: cannot read ({e})") from None
     try:
-        ds = _data.load(spec)
+        ds = _data.load(spec, image_size=image_size)
     except _data.DataError as e:
         raise EvaluationError(f"{what}: {e}") from None
     x = ds.get(np.arange(len(ds)))

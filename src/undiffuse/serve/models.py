@@ -83,5 +83,6 @@ class ModelRegistry:
         s = run.config.sample
         return {"name": name, "kind": run.kind, "conditioning": run.conditioning,
                 "classes": list(run.class_names) if run.conditioning == "class" else [],
+                "example_prompts": list(run.example_prompts) if run.conditioning == "text" else [],
                 "shape": list(run.shape), "default_sampler": s.sampler, "default_steps": s.steps,
                 "step": run.step, "model_sha256": self._checksums[name]}

@@ -286,11 +286,20 @@ class Trainer(TrainingLoop):
                  "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names),
-                             **_licence(self.data)}}
+                             **_licence(self.data), **self._examples()}}
         path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
         self._saved_step = self.step
         return path
+
+    def _examples(self, n: int = 8) -> dict:
+        """Text runs: ``example_prompts``, the first wordings of n items (or classes) spread over the data."""
+        table = self.conditions.text
+        if table is None:
+            return {}
+        rows = len(self.data) if table.per_item else self.data.num_classes
+        picked = table.first(torch.arange(min(n, rows)) * rows // min(n, rows))
+        return {"example_prompts": [table.captions[i] for i in picked.tolist() if i != table.null]}
 
     # ------------------------------------------------------------------ one step (TrainingLoop.train_step)
     def next_batch(self) -> tuple[Tensor, dict]:
