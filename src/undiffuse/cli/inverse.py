@@ -19,7 +19,7 @@ from PIL import Image
 
 from undiffuse.cli.options import add_device, check_folder, load_run, positive_int
 from undiffuse.core import schedules
-from undiffuse.core.noise import per_sample_generators
+from undiffuse.core.noise import SeededNoise
 from undiffuse.inference import generate as gen
 from undiffuse.io.writers import write_samples
 from undiffuse.metrics.evaluate import load_set
@@ -227,7 +227,8 @@ def _inpaint(args, run, x, seeds, extra, params, usage):
     if args.jump_count < 0:
         usage(f"--jump-count must be >= 0, got {args.jump_count}")
     mask = _mask(args.mask, run.image_shape, usage).expand(len(x), *run.image_shape)
-    options = dict(generator=per_sample_generators(seeds), jump_length=args.jump_length,
+    draws = args.steps * (1 + args.jump_count)  # RePaint walks each block 1 + jump_count times
+    options = dict(generator=SeededNoise(seeds, draws=draws), jump_length=args.jump_length,
                    jump_count=args.jump_count, step=args.sampler, extra=extra)
     params = {**params, "mask": args.mask, "jump_length": args.jump_length, "jump_count": args.jump_count}
     if run.decoder is None:

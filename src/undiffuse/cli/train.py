@@ -56,7 +56,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--parameterization", help="eps, x0, v, edm or flow")
     t.add_argument("--image-size", type=positive_int, help="resize + centre-crop images to this size")
     t.add_argument("--channels", type=int, choices=(1, 3))
-    t.add_argument("--strict", action="store_true", default=None, help="a bad data file is an error, not a warning")
+    t.add_argument("--strict", action="store_true", default=None, help="a bad data file or an image without a "
+                   "caption (caption files) is an error, not a warning")
     t.add_argument("--log-every", type=positive_int)
     t.add_argument("--checkpoint-every", type=positive_int)
     t.add_argument("--keep", type=positive_int, help="complete checkpoints to keep")

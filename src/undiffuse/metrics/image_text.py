@@ -93,6 +93,7 @@ def as_images(x, name: str = "images") -> torch.Tensor:
 # ----------------------------------------------------------------------------- training
 
 def _augment(x: torch.Tensor, hp: dict, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts (white fill), a 2x blur on a share of the images, pixel noise."""
     n, s = len(x), hp["shift"]
     padded = F.pad(x, (s,) * 4, value=1.0)
     dy, dx = (torch.randint(0, 2 * s + 1, (n,), generator=gen) for _ in range(2))
@@ -124,11 +125,11 @@ def train(images: torch.Tensor, wordings: list[list[str]], sentence, hp: dict = 
             pick = start[idx] + (torch.rand(len(idx), generator=gen) * count[idx]).long().clamp(max=count[idx] - 1)
             img = net(_augment(images[idx], hp, gen))
             logits = net.logit_scale.clamp(max=math.log(100)).exp() * img @ targets[pick].T
-            same = targets[pick] @ targets[pick].T > 0.999  # repeated captions in a batch are not negatives
-            logits_t = logits.T.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e4)
-            logits_i = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e4)
+            # a caption repeated in the batch is not a negative for the other images that have it
+            repeated = (targets[pick] @ targets[pick].T > 0.999) & ~torch.eye(len(idx), dtype=torch.bool)
+            logits = logits.masked_fill(repeated, -1e4)
             target = torch.arange(len(idx))
-            loss = (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target)) / 2
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,7 +22,7 @@ import torch
 
 from undiffuse import samplers as _samplers
 from undiffuse.core import schedules as _schedules
-from undiffuse.core.noise import per_sample_generators, randn_like
+from undiffuse.core.noise import SeededNoise, randn_like
 from undiffuse.core.types import WrapsDenoiser, denoiser_info
 from undiffuse.samplers._common import ancestral_split, call, report
 from undiffuse.samplers.driver import schedule_of
@@ -60,8 +60,9 @@ def _check_number(name: str, value, minimum: float = 0.0) -> float:
     return float(value)
 
 
-def _generators(seed, generator, batch: int, device) -> list[torch.Generator] | torch.Generator | None:
-    """Per-sample generators from ``seed`` (sample i uses ``seed + i`` or ``seed[i]``)."""
+def _generators(seed, generator, batch: int, device, draws: int = 1) -> SeededNoise | torch.Generator | None:
+    """Per-sample noise streams from ``seed`` (sample i uses ``seed + i`` or ``seed[i]``; about
+    ``draws`` draws each, drawn in blocks: see ``core.noise.SeededNoise``)."""
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
     if seed is None:
@@ -69,7 +70,7 @@ def _generators(seed, generator, batch: int, device) -> list[torch.Generator] | 
     seeds = [int(seed) + i for i in range(batch)] if _is_int(seed) else list(seed)
     if len(seeds) != batch:
         raise ValueError(f"seed list has {len(seeds)} entries but the batch has {batch} samples")
-    return per_sample_generators(seeds, device=torch.device(device).type)
+    return SeededNoise(seeds, draws=draws, device=torch.device(device).type)
 
 
 def _check_sampler_options(sampler: str, options: dict) -> Callable:
@@ -195,7 +196,7 @@ def sdedit(denoiser: Callable, image: Tensor, strength: float, *, sampler: str =
     if n == 0:
         return image.clone()
     sigmas = full[total - n:]
-    gen = _generators(seed, generator, image.shape[0], image.device)
+    gen = _generators(seed, generator, image.shape[0], image.device, draws=len(sigmas))
     with torch.no_grad():
         x = image + sigmas[0].to(image.dtype) * randn_like(image, gen)
         return fn(denoiser, x, sigmas, generator=gen, callback=callback, extra=extra, **options)
@@ -359,7 +360,7 @@ def restore(denoiser: Callable, y: Tensor, operator: Operator, noise_std: float 
     sigmas = schedule_of(denoiser, schedule, steps, sigma_min, sigma_max, schedule_options, caller="restore")
     sigmas = sigmas.to(y.device)
     shape = operator.input_shape(y.shape)
-    gen = _generators(seed, generator, shape[0], y.device)
+    gen = _generators(seed, generator, shape[0], y.device, draws=len(sigmas))
     with torch.no_grad():
         x = randn_like(torch.empty(shape, dtype=y.dtype, device=y.device), gen) * sigmas[0].to(y.dtype)
         x = fn(guided, x, sigmas, generator=gen, callback=callback, extra=extra, **options)
