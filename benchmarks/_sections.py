@@ -3,7 +3,31 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import sys
 from pathlib import Path
+
+
+def log(*a) -> None:
+    """Progress to stderr, flushed (stdout carries a child's JSON result)."""
+    print(*a, file=sys.stderr, flush=True)
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def load_avg() -> float:
+    """The 1-minute load average (how busy the shared machine was)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def duration_label(seconds: float) -> str:
+    """``300`` -> "5 min", ``90`` -> "1.5 min", ``30`` -> "30 s"."""
+    if seconds >= 60:
+        return f"{seconds / 60:g} min" if seconds % 60 == 0 else f"{seconds / 60:.1f} min"
+    return f"{seconds:g} s"
 
 
 def write_section(path, section: str, start: str, end: str) -> None:

@@ -85,7 +85,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import subprocess
@@ -95,6 +94,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sections import duration_label as label_of, load_avg, log, peak_mib
 from _sections import write_section as _write_section
 
 START_MARK, END_MARK = "<!-- emoji-t2i:start -->", "<!-- emoji-t2i:end -->"
@@ -116,24 +116,6 @@ DIFFUSERS_UNET = {  # about the emoji preset's size: 7.17M parameters vs 7.36M
 }
 BETAS = {"linear": {"beta_schedule": "linear"},  # DDPM: 1e-4 .. 0.02
          "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}}  # SD
-
-
-def log(*a) -> None:
-    print(*a, file=sys.stderr, flush=True)
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def label_of(seconds: float) -> str:
-    if seconds >= 60:
-        return f"{seconds / 60:g} min" if seconds % 60 == 0 else f"{seconds / 60:.1f} min"
-    return f"{seconds:g} s"
 
 
 def parse_sets(items: list[str]) -> dict:

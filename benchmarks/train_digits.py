@@ -54,7 +54,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import subprocess
@@ -64,29 +63,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sections import duration_label as label, load_avg, log, peak_mib
 from _sections import write_section as _write_section
 
 START_MARK, END_MARK = "<!-- train-digits:start -->", "<!-- train-digits:end -->"
 RECIPES = ("undiffuse", "diffusers")
 SAMPLE_BATCH = 256
-
-
-def log(*a) -> None:
-    print(*a, file=sys.stderr, flush=True)
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def label(seconds: float) -> str:
-    if seconds >= 60:
-        return f"{seconds / 60:g} min" if seconds % 60 == 0 else f"{seconds / 60:.1f} min"
-    return f"{seconds:g} s"
 
 
 def real01() -> np.ndarray:

@@ -15,3 +15,11 @@ def run_main(args, capsys):
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def main_code(args) -> int:
+    """The exit status of ``undiffuse ARGS`` (for fixtures, which have no capsys)."""
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code

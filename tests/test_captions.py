@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _cli import TINY, run_main
+from _cli import TINY, main_code, run_main
 from undiffuse import config, data
 from undiffuse.steering.conditioning import TextTable
 
@@ -115,18 +115,10 @@ def text_run(tmp_path_factory):
     names = _images(root / "d", n=12)
     _jsonl(root / "d", [{"file_name": f, "text": t} for f, t in names])
     out = root / "run"
-    code = _main(["train", "--data", str(root / "d"), "--conditioning", "text", "--set", "train.max_steps=2",
+    code = main_code(["train", "--data", str(root / "d"), "--conditioning", "text", "--set", "train.max_steps=2",
                   "--set", "train.time_budget=null", "--out", str(out), *TINY])
     assert code == 0
     return root
-
-
-def _main(args):
-    from undiffuse.cli import main
-    try:
-        return main(args)
-    except SystemExit as e:
-        return e.code
 
 
 def test_sample_prompts_file_gives_one_sample_per_line_and_the_npz_keeps_them(text_run, tmp_path, capsys):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from _cli import TINY, run_main
+from _cli import TINY, main_code, run_main
 from safetensors.torch import load_file
 
 from undiffuse.inference.generate import load_run
@@ -14,18 +14,9 @@ from undiffuse.inference.generate import load_run
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("distill") / "teacher")
-    code = _quiet(["train", "--data", "digits", "--max-steps", "3", "--out", run, *TINY])
+    code = main_code(["train", "--data", "digits", "--max-steps", "3", "--out", run, *TINY])
     assert code == 0
     return run
-
-
-def _quiet(args):
-    from undiffuse.cli import main
-
-    try:
-        return main(args)
-    except SystemExit as e:
-        return e.code
 
 
 def _weights(run):
@@ -132,7 +123,7 @@ def test_a_consistency_model_cannot_teach(tmp_path, teacher, capsys):
 def student(teacher, tmp_path_factory):
     """A consistency student whose levels were picked (small search: 16 samples, grids of 2)."""
     out = str(tmp_path_factory.mktemp("levels") / "cm")
-    code = _quiet(["distill", "--method", "consistency", "--teacher", teacher, "--out", out, "--max-steps", "1",
+    code = main_code(["distill", "--method", "consistency", "--teacher", teacher, "--out", out, "--max-steps", "1",
                    "--steps", "4", "--levels-samples", "16", "--levels-grid", "2", "--no-progress"])
     assert code == 0
     return out

@@ -33,7 +33,7 @@ def only_data_warnings(record):
 # ----------------------------------------------------------------------------- built-ins
 
 def test_names():
-    assert data.names() == ["digits", "mnist5k", "moons", "swiss_roll", "checkerboard", "eight_gaussians", "spirals"]
+    assert data.names() == ["digits", "mnist5k", "emoji", "moons", "swiss_roll", "checkerboard", "eight_gaussians", "spirals"]
 
 
 def test_digits_exact_vs_sklearn():
@@ -235,7 +235,7 @@ BAD = {  # name: (file name, writer, reason fragment)
     "zero_byte": ("zero.jpg", _zero, "empty file"),
     "truncated": ("trunc.png", _truncated, "truncated"),
     "gif": ("anim.gif", _gif, "unsupported file type '.gif'"),
-    "text": ("notes.txt", _text, "unsupported file type '.txt'"),
+    "text": ("notes.txt", _text, "a .txt caption file with no image of that name"),
     "bomb": ("huge.png", _bomb, "decompression bomb: 9000x9000"),
 }
 

@@ -10,6 +10,7 @@ import undiffuse
 from undiffuse import data, samplers
 from undiffuse.config import resolve
 from undiffuse.core.analytic import GaussianMixture
+from undiffuse.core.noise import SeededNoise
 from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
 from undiffuse.core.process import VPContinuous
 from undiffuse.samplers.driver import sample
@@ -156,8 +157,7 @@ def test_consistency_sampler_one_step_is_one_jump_and_seeds_are_per_sample():
     spy.boundary_sigma = 0.3
     sample(spy, z, sampler="consistency", sigmas=sig, seed=10)
     first = g(z * SMAX, torch.full((6,), SMAX, dtype=torch.float64))
-    fresh = torch.stack([torch.randn(2, generator=torch.Generator().manual_seed(10 + i), dtype=torch.float64)
-                         for i in range(6)])
+    fresh = SeededNoise(list(range(10, 16)), draws=len(sig) - 1).like(first)  # sample i's own stream (seed 10 + i)
     torch.testing.assert_close(calls[1][0], first + fresh * math.sqrt(0.5**2 - 0.3**2), rtol=0, atol=1e-12)
 
 

@@ -1,6 +1,7 @@
 """The emoji image-text scorer (clip_score, prompt_accuracy, emoji features) and `evaluate`
 with prompts. Trained small here (a subset, few steps); the shipped recipe is measured in
 BENCHMARKS.md."""
+import contextlib
 import json
 
 import numpy as np
@@ -26,14 +27,19 @@ def subset():
     return ds.get(keep).add(1).div(2), [ds.captions[i] for i in keep.tolist()]
 
 
-@pytest.fixture(scope="module")
-def tiny(subset, tmp_path_factory):
-    images, wordings = subset
+@contextlib.contextmanager
+def _tiny_recipe(subset):
+    """The scorer's recipe shrunk to TINY and trained on ``subset``, with an empty memo."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(it, "HPARAMS", TINY)
         mp.setattr(it, "_emoji_training_set", lambda: subset)
         mp.setattr(it, "_MEMO", {})
-        mp.setattr(it, "emoji_names", lambda: [w[0] for w in wordings])
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def tiny(subset):
+    with _tiny_recipe(subset):
         yield it.scorer(text.sentence_embeddings)
 
 
@@ -63,10 +69,7 @@ def test_training_is_deterministic_and_leaves_global_state_alone(subset):
 
 def test_scorer_is_cached_by_content(subset, tiny):
     images, _ = subset
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(it, "HPARAMS", TINY)
-        mp.setattr(it, "_emoji_training_set", lambda: subset)
-        mp.setattr(it, "_MEMO", {})
+    with _tiny_recipe(subset) as mp:
         mp.setattr(it, "train", lambda *a, **k: pytest.fail("retrained although cached"))
         loaded = it.scorer(text.sentence_embeddings)
     assert np.array_equal(it.embed(images[:8], loaded)[1], it.embed(images[:8], tiny)[1])

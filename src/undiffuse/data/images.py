@@ -142,6 +142,10 @@ def _folder(spec: str, root: str, size, channels, strict: bool) -> Dataset:
             candidates.append(rel)
         elif not is_caption_file(rel):
             bad(rel, f"unsupported file type {ext or '(none)'!r}; expected {', '.join(IMAGE_EXTENSIONS)}")
+    stems = {os.path.splitext(rel)[0] for rel in candidates}
+    for rel in files:
+        if rel.lower().endswith(".txt") and os.path.splitext(rel)[0] not in stems:
+            bad(rel, "a .txt caption file with no image of that name (sidecar captions sit beside NAME.png)")
     depths = [rel.count("/") for rel in candidates]
     labelled = bool(candidates) and all(d == 1 for d in depths)
     if candidates and not labelled and any(d > 0 for d in depths):
@@ -154,6 +158,7 @@ def _folder(spec: str, root: str, size, channels, strict: bool) -> Dataset:
     mode = "L" if channels == 1 else "RGB"
     images, labels, grays, kept = [], [], [], []
     skipped = sum(os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS and not is_caption_file(rel) for rel in files)
+    skipped += sum(rel.lower().endswith(".txt") and os.path.splitext(rel)[0] not in stems for rel in files)
     for rel in tqdm(candidates, desc=f"loading {spec}", disable=len(candidates) <= PROGRESS_MIN_FILES):
         try:
             arr, gray = _read_image(os.path.join(root, rel), mode, size)

@@ -105,9 +105,11 @@ def _augment(x: torch.Tensor, hp: dict, gen: torch.Generator) -> torch.Tensor:
     return (x + hp["pixel_noise"] * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
-def train(images: torch.Tensor, wordings: list[list[str]], sentence, hp: dict = HPARAMS) -> ImageEncoder:
+def train(images: torch.Tensor, wordings: list[list[str]], sentence, hp: dict | None = None) -> ImageEncoder:
     """Train the encoder on ``images`` (N, 3, 32, 32) in [0, 1], each with its caption wordings;
-    ``sentence(texts)`` gives the frozen unit text embeddings (``steering.text.sentence_embeddings``)."""
+    ``sentence(texts)`` gives the frozen unit text embeddings (``steering.text.sentence_embeddings``);
+    ``hp``: the hyperparameters (default: ``HPARAMS``)."""
+    hp = HPARAMS if hp is None else hp
     targets = _targets(wordings, sentence)
     start = torch.tensor([0] + [len(r) for r in wordings]).cumsum(0)
     count = start[1:] - start[:-1]
@@ -167,7 +169,7 @@ def scorer(sentence) -> ImageEncoder:
         return _MEMO[path]
     net = load_weights(lambda: ImageEncoder(HPARAMS["width"], HPARAMS["features"]), path, "emoji image-text scorer")
     if net is None:
-        net = train(images, wordings, sentence)
+        net = train(images, wordings, sentence, HPARAMS)
         save_weights(net, path, {"recipe": RECIPE, "hparams": HPARAMS})
     net.requires_grad_(False)
     _MEMO.clear()
