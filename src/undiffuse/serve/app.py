@@ -209,9 +209,10 @@ async def job_events(server: Server, request: Request):
         while True:
             if job.version != seen:
                 seen = job.version
-                event = job.status if job.finished else "progress"
+                finished = job.finished  # read once: the job may finish while this event is written
+                event = job.status if finished else "progress"
                 yield f"event: {event}\ndata: {json.dumps(job_json(job))}\n\n"
-                if job.finished:
+                if finished:
                     return
             if await request.is_disconnected():
                 return
