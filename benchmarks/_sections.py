@@ -1,9 +1,13 @@
 """Shared by the benchmark scripts: replace one marked section of BENCHMARKS.md."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import platform
 import resource
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +25,25 @@ def peak_mib() -> float:
 def load_avg() -> float:
     """The 1-minute load average (how busy the shared machine was)."""
     return round(os.getloadavg()[0], 2)
+
+
+def machine() -> dict:
+    """The CPU, core count (ignoring OMP limits), system and library versions, today's date."""
+    import diffusers
+    import torch
+
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.machine())
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, env=env).stdout.strip() or str(os.cpu_count())
+    return {"cpu": cpu, "nproc": int(nproc), "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "date": _dt.date.today().isoformat()}
+
+
+def command() -> str:
+    """The command line that ran this benchmark, as a user would retype it."""
+    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def duration_label(seconds: float) -> str:

@@ -81,10 +81,8 @@ it refuses) and the Markdown section shows all of them; numbers are medians over
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -95,6 +93,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _sections import duration_label as label_of, load_avg, log, peak_mib
+from _sections import command, machine
 from _sections import write_section as _write_section
 
 START_MARK, END_MARK = "<!-- emoji-t2i:start -->", "<!-- emoji-t2i:end -->"
@@ -382,22 +381,6 @@ def child_tag(recipe: str, args, seed: int) -> str:
 
 
 # ----------------------------------------------------------------------------- parent and report
-
-
-def machine() -> dict:
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.machine())
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, env=env).stdout.strip() or str(os.cpu_count())
-    import diffusers
-
-    return {"cpu": cpu, "nproc": int(nproc), "system": f"{platform.system()} {platform.release()} {platform.machine()}",
-            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "date": _dt.date.today().isoformat()}
-
-
-def command() -> str:
-    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def ceiling(args) -> dict:

@@ -50,10 +50,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -64,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _sections import duration_label as label, load_avg, log, peak_mib
+from _sections import command, machine
 from _sections import write_section as _write_section
 
 START_MARK, END_MARK = "<!-- train-digits:start -->", "<!-- train-digits:end -->"
@@ -232,22 +231,6 @@ def child(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parent and report
-
-
-def machine() -> dict:
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.machine())
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, env=env).stdout.strip() or str(os.cpu_count())
-    import diffusers
-
-    return {"cpu": cpu, "nproc": int(nproc), "system": f"{platform.system()} {platform.release()} {platform.machine()}",
-            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "date": _dt.date.today().isoformat()}
-
-
-def command() -> str:
-    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def ratios(rec: dict) -> dict:

@@ -28,6 +28,16 @@ def _restore_threads():
         torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny exact models (a few small matrix products), where starting a second
+    thread costs more than it saves; the thread count comes back after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def gmm8():
     """A smooth 8-D mixture for convergence-order measurements."""

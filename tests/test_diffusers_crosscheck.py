@@ -32,7 +32,8 @@ from undiffuse.core.precond import Denoiser  # noqa: E402
 from undiffuse.core.process import VPDiscrete  # noqa: E402
 
 # diffusers' own numpy-2 deprecation noise (np.array on a tensor), not ours
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tiny exact models: one thread (conftest)
 
 RTOL = 1e-4
 STEPS = (5, 10, 25)
@@ -55,13 +56,6 @@ def our_net(x_t, t):
 DENOISER = Denoiser(our_net, PROCESS, "eps")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The model is a few 8x16 matrix products; thread start-up would dominate them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _sigma_table(sched) -> np.ndarray:
