@@ -28,12 +28,13 @@ open(f"{out}/train_prompts.txt", "w").write("\n".join(train.captions[i][0] for i
 open(f"{out}/heldout_prompts.txt", "w").write("\n".join(r[0] for r in held.captions) + "\n")
 PY
 
+OLD="--set diffusion.p_mean=-1.2 --set optim.batch_size=64 --set optim.lr=0.002"  # emoji-latent before the ablation
 NET="--set model.channels=64 --set model.channel_mult=[1,2] --set model.attention_levels=[0,1]"
-$U train --data emoji --conditioning text --time-budget 10m --out "$OUT/pixels" --no-progress \
+$U train --data emoji --conditioning text --no-latent --time-budget 10m --out "$OUT/pixels" --no-progress \
     $NET --set model.patch_size=4 > "$OUT/pixels.log" 2>&1 &
 ( $U train-autoencoder --data emoji --time-budget 3m --out "$OUT/ae" > "$OUT/ae.log" 2>&1 &&
   $U train --latent --autoencoder "$OUT/ae" --data emoji --conditioning text --time-budget 7m --out "$OUT/latent" \
-      --no-progress $NET --set model.patch_size=1 > "$OUT/latent.log" 2>&1 ) &
+      --no-progress $NET --set model.patch_size=1 $OLD > "$OUT/latent.log" 2>&1 ) &
 wait
 
 for run in pixels latent; do

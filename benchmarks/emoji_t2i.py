@@ -210,31 +210,50 @@ def evaluate_recipe(args, out: Path, tag: str, net: torch.nn.Module, draw, condi
 # ----------------------------------------------------------------------------- (a) undiffuse
 
 
+def undiffuse_overrides(args, seed: int = 0) -> dict:
+    return {"conditioning.kind": "text", "train.time_budget": float(args.budget), "train.max_steps": None,
+            "train.seed": seed, "train.tensorboard": False, **parse_sets(args.ours_set)}
+
+
 def undiffuse_config(args, seed: int = 0):
+    """The pixel route's config (``--route pixels``; ``--count`` shows its size)."""
     from undiffuse import data
     from undiffuse.config import resolve
 
-    over = {"conditioning.kind": "text", "train.time_budget": float(args.budget), "train.max_steps": None,
-            "train.seed": seed, "train.tensorboard": False, **parse_sets(args.ours_set)}
-    return resolve("emoji", data.load("emoji"), over)
+    return resolve("emoji", data.load("emoji"), undiffuse_overrides(args, seed))
 
 
 def run_undiffuse(args, out: Path, seed: int) -> dict:
     from undiffuse import data
     from undiffuse.inference import generate as gen
+    from undiffuse.training.latent_route import train_latent_route
     from undiffuse.training.trainer import Trainer
 
     tag = child_tag("undiffuse", args, seed)
     run_dir = out / tag
     shutil.rmtree(run_dir, ignore_errors=True)  # the Trainer refuses a folder with checkpoints
-    cfg = undiffuse_config(args, seed)
-    trainer = Trainer(cfg, data.load("emoji"), str(run_dir), progress=False, log=lambda m: None)
-    params = sum(p.numel() for p in trainer.net.parameters())
-    log(f"[{tag}] training {args.budget:g} s, {params / 1e6:.2f}M parameters, overrides {parse_sets(args.ours_set)}")
-    result = trainer.fit()
-    steps, secs = result["step"], result["elapsed"]
-    log(f"[{tag}] {steps} steps in {secs:.1f} s ({steps / secs:.2f} steps/s)")
+    quiet = lambda m: None  # noqa: E731 (a one-line no-op logger)
+    log(f"[{tag}] training {args.budget:g} s on the {args.route} route, overrides {parse_sets(args.ours_set)}")
+    if args.route == "latent":  # the recipe of `undiffuse train --data emoji`: autoencoder, then latents
+        result = train_latent_route(data.load("emoji"), str(run_dir), preset="emoji-latent",
+                                    overrides=undiffuse_overrides(args, seed), ae_share=args.ae_share, resume=None,
+                                    progress=False, log=quiet)
+        cfg, secs = result["config"], result["train_seconds"]
+        extra = {"autoencoder_seconds": result["autoencoder_seconds"], "encode_seconds": result["encode_seconds"],
+                 "autoencoder_steps": result["codec"].meta["training"]["steps"],
+                 "autoencoder_mse": result["codec"].meta["reconstruction_mse"]["held_out"]}
+        log(f"[{tag}] autoencoder {extra['autoencoder_steps']} steps in {extra['autoencoder_seconds']:.1f} s "
+            f"(held-out MSE {extra['autoencoder_mse']:.4f}), encoding {extra['encode_seconds']:.1f} s")
+    else:
+        cfg = undiffuse_config(args, seed)
+        result = Trainer(cfg, data.load("emoji"), str(run_dir), progress=False, log=quiet).fit()
+        secs, extra = result["elapsed"], {}
+    steps = result["step"]
+    log(f"[{tag}] {steps} diffusion steps in {result['elapsed']:.1f} s ({steps / result['elapsed']:.2f} steps/s)")
     run = gen.load_run(str(run_dir))  # EMA weights of the last checkpoint
+    params = sum(p.numel() for p in run.denoiser.net.parameters())
+    if args.route == "latent":
+        extra["autoencoder_params"] = sum(p.numel() for p in result["codec"].net.parameters())
     den = gen.guided(run, guidance=args.guidance)
 
     def draw(cond, seed0):
@@ -243,9 +262,9 @@ def run_undiffuse(args, out: Path, seed: int) -> dict:
 
     ev = evaluate_recipe(args, out, tag, run.denoiser.net, draw, lambda p: gen.prompt_condition(run, p))
     s = run.config.sample
-    return {"recipe": "undiffuse", "params": params, "batch_size": cfg.optim.batch_size, "steps": steps,
-            "train_seconds": secs, "steps_per_s": steps / secs,
-            "train_images_per_s": steps * cfg.optim.batch_size / secs,
+    return {"recipe": "undiffuse", "route": args.route, "params": params, "batch_size": cfg.optim.batch_size,
+            "steps": steps, "train_seconds": secs, "steps_per_s": steps / result["elapsed"],
+            "train_images_per_s": steps * cfg.optim.batch_size / result["elapsed"], **extra,
             "sampler": f"{s.sampler}, {s.steps} steps, {s.schedule} schedule", "overrides": parse_sets(args.ours_set),
             **ev}
 
@@ -443,13 +462,22 @@ def targets(rows: dict) -> list[str]:
     return out
 
 
+def _route(run: dict) -> str:
+    """How an undiffuse run was trained, in words."""
+    if run.get("route", "pixels") == "pixels":
+        return "pixel route"
+    return (f"latent route (autoencoder {run['autoencoder_params'] / 1e6:.2f}M parameters, "
+            f"{run['autoencoder_steps']} steps in {run['autoencoder_seconds']:.0f} s, held-out MSE "
+            f"{run['autoencoder_mse']:.4f}; encoding {run['encode_seconds']:.0f} s)")
+
+
 def markdown(res: dict) -> str:
     m, p, cal = res["machine"], res["protocol"], res["ceiling"]
     rows = {name: median_row(list(v["runs"].values())) for name, v in res["rows"].items()}
     first = {name: v["runs"][min(v["runs"])] for name, v in res["rows"].items()}  # seed 0's record
     n_tr, n_ho = p["train_prompts_used"], p["heldout_prompts_used"]
     quick = ", quick mode: budgets and prompt counts far too small for conclusions" if p["quick"] else ""
-    out = [START_MARK, "## Text to image on emoji: undiffuse `emoji` preset vs the diffusers text-to-image loop", "",
+    out = [START_MARK, "## Text to image on emoji: the undiffuse emoji recipe vs the diffusers text-to-image loop", "",
            f"Last produced on {m['date']} by `{res['command']}` ({res['total_seconds'] / 60:.1f} min{quick}); "
            f"rows from earlier invocations with the same protocol are kept (`{p['out']}/results.json`).", "",
            f"Machine: {m['cpu']}, nproc {m['nproc']} ({m['system']}); Python {m['python']}, torch {m['torch']}, "
@@ -466,9 +494,14 @@ def markdown(res: dict) -> str:
            "`clip` = clip_score, `acc` = prompt_accuracy (own prompt ranked above 9 random emoji names, "
            "chance 0.10), `prec`/`rec` (k = 5), `copy` = copy_rate. NFE counts network rows per image "
            "(a guided step is 2). Numbers are medians over seeds.", "",
-           "- **undiffuse** rows: `resolve(\"emoji\", ...)` with text conditioning and `train.time_budget`, the "
-           "Trainer, the run's sampler with classifier-free guidance; "
-           + "; ".join(f"`{k}` batch {first[k]['batch_size']}, overrides {json.dumps(first[k].get('overrides', {}))}"
+           "- **undiffuse** rows: what `undiffuse train --data emoji --conditioning text --time-budget B` runs. "
+           "Latent route: `training.latent_route` (an autoencoder for a share of B, then `resolve(\"emoji-latent\", "
+           "...)` on its 4x8x8 latents for the rest; the budget counts both stages' training steps; encoding the "
+           "data and the autoencoder's final evaluation are outside it, as checkpoints are), or pixel route: "
+           "`resolve(\"emoji\", ...)`; the Trainer, the run's sampler with classifier-free guidance, decoding "
+           "included in the sampling time; "
+           + "; ".join(f"`{k}` {_route(first[k])}, batch {first[k]['batch_size']}, overrides "
+                       f"{json.dumps(first[k].get('overrides', {}))}"
                        for k in rows if rows[k]["recipe"] == "undiffuse")
            + ".",
            "- **diffusers** rows: the `train_text_to_image.py` loop (epsilon MSE, uniform timesteps over 1000, "
@@ -566,7 +599,7 @@ def parent(args) -> int:
                 cmd = [sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--seed", str(seed),
                        "--label", args.label, "--diffusers-label", args.diffusers_label,
                        "--diffusers-batch", str(args.diffusers_batch), "--budget", str(args.budget),
-                       "--threads", str(args.threads),
+                       "--threads", str(args.threads), "--route", args.route, "--ae-share", str(args.ae_share),
                        "--out", str(out), "--guidance", str(args.guidance), "--train-prompts", str(args.train_prompts),
                        "--heldout-prompts", str(args.heldout_prompts), "--diffusers-betas", args.diffusers_betas]
                 cmd += [f"--ours-set={s}" for s in args.ours_set] + [f"--diffusers-set={s}" for s in args.diffusers_set]
@@ -611,6 +644,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per row (medians reported; default 1)")
     ap.add_argument("--recipes", default="undiffuse,diffusers",
                     help="comma-separated recipes to (re)measure: undiffuse, diffusers (default both)")
+    ap.add_argument("--route", choices=("latent", "pixels"), default="latent",
+                    help="undiffuse's route: latent (an autoencoder for --ae-share of the budget, then the "
+                         "emoji-latent preset on its latents: what `undiffuse train --data emoji` does) or pixels "
+                         "(the emoji preset on 4x4 pixel patches); default latent")
+    ap.add_argument("--ae-share", type=float, default=0.3, help="latent route: the autoencoder's share of the budget")
     ap.add_argument("--label", default="undiffuse", help="row name of the undiffuse variant (default undiffuse)")
     ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override of the emoji preset for the undiffuse row, e.g. model.patch_size=4 (repeatable)")

@@ -149,8 +149,9 @@ def test_train_latent_end_to_end_samples_images(latent_run, ae, tmp_path, capsys
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--latent"], "--latent needs --autoencoder"),
-    (["--autoencoder", "AE"], "only used with --latent"),
+    (["--no-latent", "--autoencoder", "AE"], "only used for latent diffusion"),
+    (["--latent", "--dry-run"], "--dry-run with --latent needs --autoencoder"),
+    (["--latent", "--data", "moons"], "an autoencoder needs image data"),
     (["--latent", "--autoencoder", "NOT_AE"], "not an autoencoder folder"),
     (["--latent", "--autoencoder", "AE", "--image-size", "16"], "latent shapes would not match"),
     (["--latent", "--autoencoder", "AE", "--data", "moons"], "latent shapes would not match"),
@@ -221,6 +222,47 @@ def test_latent_run_resumes_through_the_cli_with_its_own_autoencoder(latent_run,
     assert code == 0, err
     assert "resumed from" in err
     assert ckpt.read_latest(str(run)) == "step_00000008"
+
+
+def test_latent_alone_trains_its_own_autoencoder_first_and_resumes_without_retraining(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = _main(["train", "--latent", "--data", "digits", "--max-steps", "10", "--out", str(run),
+                            "--set", "train.checkpoint_every=3", *TINY], capsys)
+    assert code == 0, err
+    meta = json.loads((run / "autoencoder" / "autoencoder.json").read_text())
+    assert meta["training"]["steps"] == 3  # 30% of the 10 steps; the diffusion model gets the other 7
+    assert ckpt.read_latest(str(run)) == "step_00000007"
+    latent = json.loads((run / "config.json").read_text())["latent"]
+    assert latent["autoencoder"] == os.path.join(str(run), "autoencoder") and latent["sha256"] == meta["sha256"]
+    assert "latent diffusion on" in err
+    weights = (run / "autoencoder" / "autoencoder.safetensors").read_bytes()
+    code, _, err = _main(["train", "--resume", "auto", "--out", str(run), "--max-steps", "14", *TINY], capsys)
+    assert code == 0, err
+    assert (run / "autoencoder" / "autoencoder.safetensors").read_bytes() == weights  # not trained again
+    assert ckpt.read_latest(str(run)) == "step_00000010"  # 14 less the autoencoder's 4 steps (30%, rounded)
+    code, _, err = _main(["sample", "--checkpoint", str(run), "--num", "4", "--out", str(tmp_path / "s"),
+                          "--no-progress"], capsys)
+    assert code == 0, err
+
+
+def test_the_latent_route_splits_a_time_budget_by_the_autoencoders_recorded_seconds(tmp_path):
+    from undiffuse.training.latent_route import rest_of_budget
+
+    class Codec:
+        meta = {"training": {"seconds": 271.5}}
+
+    assert rest_of_budget(900.0, None, Codec()) == (628.5, None)
+    assert rest_of_budget(None, 10, Codec()) == (None, 7)
+    assert rest_of_budget(None, 1, Codec()) == (None, 1)  # never zero steps
+    assert rest_of_budget(100.0, None, type("C", (), {"meta": {"training": {"seconds": 500.0}}})()) == (1.0, None)
+
+
+def test_the_emoji_data_takes_the_latent_route_unless_told_otherwise(tmp_path, capsys):
+    code, _, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run"], capsys)
+    assert code == 2 and "--no-latent" in err  # the route needs an autoencoder, which a dry run does not train
+    code, out, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run", "--no-latent"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["preset"] == "emoji" and json.loads(out)["model"]["patch_size"] == 4
 
 
 def test_mnist5k_is_built_in_and_offline():

@@ -1,6 +1,6 @@
 """``undiffuse demo --data emoji``: the text-to-image demo, on the latent route that measured
-best on a CPU (BENCHMARKS.md): an autoencoder on the emoji (``AE_SHARE`` of the budget), then
-the ``emoji-latent`` preset with captions on its latents for the rest. It draws a grid of
+best on a CPU (BENCHMARKS.md): an autoencoder on the emoji, then the ``emoji-latent`` preset
+with captions on its latents (``training.latent_route``, which splits the budget). It draws a grid of
 named prompts with each prompt under its image (12 training emoji and 4 held-out ones,
 marked) and scores samples of 512 training prompts and of every held-out prompt with the
 image-text scorer (``metrics.image_text``; trained once, then cached).
@@ -18,22 +18,17 @@ import numpy as np
 import torch
 
 from undiffuse import data as _data
-from undiffuse.config import resolve
 from undiffuse.inference import generate as gen
-from undiffuse.inference.codec import LatentDataset, load_autoencoder
 from undiffuse.io.images import captioned_grid, save_png, to_uint8
 from undiffuse.metrics.evaluate import evaluate, summary_lines, to_json
 from undiffuse.steering import text
-from undiffuse.training.autoencoder import train_autoencoder
-from undiffuse.training.trainer import Trainer
+from undiffuse.training.latent_route import train_latent_route
 from undiffuse.utils.atomic import write_json
 
 GRID_PROMPTS = ("red apple", "snail", "rocket", "pizza", "sun", "red heart", "cat face", "flag: Japan", "banana",
                 "grinning face", "Christmas tree", "soccer ball", "fire", "hot beverage", "blue heart", "rainbow",
                 "crescent moon", "ghost", "carrot", "butterfly", "bicycle", "umbrella", "cactus", "strawberry")
 SCORED_TRAIN = 512
-AE_SHARE = 0.3  # of the time budget (3 of the default 10 minutes)
-AE_STEPS = 0.3  # with --max-steps: the autoencoder's steps as a share of them (at least 1)
 
 
 def grid_prompts(train: list[str], heldout: list[str]) -> list[tuple[str, bool]]:
@@ -49,14 +44,10 @@ def run(out: str, *, time_budget: float | None, max_steps: int | None, seed: int
     """Train, draw the prompt grid, score; the scores are also written to ``out/scores.json``."""
     train, heldout = _data.load("emoji"), _data.load("emoji:heldout")
     t0 = time.time()
-    codec = _autoencoder(train, os.path.join(out, "autoencoder"), time_budget, max_steps, seed, log)
-    latents = LatentDataset(train, codec)
-    over = {"conditioning.kind": "text", "train.time_budget": time_budget and time_budget * (1 - AE_SHARE),
-            "train.max_steps": max_steps, "train.seed": seed, "latent.autoencoder": codec.path,
-            "latent.sha256": codec.sha256, "latent.scale_factor": codec.scale_factor, "diffusion.sigma_data": 1.0,
-            **(overrides or {})}
-    cfg = resolve("emoji-latent", latents, over)
-    result = Trainer(cfg, latents, out, resume="auto", progress=progress, log=log).fit()
+    over = {"conditioning.kind": "text", "train.time_budget": time_budget, "train.max_steps": max_steps,
+            "train.seed": seed, **(overrides or {})}
+    result = train_latent_route(train, out, preset="emoji-latent", overrides=over, progress=progress, log=log)
+    cfg = result["config"]
     train_s = time.time() - t0
     loaded = gen.load_run(out)
     names = {"train": [w[0] for w in train.captions], "heldout": [w[0] for w in heldout.captions]}
@@ -76,22 +67,13 @@ def run(out: str, *, time_budget: float | None, max_steps: int | None, seed: int
         for line in summary_lines(suite):
             log(line)
         scores[split] = to_json(suite)
-    scores.update({"steps_trained": result["step"], "train_seconds": round(result["elapsed"], 1),
+    scores.update({"steps_trained": result["step"], "train_seconds": round(result["train_seconds"], 1),
                    "wall_seconds": {"train": round(train_s, 1), "sample_and_score": round(time.time() - t1, 1)},
                    "guidance": guidance, "sampler": {"name": cfg.sample.sampler, "steps": cfg.sample.steps},
                    "grid": os.path.join(out, "prompts.png"), "licence": train.info["licence"],
                    "attribution": train.info["attribution"]})
     write_json(os.path.join(out, "scores.json"), scores)
     return scores
-
-
-def _autoencoder(train, folder: str, time_budget, max_steps, seed: int, log):
-    """The demo's autoencoder: the one in ``folder`` when a demo is resumed, else trained."""
-    if os.path.exists(os.path.join(folder, "autoencoder.json")):
-        return load_autoencoder(folder)
-    return train_autoencoder(train, folder, time_budget=time_budget and time_budget * AE_SHARE,
-                             max_steps=max(1, round(max_steps * AE_STEPS)) if max_steps else None, seed=seed,
-                             log=log)
 
 
 def _draw(loaded, prompts: list[str], seed: int, guidance: float, progress: bool) -> torch.Tensor:

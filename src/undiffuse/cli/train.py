@@ -1,6 +1,9 @@
 """``undiffuse train``: train a model on a built-in dataset, an image folder or an array file,
-from a preset plus overrides (``--latent --autoencoder RUN``: latent diffusion on the data
-encoded by an autoencoder from ``undiffuse train-autoencoder``)."""
+from a preset plus overrides. ``--latent --autoencoder RUN``: latent diffusion on the data
+encoded by an autoencoder from ``undiffuse train-autoencoder``; ``--latent`` alone first trains
+one into ``OUT/autoencoder`` for a share of the budget (``training.latent_route``). The emoji
+data takes that route unless ``--no-latent`` or ``--preset`` says otherwise: it measured best
+on a CPU (BENCHMARKS.md)."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +18,7 @@ from undiffuse.fewstep.levels import DEFAULT_SEARCH, after_training
 from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.checkpoint import CheckpointError
+from undiffuse.training.latent_route import AE_SHARE, AUTOENCODER, autoencoder_for, rest_of_budget
 from undiffuse.training.trainer import Trainer, TrainingError
 from undiffuse.utils.distributed import teardown
 
@@ -35,7 +39,7 @@ def add_parser(subparsers) -> None:
     t = subparsers.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                               "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                               "config is saved as RUN/config.json.")
-    t.add_argument("--data", help="built-in name (digits, mnist5k, moons, swiss_roll, checkerboard, "
+    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, moons, swiss_roll, checkerboard, "
                    "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits, or the "
                    "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
@@ -79,8 +83,10 @@ def add_parser(subparsers) -> None:
                    "(checkpoints are the same either way)")
     add_set(t, help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--latent", action="store_true", help="latent diffusion: train on the data encoded by "
-                   "--autoencoder (sampling decodes transparently)")
+    t.add_argument("--latent", action=argparse.BooleanOptionalAction, default=None,
+                   help="latent diffusion: train on the data encoded by --autoencoder, or without it first train "
+                        f"an autoencoder into OUT/autoencoder for {AE_SHARE * 100:.0f}%% of --time-budget / --max-steps "
+                        "(sampling decodes transparently). Default: on for --data emoji without --preset, else off")
     t.add_argument("--autoencoder", metavar="RUN", help="with --latent: an autoencoder folder from "
                    "`undiffuse train-autoencoder`, trained on images of the same shape as --data")
 
@@ -94,11 +100,11 @@ def run(args, parser) -> int:
         cfg = resolve(args.preset or default_preset(dataset), dataset, overrides)
     except ValueError as e:
         parser.error(str(e))
+    _split_budget(args, cfg, dataset)
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
-    out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)).split(".")[0])
-    return _fit(args, parser, cfg, dataset, out)
+    return _fit(args, parser, cfg, dataset, _out_folder(args))
 
 
 def _dataset(args, parser):
@@ -122,6 +128,10 @@ def _dataset(args, parser):
         overrides["train.time_budget"] = None
     overrides.update(dict(args.overrides))
     overrides["data.name"] = args.data
+    if args.latent is None:  # the data's own route
+        args.latent = bool(args.autoencoder) or (args.preset is None and _latent_by_default(dataset))
+    if args.latent and not args.autoencoder:  # latent diffusion with its own autoencoder, trained first
+        args.autoencoder = _own_autoencoder(args, parser, dataset, overrides)
     if args.latent:  # latent diffusion: train on the encoded data
         dataset = _latent_data(args, parser, dataset, overrides, saved_latent)
     return dataset, overrides
@@ -171,11 +181,55 @@ def _latent_options(args, parser, saved: dict | None) -> None:
     saved_ae = (saved or {}).get("autoencoder")
     if saved_ae and not args.latent and not args.autoencoder:
         args.latent, args.autoencoder = True, saved_ae
-    if args.latent and not args.autoencoder:
-        parser.error("--latent needs --autoencoder RUN (a folder from `undiffuse train-autoencoder`)")
-    if args.autoencoder and not args.latent:
-        parser.error(f"--autoencoder {args.autoencoder!r} is only used with --latent (latent diffusion); add --latent "
+    if args.autoencoder and args.latent is False:
+        parser.error(f"--autoencoder {args.autoencoder!r} is only used for latent diffusion; drop --no-latent "
                      f"or drop --autoencoder")
+
+
+def _latent_by_default(dataset) -> bool:
+    """Data whose measured best route is latent diffusion: the emoji images."""
+    return dataset.kind == "image" and dataset.name.split(":")[0] == "emoji"
+
+
+def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:
+    """``--latent`` without ``--autoencoder``: the run's ``OUT/autoencoder``, trained now for
+    ``AE_SHARE`` of the budget unless it is there already (a resumed run); the diffusion model
+    gets the rest of the budget (``training.latent_route``)."""
+    if args.dry_run:
+        parser.error("--dry-run with --latent needs --autoencoder RUN: the latent shapes come from a trained "
+                     "autoencoder (or pass --no-latent to see the pixel config)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--latent without --autoencoder trains the autoencoder in one process; under torchrun train it "
+                     "first with `undiffuse train-autoencoder` and pass --autoencoder RUN")
+    if dataset.kind != "image":
+        parser.error(f"--latent: an autoencoder needs image data; --data {args.data!r} holds {dataset.kind}s")
+    out = _out_folder(args)
+    budget, steps = overrides.get("train.time_budget", "preset"), overrides.get("train.max_steps")
+    if budget == "preset":  # the preset's own budget, as the diffusion stage would use it
+        budget = resolve(args.preset or default_preset(dataset), dataset, {}).train.time_budget
+    if budget is None and steps is None:
+        parser.error("--latent without --autoencoder needs --time-budget or --max-steps to split between the "
+                     "autoencoder and the diffusion model")
+    try:
+        codec = autoencoder_for(dataset, out, time_budget=budget, max_steps=steps, seed=int(overrides.get(
+            "train.seed", 0)), log=log)
+    except ValueError as e:
+        parser.error(f"--latent: {e}")
+    log(f"latent diffusion on {codec.path} (--no-latent trains on pixels)")
+    return codec.path
+
+
+def _split_budget(args, cfg, dataset) -> None:
+    """A run with its own autoencoder (``OUT/autoencoder``, trained by ``--latent`` alone): the
+    diffusion stage gets what the autoencoder left of the budget, fresh or resumed alike."""
+    own = os.path.realpath(os.path.join(_out_folder(args), AUTOENCODER))
+    codec = getattr(dataset, "codec", None)
+    if codec is not None and codec.path and os.path.realpath(codec.path) == own:
+        cfg.train.time_budget, cfg.train.max_steps = rest_of_budget(cfg.train.time_budget, cfg.train.max_steps, codec)
+
+
+def _out_folder(args) -> str:
+    return args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data)).split(".")[0])
 
 
 def _latent_data(args, parser, dataset, overrides: dict, saved: dict | None = None):
