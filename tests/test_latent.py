@@ -243,6 +243,10 @@ def test_latent_alone_trains_its_own_autoencoder_first_and_resumes_without_retra
     code, _, err = _main(["sample", "--checkpoint", str(run), "--num", "4", "--out", str(tmp_path / "s"),
                           "--no-progress"], capsys)
     assert code == 0, err
+    shutil.rmtree(run / "autoencoder")  # a fresh start into a run folder: refused before any training
+    code, _, err = _main(["train", "--latent", "--data", "digits", "--max-steps", "10", "--out", str(run), *TINY], capsys)
+    assert code == 2 and "already holds checkpoints" in err
+    assert not (run / "autoencoder").exists() and ckpt.read_latest(str(run)) == "step_00000010"
 
 
 def test_the_latent_route_splits_a_time_budget_by_the_autoencoders_recorded_seconds(tmp_path):

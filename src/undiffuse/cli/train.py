@@ -204,6 +204,8 @@ def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:
     if dataset.kind != "image":
         parser.error(f"--latent: an autoencoder needs image data; --data {args.data!r} holds {dataset.kind}s")
     out = _out_folder(args)
+    if args.resume is None and os.path.isdir(os.path.join(out, ckpt.CHECKPOINTS)):  # before training anything
+        parser.error(f"{out!r} already holds checkpoints; pass --resume auto to continue it or choose another --out")
     budget, steps = overrides.get("train.time_budget", "preset"), overrides.get("train.max_steps")
     if budget == "preset":  # the preset's own budget, as the diffusion stage would use it
         budget = resolve(args.preset or default_preset(dataset), dataset, {}).train.time_budget
