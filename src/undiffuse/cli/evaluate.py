@@ -24,10 +24,10 @@ def add_parser(subparsers) -> None:
     e.add_argument("--reference", default="digits", help="built-in dataset, image folder or .npz/.npy (default: "
                    "digits)")
     e.add_argument("--train", help="set searched for near-copies (default: the reference)")
-    e.add_argument("--features", default="auto", help="feature space: auto, digits, pixels, emoji (the in-project "
+    e.add_argument("--features", default="auto", help="feature space: auto, digits, mnist (the in-project mnist5k classifier, 1x28x28), pixels, emoji (the in-project "
                    "image-text scorer; adds clip_score and prompt_accuracy when the npz holds prompts), inception (FID "
                    "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS) (default: auto = emoji "
-                   "for --reference emoji, digits for 1x8x8 images, else pixels)")
+                   "for --reference emoji, digits for 1x8x8 images, mnist for 1x28x28, else pixels)")
     e.add_argument("--inception-weights", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth (checked by "
                    "SHA-256, loaded without unpickling code) or its safetensors copy; never downloaded")
     e.add_argument("--k", type=positive_int, default=5, help="neighbours for precision/recall/density/coverage")

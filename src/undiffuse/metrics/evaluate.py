@@ -10,8 +10,10 @@ feature space and returns a JSON-able dict:
 * ``protocol``: sample and reference counts, the feature space, k, KID subsets, the copy rule.
 
 Feature spaces: ``digits`` (the in-project digits classifier's 64-d penultimate layer, for
-1x8x8 images in [0, 1]) and ``pixels`` (the flattened values: images in [0, 1] or vectors as
-they are). ``auto`` picks ``digits`` for 1x8x8 images and ``pixels`` otherwise.
+1x8x8 images in [0, 1]), ``mnist`` (the same for 1x28x28 digits, trained on ``mnist5k``),
+``emoji`` (the image-text scorer), ``inception`` and ``pixels`` (the flattened values: images
+in [0, 1] or vectors as they are). ``auto`` picks ``digits`` for 1x8x8 images, ``mnist`` for
+1x28x28 and ``pixels`` otherwise.
 
 Inputs are arrays in the CLI's sample format: images ``(N, C, H, W)`` in [0, 1], or vectors
 ``(N, D)``. ``load_set`` reads them from an ``.npz``/``.npy`` file, an image folder or a
@@ -29,13 +31,16 @@ from undiffuse.metrics import image_text
 from undiffuse.metrics.adherence import class_adherence
 from undiffuse.metrics.features import digits_features
 from undiffuse.metrics.inception import inception_features
+from undiffuse.metrics.mnist_features import mnist_features
 from undiffuse.metrics.kid import kid as _kid
 from undiffuse.metrics.prdc import prdc as _prdc
 
 from .copies import nearest_copies
 from .frechet import frechet_distance, gaussian_stats
 
-FEATURE_SPACES = ("auto", "digits", "pixels", "inception", "emoji")  # "auto" never picks inception (needs weights)
+FEATURE_SPACES = ("auto", "digits", "mnist", "pixels", "inception", "emoji")  # "auto" never picks inception (needs weights)
+
+AUTO_SPACES = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
 
 class EvaluationError(ValueError):
@@ -103,6 +108,11 @@ def features(x: np.ndarray, space: str, device: str = "cpu", sentence=None) -> n
         return image_text.embed(x, _emoji_scorer(sentence))[0]
     if space == "digits":
         return digits_features(x)
+    if space == "mnist":
+        try:
+            return mnist_features(x)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from e
     if space == "pixels":
         return x.reshape(len(x), -1).astype(np.float64)
     if space == "inception":
@@ -121,6 +131,7 @@ def _emoji_scorer(sentence):
 
 def describe(space: str, dim: int) -> str:
     return {"digits": f"undiffuse digits classifier, {dim}-d penultimate layer",
+            "mnist": f"undiffuse mnist5k classifier, {dim}-d penultimate layer",
             "emoji": f"undiffuse emoji image-text scorer, {dim}-d pooled image features",
             "pixels": f"raw values, {dim}-d",
             "inception": f"FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth, pytorch-fid pipeline), "
@@ -149,7 +160,7 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
         if len(arr) <= k:
             raise EvaluationError(f"{name}: precision/recall with k={k} need more than {k} items, got {len(arr)}")
     if feature_space == "auto":
-        feature_space = "digits" if samples.shape[1:] == (1, 8, 8) else "pixels"
+        feature_space = AUTO_SPACES.get(tuple(samples.shape[1:]), "pixels")
     if feature_space not in FEATURE_SPACES:
         raise EvaluationError(f"unknown feature space {feature_space!r}; allowed: {', '.join(FEATURE_SPACES)}")
     if prompts is not None and feature_space != "emoji":
