@@ -261,12 +261,16 @@ def test_the_latent_route_splits_a_time_budget_by_the_autoencoders_recorded_seco
     assert rest_of_budget(100.0, None, type("C", (), {"meta": {"training": {"seconds": 500.0}}})()) == (1.0, None)
 
 
-def test_the_emoji_data_takes_the_latent_route_unless_told_otherwise(tmp_path, capsys):
+def test_emoji_and_mnist5k_take_the_latent_route_unless_told_otherwise(tmp_path, capsys):
     code, _, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run"], capsys)
     assert code == 2 and "--no-latent" in err  # the route needs an autoencoder, which a dry run does not train
     code, out, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run", "--no-latent"], capsys)
     assert code == 0, err
     assert json.loads(out)["preset"] == "emoji" and json.loads(out)["model"]["patch_size"] == 4
+    code, _, err = _main(["train", "--data", "mnist5k", "--time-budget", "1m", "--dry-run"], capsys)
+    assert code == 2 and "--no-latent" in err  # mnist5k too (BENCHMARKS.md "Budget-aware defaults")
+    code, out, err = _main(["train", "--data", "mnist5k", "--time-budget", "1m", "--dry-run", "--preset", "small"], capsys)
+    assert code == 0 and json.loads(out)["latent"]["autoencoder"] is None
 
 
 def test_mnist5k_is_built_in_and_offline():

@@ -2,8 +2,9 @@
 from a preset plus overrides. ``--latent --autoencoder RUN``: latent diffusion on the data
 encoded by an autoencoder from ``undiffuse train-autoencoder``; ``--latent`` alone first trains
 one into ``OUT/autoencoder`` for a share of the budget (``training.latent_route``). The emoji
-data takes that route unless ``--no-latent`` or ``--preset`` says otherwise: it measured best
-on a CPU (BENCHMARKS.md)."""
+and mnist5k data take that route unless ``--no-latent`` or ``--preset`` says otherwise: it
+measured best on a CPU (BENCHMARKS.md). The resolved config is fitted to the budget
+(``training.budget``); ``--dry-run`` prints the choices."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ from undiffuse.fewstep.levels import DEFAULT_SEARCH, after_training
 from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.checkpoint import CheckpointError
+from undiffuse.training.budget import fit_budget, fit_stopping, keep_saved_fit
 from undiffuse.training.latent_route import AE_SHARE, AUTOENCODER, autoencoder_for, rest_of_budget
 from undiffuse.training.trainer import Trainer, TrainingError
 from undiffuse.utils.distributed import teardown
@@ -86,7 +88,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--latent", action=argparse.BooleanOptionalAction, default=None,
                    help="latent diffusion: train on the data encoded by --autoencoder, or without it first train "
                         f"an autoencoder into OUT/autoencoder for {AE_SHARE * 100:.0f}%% of --time-budget / --max-steps "
-                        "(sampling decodes transparently). Default: on for --data emoji without --preset, else off")
+                        "(sampling decodes transparently). Default: on for --data emoji and mnist5k without --preset, else off")
     t.add_argument("--autoencoder", metavar="RUN", help="with --latent: an autoencoder folder from "
                    "`undiffuse train-autoencoder`, trained on images of the same shape as --data")
 
@@ -101,6 +103,7 @@ def run(args, parser) -> int:
     except ValueError as e:
         parser.error(str(e))
     _split_budget(args, cfg, dataset)
+    cfg = _fit_budget(args, cfg, dataset, overrides)
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
@@ -137,6 +140,24 @@ def _dataset(args, parser):
     return dataset, overrides
 
 
+def _fit_budget(args, cfg, dataset, overrides: dict):
+    """The config fitted to the run's budget (``training.budget``), each choice logged; a run
+    being resumed keeps its saved fit (only the stopping rule is applied again), and under
+    torchrun nothing is measured (every process must choose alike)."""
+    explicit = set(overrides) - {"data.name"}
+    saved = _resumed_config(args)
+    if saved is not None:
+        cfg = keep_saved_fit(cfg, saved, explicit)
+    if saved is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        reasons = fit_stopping(cfg, explicit)
+    else:
+        fit = fit_budget(cfg, dataset.shape, explicit, default_preset=args.preset is None)
+        cfg, reasons = fit.config, fit.reasons
+    for reason in reasons:
+        log(f"budget: {reason}")
+    return cfg
+
+
 def _fit(args, parser, cfg, dataset, out: str) -> int:
     try:
         trainer = Trainer(cfg, dataset, out, resume=args.resume, progress=not args.no_progress, log=log,
@@ -160,15 +181,20 @@ def _fit(args, parser, cfg, dataset, out: str) -> int:
     return 0
 
 
-def _resumed_data(args) -> dict | None:
-    """The data settings saved in the run being resumed, if any."""
+def _resumed_config(args) -> dict | None:
+    """The saved config of the run being resumed, if any."""
     path = args.out if args.resume == "auto" else args.resume
     if not path:
         return None
     try:
-        return ckpt.load_checkpoint_config(path)["data"]
+        return ckpt.load_checkpoint_config(path)
     except (ckpt.CheckpointError, KeyError):
         return None
+
+
+def _resumed_data(args) -> dict | None:
+    """The data settings saved in the run being resumed, if any."""
+    return (_resumed_config(args) or {}).get("data")
 
 
 # ----------------------------------------------------------------------------- latent diffusion
@@ -186,9 +212,12 @@ def _latent_options(args, parser, saved: dict | None) -> None:
                      f"or drop --autoencoder")
 
 
+LATENT_BY_DEFAULT = ("emoji", "mnist5k")  # BENCHMARKS.md: latent vs pixels at equal time on each
+
+
 def _latent_by_default(dataset) -> bool:
-    """Data whose measured best route is latent diffusion: the emoji images."""
-    return dataset.kind == "image" and dataset.name.split(":")[0] == "emoji"
+    """Data whose measured best route is latent diffusion: the emoji and mnist5k images."""
+    return dataset.kind == "image" and dataset.name.split(":")[0] in LATENT_BY_DEFAULT
 
 
 def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:

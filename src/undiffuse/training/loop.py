@@ -266,7 +266,8 @@ class TrainingLoop:
 
 
 class ProgressBar:
-    """tqdm bar with loss, it/s and an ETA by steps or by time budget."""
+    """tqdm bar with loss, steps/s and an ETA: by steps, or under a time budget alone by
+    seconds, with the steps made and the steps the budget will make at the rate so far."""
 
     def __init__(self, loop: TrainingLoop, desc: str = "train", leave: bool = True):
         tr = loop.cfg.train
@@ -288,7 +289,8 @@ class ProgressBar:
             self.bar.update(1)
         if loop.step % 10 == 0:
             rate = loop.step / max(loop.elapsed, 1e-9)
-            self.bar.set_postfix(step=loop.step, loss=f"{loss:.4f}" if loss is not None else "nan",
+            more = {"of_about": int(rate * loop.cfg.train.time_budget)} if self.by_time else {}
+            self.bar.set_postfix(step=loop.step, **more, loss=f"{loss:.4f}" if loss is not None else "nan",
                                  steps_per_s=f"{rate:.1f}", refresh=False)
 
     def close(self) -> None:
