@@ -83,7 +83,9 @@ def test_guidance_one_equals_plain_conditional_and_seeds_are_per_image(class_run
     assert torch.equal(plain, same)
     guided = gen.generate(run, 10, seed=5, condition={"class_labels": labels}, denoiser=gen.guided(run, guidance=3))
     alone = gen.generate(run, 1, seed=14, condition={"class_labels": labels[9:]}, denoiser=gen.guided(run, guidance=3))
-    torch.testing.assert_close(guided[9:], alone, rtol=1e-5, atol=1e-5)
+    # the same seed alone: equal up to float32 summation order, which depends on the batch size
+    # (differences of ~1e-4 seen; a different seed differs by O(1))
+    torch.testing.assert_close(guided[9:], alone, rtol=1e-4, atol=5e-4)
 
 
 @pytest.mark.parametrize("extra, message", [
