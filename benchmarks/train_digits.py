@@ -136,10 +136,13 @@ def run_undiffuse(args, out: Path) -> dict:
 
 
 def dpm_sample(unet, ddpm_config, n: int, steps: int, seed: int):
+    """``n`` samples of ``unet`` with DPM-Solver++ (order 2) in ``steps`` steps, from seeded noise of
+    the network's own size."""
     from diffusers import DPMSolverMultistepScheduler
 
     sched = DPMSolverMultistepScheduler.from_config(ddpm_config, algorithm_type="dpmsolver++", solver_order=2)
-    noise = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+    side, channels = unet.config.sample_size, unet.config.in_channels
+    noise = torch.randn((n, channels, side, side), generator=torch.Generator().manual_seed(seed))
     out = []
     with torch.no_grad():
         for i in range(0, n, SAMPLE_BATCH):
@@ -152,21 +155,16 @@ def dpm_sample(unet, ddpm_config, n: int, steps: int, seed: int):
     return torch.cat(out)
 
 
-def run_diffusers(args, out: Path) -> dict:
+def example_loop(unet, data: torch.Tensor, budget: float, eval_at: list, evaluate) -> dict:
+    """The example's training loop (see the module docstring) for ``unet`` on ``data`` ((N, C, H, W)
+    in [-1, 1]) for ``budget`` seconds of training steps, drawing from torch's global generator.
+    When the training time passes each of ``eval_at`` (and at the end), ``evaluate(ema_unet,
+    ddpm_config, nominal_s, step, elapsed, lr)`` returns that evaluation's record."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from diffusers.utils import logging as dlog
 
-    dlog.set_verbosity_error()
-    torch.manual_seed(0)
-    data = torch.from_numpy(real01()) * 2 - 1  # (1797, 1, 8, 8) in [-1, 1]
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
-                       block_out_channels=(64, 128, 128),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-    params = sum(p.numel() for p in unet.parameters())
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     warmup, batch = 500, 16
@@ -174,10 +172,9 @@ def run_diffusers(args, out: Path) -> dict:
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
                    model_cls=UNet2DModel, model_config=unet.config)
     eval_unet = copy.deepcopy(unet).eval().requires_grad_(False)
-    budget, horizon, gen = float(args.diffusers_budget), None, torch.Generator().manual_seed(0)
-    eval_at, calib_steps, calib_time = [budget / 4, budget / 2, budget], min(400, warmup - 1), 0.15 * budget
+    horizon, gen = None, torch.Generator().manual_seed(0)
+    eval_at, calib_steps, calib_time = list(eval_at), min(400, warmup - 1), 0.15 * budget
     perm, pos, step, elapsed, evals = torch.randperm(len(data), generator=gen), 0, 0, 0.0, []
-    log(f"[diffusers] training {budget:g} s, {params / 1e6:.2f}M parameters")
     unet.train()
     while eval_at:
         t0 = time.perf_counter()
@@ -207,17 +204,37 @@ def run_diffusers(args, out: Path) -> dict:
             nominal = budget if final else eval_at[0]
             eval_at = [] if final else eval_at[1:]
             ema.copy_to(eval_unet.parameters())
-            x, timing = timed_sampling(eval_unet, args.samples,
-                                       lambda: dpm_sample(eval_unet, ddpm.config, args.samples, 20, seed=0))
-            ev = {"label": label(nominal), "nominal_s": nominal, "train_seconds": elapsed, "step": step,
-                  **score((x + 1) / 2, out, f"diffusers_{nominal:g}s"), **timing, "lr": lr_sched.get_last_lr()[0]}
-            evals.append(ev)
-            log(f"[diffusers] {ev['label']}: step {step}, {elapsed:.1f} s, FD {ev['fd']:.3f}, "
-                f"copies {ev['copies']}/{ev['n']}, sampling {ev['sample_seconds']:.1f} s")
+            evals.append(evaluate(eval_unet, ddpm.config, nominal, step, elapsed, lr_sched.get_last_lr()[0]))
             unet.train()
-    return {"params": params, "batch_size": batch, "steps": step, "train_seconds": elapsed,
-            "steps_per_s": step / elapsed, "samples_per_s": step * batch / elapsed, "cosine_horizon": horizon,
-            "sampler": "DPMSolverMultistep (dpmsolver++, order 2), 20 steps", "evals": evals}
+    return {"params": sum(p.numel() for p in unet.parameters()), "batch_size": batch, "steps": step,
+            "train_seconds": elapsed, "steps_per_s": step / elapsed, "samples_per_s": step * batch / elapsed,
+            "cosine_horizon": horizon, "sampler": "DPMSolverMultistep (dpmsolver++, order 2), 20 steps", "evals": evals}
+
+
+def run_diffusers(args, out: Path) -> dict:
+    from diffusers import UNet2DModel
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    torch.manual_seed(0)
+    data = torch.from_numpy(real01()) * 2 - 1  # (1797, 1, 8, 8) in [-1, 1]
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
+                       block_out_channels=(64, 128, 128),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    budget = float(args.diffusers_budget)
+    log(f"[diffusers] training {budget:g} s, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+
+    def evaluate(eval_unet, ddpm_config, nominal, step, elapsed, lr):
+        x, timing = timed_sampling(eval_unet, args.samples,
+                                   lambda: dpm_sample(eval_unet, ddpm_config, args.samples, 20, seed=0))
+        ev = {"label": label(nominal), "nominal_s": nominal, "train_seconds": elapsed, "step": step,
+              **score((x + 1) / 2, out, f"diffusers_{nominal:g}s"), **timing, "lr": lr}
+        log(f"[diffusers] {ev['label']}: step {step}, {elapsed:.1f} s, FD {ev['fd']:.3f}, "
+            f"copies {ev['copies']}/{ev['n']}, sampling {ev['sample_seconds']:.1f} s")
+        return ev
+
+    return example_loop(unet, data, budget, [budget / 4, budget / 2, budget], evaluate)
 
 
 def child(args) -> int:

@@ -72,7 +72,6 @@ samples): the numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import resource
@@ -90,7 +89,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _sections import command, load_avg, log, machine, peak_mib
 from _sections import duration_label as label
 from _sections import write_section as _write_section
-from train_digits import SAMPLE_BATCH, timed_sampling
+from train_digits import dpm_sample, example_loop, timed_sampling
 
 START_MARK, END_MARK = "<!-- train-mnist:start -->", "<!-- train-mnist:end -->"
 RECIPES = ("undiffuse", "diffusers")
@@ -204,29 +203,8 @@ def run_undiffuse(args, out: Path) -> dict:
 # ----------------------------------------------------------------------------- (b) diffusers
 
 
-def dpm_sample(unet, ddpm_config, n: int, steps: int, seed: int) -> torch.Tensor:
-    """``train_digits.dpm_sample`` for the network's own image size (that one draws 8x8 noise)."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    sched = DPMSolverMultistepScheduler.from_config(ddpm_config, algorithm_type="dpmsolver++", solver_order=2)
-    side, channels = unet.config.sample_size, unet.config.in_channels
-    noise = torch.randn((n, channels, side, side), generator=torch.Generator().manual_seed(seed))
-    out = []
-    with torch.no_grad():
-        for i in range(0, n, SAMPLE_BATCH):
-            sched.set_timesteps(steps)  # resets the multistep state for each batch
-            x = noise[i:i + SAMPLE_BATCH] * sched.init_noise_sigma
-            for t in sched.timesteps:
-                x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
-            out.append(x)
-    return torch.cat(out)
-
-
 def run_diffusers(args, out: Path) -> dict:
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler, UNet2DModel
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
+    from diffusers import UNet2DModel
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
@@ -237,62 +215,23 @@ def run_diffusers(args, out: Path) -> dict:
                        block_out_channels=(64, 128, 128),
                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-    params = sum(p.numel() for p in unet.parameters())
-    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    warmup, batch = 500, 16
-    lr_sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=warmup, num_training_steps=10**9)
-    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
-                   model_cls=UNet2DModel, model_config=unet.config)
-    eval_unet = copy.deepcopy(unet).eval().requires_grad_(False)
-    budget, horizon, gen = float(args.diffusers_budget), None, torch.Generator().manual_seed(0)
-    eval_at, calib_steps, calib_time = list(args.snapshots), min(400, warmup - 1), 0.15 * budget
-    perm, pos, step, elapsed, evals = torch.randperm(len(data), generator=gen), 0, 0, 0.0, []
-    log(f"[diffusers] training {budget:g} s, {params / 1e6:.2f}M parameters, snapshots at "
-        + ", ".join(label(s) for s in eval_at))
-    unet.train()
-    while eval_at:
-        t0 = time.perf_counter()
-        if pos >= len(data):
-            perm, pos = torch.randperm(len(data), generator=gen), 0
-        clean = data[perm[pos:pos + batch]]
-        pos += batch
-        noise = torch.randn(clean.shape)
-        timesteps = torch.randint(0, ddpm.config.num_train_timesteps, (len(clean),)).long()
-        loss = F.mse_loss(unet(ddpm.add_noise(clean, noise, timesteps), timesteps).sample.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad()
-        ema.step(unet.parameters())  # after each optimizer step, as the example
-        step += 1
-        elapsed += time.perf_counter() - t0
-        if horizon is None and (step >= calib_steps or elapsed >= calib_time):
-            horizon = max(warmup + 1, round(step / elapsed * budget))
-            lr_sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=warmup, num_training_steps=horizon)
-            for _ in range(step):
-                lr_sched.step()
-            log(f"[diffusers] {step / elapsed:.2f} steps/s over {step} steps: cosine horizon {horizon} steps")
-        final = horizon is not None and step >= horizon
-        if elapsed >= eval_at[0] or final:
-            nominal = budget if final else eval_at[0]
-            eval_at = [] if final else eval_at[1:]
-            ema.copy_to(eval_unet.parameters())
-            x, timing = timed_sampling(eval_unet, args.samples,
-                                       lambda: dpm_sample(eval_unet, ddpm.config, args.samples, 20, seed=0))
-            x01 = ((x + 1) / 2).clamp(0, 1).numpy()
-            np.savez_compressed(out / f"diffusers_{nominal:g}.npz", samples=x01.astype(np.float32))
-            ev = {"label": label(nominal), "nominal_s": nominal, "train_seconds": elapsed, "step": step,
-                  **score(x01, out, f"diffusers_{nominal:g}"), **timing, "lr": lr_sched.get_last_lr()[0]}
-            evals.append(ev)
-            log(f"[diffusers] {ev['label']}: step {step}, {elapsed:.1f} s, FD {ev['fd']:.3f}, "
-                f"copies {ev['copies']}/{ev['n']}, sampling {ev['sample_seconds']:.1f} s")
-            unet.train()
-    return {"network": "UNet2DModel (64, 128, 128), 2 layers/block, attention at 14x14 and 7x7", "params": params,
-            "batch_size": batch, "steps": step, "train_seconds": elapsed, "steps_per_s": step / elapsed,
-            "samples_per_s": step * batch / elapsed, "cosine_horizon": horizon,
-            "sampler": "DPMSolverMultistep (dpmsolver++, order 2), 20 steps", "evals": evals}
+    budget = float(args.diffusers_budget)
+    log(f"[diffusers] training {budget:g} s, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters, "
+        "snapshots at " + ", ".join(label(s) for s in args.snapshots))
+
+    def evaluate(eval_unet, ddpm_config, nominal, step, elapsed, lr):
+        x, timing = timed_sampling(eval_unet, args.samples,
+                                   lambda: dpm_sample(eval_unet, ddpm_config, args.samples, 20, seed=0))
+        x01 = ((x + 1) / 2).clamp(0, 1).numpy()
+        np.savez_compressed(out / f"diffusers_{nominal:g}.npz", samples=x01.astype(np.float32))
+        ev = {"label": label(nominal), "nominal_s": nominal, "train_seconds": elapsed, "step": step,
+              **score(x01, out, f"diffusers_{nominal:g}"), **timing, "lr": lr}
+        log(f"[diffusers] {ev['label']}: step {step}, {elapsed:.1f} s, FD {ev['fd']:.3f}, "
+            f"copies {ev['copies']}/{ev['n']}, sampling {ev['sample_seconds']:.1f} s")
+        return ev
+
+    res = example_loop(unet, data, budget, args.snapshots, evaluate)
+    return {"network": "UNet2DModel (64, 128, 128), 2 layers/block, attention at 14x14 and 7x7", **res}
 
 
 def child(args) -> int:

@@ -150,7 +150,7 @@ def test_train_latent_end_to_end_samples_images(latent_run, ae, tmp_path, capsys
 
 @pytest.mark.parametrize("extra, message", [
     (["--no-latent", "--autoencoder", "AE"], "only used for latent diffusion"),
-    (["--latent", "--dry-run"], "--dry-run with --latent needs --autoencoder"),
+    (["--latent", "--dry-run", "--data", "moons"], "an autoencoder needs image data"),
     (["--latent", "--data", "moons"], "an autoencoder needs image data"),
     (["--latent", "--autoencoder", "NOT_AE"], "not an autoencoder folder"),
     (["--latent", "--autoencoder", "AE", "--image-size", "16"], "latent shapes would not match"),
@@ -262,15 +262,24 @@ def test_the_latent_route_splits_a_time_budget_by_the_autoencoders_recorded_seco
 
 
 def test_emoji_and_mnist5k_take_the_latent_route_unless_told_otherwise(tmp_path, capsys):
-    code, _, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run"], capsys)
-    assert code == 2 and "--no-latent" in err  # the route needs an autoencoder, which a dry run does not train
-    code, out, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run", "--no-latent"], capsys)
+    out = tmp_path / "run"
+    code, cfg, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run", "--out", str(out)], capsys)
+    assert code == 0, err  # a dry run shows the route's config with the untrained autoencoder's shapes
+    cfg = json.loads(cfg)
+    assert cfg["preset"] == "emoji-latent" and cfg["model"]["in_channels"] == 4
+    assert cfg["latent"] == {"autoencoder": str(out / "autoencoder"), "sha256": None, "scale_factor": None}
+    assert cfg["train"]["time_budget"] == pytest.approx(900 * 0.7) and "would train first" in err
+    assert not out.exists()  # nothing trained, nothing written
+    code, cfg, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run", "--no-latent"], capsys)
     assert code == 0, err
-    assert json.loads(out)["preset"] == "emoji" and json.loads(out)["model"]["patch_size"] == 4
-    code, _, err = _main(["train", "--data", "mnist5k", "--time-budget", "1m", "--dry-run"], capsys)
-    assert code == 2 and "--no-latent" in err  # mnist5k too (BENCHMARKS.md "Budget-aware defaults")
-    code, out, err = _main(["train", "--data", "mnist5k", "--time-budget", "1m", "--dry-run", "--preset", "small"], capsys)
-    assert code == 0 and json.loads(out)["latent"]["autoencoder"] is None
+    assert json.loads(cfg)["preset"] == "emoji" and json.loads(cfg)["model"]["patch_size"] == 4
+    code, cfg, err = _main(["train", "--data", "mnist5k", "--time-budget", "1m", "--dry-run", "--out", str(out)], capsys)
+    assert code == 0, err  # mnist5k too (BENCHMARKS.md "Budget-aware defaults")
+    cfg = json.loads(cfg)
+    assert cfg["latent"]["autoencoder"] == str(out / "autoencoder") and cfg["model"]["in_channels"] == 4
+    assert cfg["diffusion"]["p_mean"] == -0.4 and "budget: network: unet-32" in err  # the latent grid's rung
+    code, cfg, err = _main(["train", "--data", "mnist5k", "--time-budget", "1m", "--dry-run", "--preset", "small"], capsys)
+    assert code == 0 and json.loads(cfg)["latent"]["autoencoder"] is None
 
 
 def test_mnist5k_is_built_in_and_offline():

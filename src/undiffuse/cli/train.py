@@ -20,7 +20,8 @@ from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_auto
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.training.budget import fit_budget, fit_stopping, keep_saved_fit
-from undiffuse.training.latent_route import AE_SHARE, AUTOENCODER, autoencoder_for, rest_of_budget
+from undiffuse.training.latent_route import (AE_SHARE, AUTOENCODER, autoencoder_for, latent_overrides, planned_codec,
+                                             rest_of_budget)
 from undiffuse.training.trainer import Trainer, TrainingError
 from undiffuse.utils.distributed import teardown
 
@@ -133,6 +134,8 @@ def _dataset(args, parser):
     overrides["data.name"] = args.data
     if args.latent is None:  # the data's own route
         args.latent = bool(args.autoencoder) or (args.preset is None and _latent_by_default(dataset))
+    if args.latent and not args.autoencoder and args.dry_run:  # the shapes of the route, nothing trained
+        return _planned_latent_data(args, parser, dataset, overrides), overrides
     if args.latent and not args.autoencoder:  # latent diffusion with its own autoencoder, trained first
         args.autoencoder = _own_autoencoder(args, parser, dataset, overrides)
     if args.latent:  # latent diffusion: train on the encoded data
@@ -224,9 +227,6 @@ def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:
     """``--latent`` without ``--autoencoder``: the run's ``OUT/autoencoder``, trained now for
     ``AE_SHARE`` of the budget unless it is there already (a resumed run); the diffusion model
     gets the rest of the budget (``training.latent_route``)."""
-    if args.dry_run:
-        parser.error("--dry-run with --latent needs --autoencoder RUN: the latent shapes come from a trained "
-                     "autoencoder (or pass --no-latent to see the pixel config)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         parser.error("--latent without --autoencoder trains the autoencoder in one process; under torchrun train it "
                      "first with `undiffuse train-autoencoder` and pass --autoencoder RUN")
@@ -248,6 +248,26 @@ def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:
         parser.error(f"--latent: {e}")
     log(f"latent diffusion on {codec.path} (--no-latent trains on pixels)")
     return codec.path
+
+
+def _planned_latent_data(args, parser, dataset, overrides: dict):
+    """``--dry-run`` of a route that trains its own autoencoder: the data encoded by the untrained
+    autoencoder it would train (``latent_route.planned_codec``), so the printed config has the
+    real latent shapes and budget split; the autoencoder's checksum and scale are not known yet."""
+    if dataset.kind != "image":
+        parser.error(f"--latent: an autoencoder needs image data; --data {args.data!r} holds {dataset.kind}s")
+    budget = overrides.get("train.time_budget", "preset")
+    if budget == "preset":
+        budget = resolve(args.preset or default_preset(dataset), dataset, {}).train.time_budget
+    try:
+        codec = planned_codec(dataset, _out_folder(args), time_budget=budget)
+        latents = LatentDataset(dataset, codec)
+    except ValueError as e:
+        parser.error(f"--latent: {e}")
+    log(f"dry run: latent diffusion on {codec.latent_shape} latents of the autoencoder the run would train "
+        f"first into {codec.path} ({AE_SHARE:.0%} of the budget)")
+    overrides.update({**latent_overrides(codec), "latent.sha256": None, "latent.scale_factor": None})
+    return latents
 
 
 def _split_budget(args, cfg, dataset) -> None:

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from undiffuse.utils.cache import cache_dir
 
 from .frechet import frechet_distance, gaussian_stats
-from .trained import deterministic, load_weights, save_weights
+from .trained import cached_network, deterministic, holdout_accuracy, train_classifier
 
 __all__ = ["DigitsNet", "digits_features", "digits_classifier", "fd_digits", "calibration_scores",
            "digits_data", "cache_dir", "weights_path"]
@@ -146,94 +146,29 @@ def weights_path() -> str:
 # training
 
 
-def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each (1, 8, 8) image by random integer offsets in [-max_shift, max_shift] (zero fill)."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
-    return padded[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)
-
-
 def _train(images: np.ndarray, labels: np.ndarray, hparams: dict = HPARAMS) -> DigitsNet:
     """Train ``DigitsNet`` with the module's recipe; deterministic; restores global torch state."""
     with deterministic(hparams["threads"]):
-        return _train_inner(images, labels, hparams)
-
-
-def _train_inner(images, labels, hp) -> DigitsNet:
-    gen = torch.Generator().manual_seed(hp["seed"])
-    net = DigitsNet(hp["channels"], hp["features"])
-    with torch.no_grad():  # He-normal weights from our own generator, zero biases
-        for p in net.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
-            else:
-                p.zero_()
-    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    n, bs = len(x), hp["batch"]
-    steps = hp["epochs"] * ((n + bs - 1) // bs)
-    opt = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps)
-    net.train()
-    for _ in range(hp["epochs"]):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, bs):
-            b = perm[i:i + bs]
-            xb = _shift(x[b], hp["shift"], gen)
-            xb = (xb + hp["pixel_noise"] * torch.randn(xb.shape, generator=gen)).clamp(0, 1)
-            loss = F.cross_entropy(net(xb), y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return net.eval()
+        net = DigitsNet(hparams["channels"], hparams["features"])
+        x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        return train_classifier(net, x, torch.as_tensor(labels, dtype=torch.int64), hparams)
 
 
 def _holdout_accuracy(seed: int = 0) -> float:
     """Test accuracy of the recipe: train on a random 80% of the digits, evaluate once on the rest."""
-    x, y = digits_data()
-    perm = np.random.default_rng(seed).permutation(len(x))
-    cut = int(round(0.8 * len(x)))
-    net = _train(x[perm[:cut]], y[perm[:cut]])
-    with torch.no_grad():
-        pred = net(torch.as_tensor(x[perm[cut:]])).argmax(1).numpy()
-    return float((pred == y[perm[cut:]]).mean())
+    return holdout_accuracy(*digits_data(), _train, seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # loading / caching
 
 
-def _stat_key(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 def _extractor() -> DigitsNet:
     """The shared trained net: memoised in-process (keyed on the cache file's identity), else
     loaded from the cache file, else trained and cached."""
-    path = weights_path()
-    key = _stat_key(path)
-    hit = _MEMO.get(path)
-    if hit is not None and key is not None and hit["key"] == key:
-        return hit["net"]
-    net = load_weights(lambda: DigitsNet(HPARAMS["channels"], HPARAMS["features"]), path, "digits feature")
-    if net is None:
-        x, y = digits_data()
-        net = _train(x, y, HPARAMS)
-        save_weights(net, path, {"recipe": RECIPE, "hparams": HPARAMS})
-    for p in net.parameters():
-        p.requires_grad_(False)
-    _MEMO.clear()  # one extractor at a time (the cache folder may change between calls)
-    _MEMO[path] = {"key": _stat_key(path), "net": net, "stats": None}
-    return net
+    return cached_network(_MEMO, weights_path(), lambda: DigitsNet(HPARAMS["channels"], HPARAMS["features"]),
+                          lambda: _train(*digits_data(), HPARAMS), {"recipe": RECIPE, "hparams": HPARAMS},
+                          "digits feature")["net"]
 
 
 def digits_classifier() -> nn.Module:
@@ -304,7 +239,7 @@ def _reference_stats():
     """Feature mean and covariance of all digits / 16, memoised with the extractor."""
     _extractor()
     memo = _MEMO[weights_path()]
-    if memo["stats"] is None:
+    if memo.get("stats") is None:
         x, _ = digits_data()
         memo["stats"] = gaussian_stats(digits_features(x))
     return memo["stats"]

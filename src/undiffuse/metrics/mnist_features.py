@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from undiffuse import data as _data
 from undiffuse.utils.cache import cache_dir
 
-from .features import _shift, _stat_key
 from .frechet import frechet_distance, gaussian_stats
-from .trained import deterministic, load_weights, save_weights
+from . import trained
+from .trained import cached_network, deterministic, train_classifier
 
 __all__ = ["MnistNet", "mnist_features", "fd_mnist", "mnist_data", "calibration_scores", "holdout_accuracy"]
 
@@ -93,63 +93,26 @@ def weights_path() -> str:
 
 
 def _train(images: np.ndarray, labels: np.ndarray, hp: dict = HPARAMS) -> MnistNet:
-    """``MnistNet`` trained with the module's recipe; deterministic; global torch state restored."""
+    """``MnistNet`` trained with the module's recipe (``trained.train_classifier``); deterministic;
+    the global torch state is restored."""
     with deterministic(hp["threads"]):
-        gen = torch.Generator().manual_seed(hp["seed"])
         net = MnistNet(hp["channels"], hp["features"])
-        with torch.no_grad():  # He-normal weights from our own generator, zero biases
-            for p in net.parameters():
-                if p.dim() > 1:
-                    p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
-                else:
-                    p.zero_()
-        x, y = torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.int64)
-        n, bs = len(x), hp["batch"]
-        opt = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=hp["epochs"] * -(-n // bs))
-        net.train()
-        for _ in range(hp["epochs"]):
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n, bs):
-                b = perm[i:i + bs]
-                xb = _shift(x[b], hp["shift"], gen)
-                xb = (xb + hp["pixel_noise"] * torch.randn(xb.shape, generator=gen)).clamp(0, 1)
-                loss = F.cross_entropy(net(xb), y[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-        return net.eval()
+        return train_classifier(net, torch.as_tensor(images, dtype=torch.float32),
+                                torch.as_tensor(labels, dtype=torch.int64), hp)
 
 
 def holdout_accuracy(seed: int = 0) -> float:
     """Test accuracy of the recipe: train on a random 80% of mnist5k, evaluate once on the rest."""
-    x, y = mnist_data()
-    perm = np.random.default_rng(seed).permutation(len(x))
-    cut = int(round(0.8 * len(x)))
-    net = _train(x[perm[:cut]], y[perm[:cut]])
-    with torch.no_grad():
-        pred = net(torch.as_tensor(x[perm[cut:]])).argmax(1).numpy()
-    return float((pred == y[perm[cut:]]).mean())
+    return trained.holdout_accuracy(*mnist_data(), _train, seed)
 
 
 def _extractor() -> MnistNet:
     """The trained net in float64: memoised, else loaded from the cache file, else trained and cached."""
-    path = weights_path()
-    key = _stat_key(path)
-    hit = _MEMO.get(path)
-    if hit is not None and key is not None and hit["key"] == key:
-        return hit["net"]
-    net = load_weights(lambda: MnistNet(HPARAMS["channels"], HPARAMS["features"]), path, "mnist feature")
-    if net is None:
-        net = _train(*mnist_data())
-        save_weights(net, path, {"recipe": RECIPE, "hparams": HPARAMS})
-    net = copy.deepcopy(net).double().eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    _MEMO.clear()
-    _MEMO[path] = {"key": _stat_key(path), "net": net}
-    return net
+    entry = cached_network(_MEMO, weights_path(), lambda: MnistNet(HPARAMS["channels"], HPARAMS["features"]),
+                           lambda: _train(*mnist_data()), {"recipe": RECIPE, "hparams": HPARAMS}, "mnist feature")
+    if "net64" not in entry:
+        entry["net64"] = copy.deepcopy(entry["net"]).double().eval()
+    return entry["net64"]
 
 
 def _as_images(images, name: str) -> torch.Tensor:

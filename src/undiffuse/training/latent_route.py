@@ -20,7 +20,9 @@ import time
 
 from undiffuse.config import resolve
 from undiffuse.inference.codec import LatentCodec, LatentDataset, load_autoencoder
+from undiffuse.nets.autoencoder import Autoencoder, AutoencoderConfig
 from undiffuse.training.autoencoder import train_autoencoder
+from undiffuse.training.loop import seeded
 from undiffuse.training.trainer import Trainer
 
 AE_SHARE = 0.3  # of the time budget (or of max_steps): the share the emoji ablation picked
@@ -56,6 +58,18 @@ def autoencoder_for(dataset, out: str, *, time_budget: float | None, max_steps: 
     return train_autoencoder(dataset, folder, time_budget=time_budget and time_budget * ae_share,
                              max_steps=max(1, round(max_steps * ae_share)) if max_steps else None, seed=seed,
                              net_config=net_config, log=log)
+
+
+def planned_codec(dataset, out: str, *, time_budget: float | None, ae_share: float = AE_SHARE,
+                  net_config: dict | None = None) -> LatentCodec:
+    """What :func:`autoencoder_for` would train, untrained: its shapes, its folder and, as its
+    recorded seconds, its share of the budget; for ``train --dry-run``, which trains nothing.
+    Its latents (and so ``latent.scale_factor``) mean nothing."""
+    with seeded(0):
+        net = Autoencoder(AutoencoderConfig(in_channels=dataset.shape[0], **(net_config or {})))
+    meta = {"scale_factor": 1.0, "image_shape": list(dataset.shape), "latent_shape": list(net.latent_shape(dataset.shape)),
+            "training": {"seconds": (time_budget or 0.0) * ae_share}, "data": {"name": dataset.name}}
+    return LatentCodec(net, meta, path=os.path.abspath(os.path.join(out, AUTOENCODER)))
 
 
 def train_latent_route(dataset, out: str, *, preset: str | None, overrides: dict | None = None,
