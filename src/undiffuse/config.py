@@ -16,6 +16,7 @@ from undiffuse.core import schedules
 from undiffuse.core.losses import DISTANCES as LOSS_DISTANCES
 from undiffuse.core.losses import NOISE_SAMPLING, WEIGHTINGS
 from undiffuse.core.precond import PARAMETERIZATIONS, Denoiser
+from undiffuse.data import control_maps
 from undiffuse.samplers.odestep import check_solver
 
 from . import nets
@@ -67,6 +68,15 @@ class OptimConfig:
 class EMAConfig:
     halflife_samples: float = 50_000  # EMA half-life in training samples (Karras et al. 2022)
     rampup: float = 0.05              # warm-up: half-life at most rampup * samples seen (0: off)
+    # post-hoc EMA (training.power_ema): the relative widths of the power-function averages
+    # tracked for it (--ema-posthoc: 0.05 and 0.10; empty: off), and the steps between their
+    # snapshots (0: a 32nd of the run; snapshots also come with every checkpoint)
+    posthoc: list = field(default_factory=list)
+    posthoc_every: int = 0
+
+
+POSTHOC_DEFAULT = [0.05, 0.10]
+POSTHOC_SIGMA_MAX = (1 / 12) ** 0.5  # a power-function average's widest profile (the plain mean)
 
 
 @dataclass
@@ -100,6 +110,7 @@ class ConditioningConfig:
     dropout: float = 0.1          # class/text: share of training samples shown the null condition
     max_tokens: int = 16          # text: tokens per caption (padded/truncated)
     factor: int = 4               # lowres: down-sampling factor of the conditioning image
+    control: str = ""             # control runs (train-control): the extractor of the maps the adapter reads
 
 
 @dataclass
@@ -430,10 +441,24 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"train.time_budget must be > 0 seconds, got {tr.time_budget}")
     if tr.max_steps is None and tr.time_budget is None:
         raise ValueError("set train.max_steps (--max-steps) or train.time_budget (--time-budget)")
+    _validate_posthoc(cfg.ema)
+    if con.control and (con.control not in control_maps.EXTRACTORS or cfg.model.get("kind") != "controlled"):
+        raise ValueError(f"conditioning.control {con.control!r} needs a control run (train-control) and one of "
+                         f"{', '.join(control_maps.EXTRACTORS)}")
     _validate_objective(cfg)
     if dif.parameterization == "flow" and pname != "flow":
         raise ValueError("diffusion.parameterization 'flow' needs diffusion.process name 'flow'")
     nets.build(cfg.model)  # raises on bad network options
+
+
+def _validate_posthoc(e: EMAConfig) -> None:
+    bad = [s for s in e.posthoc if not (isinstance(s, (int, float)) and 0 < s <= POSTHOC_SIGMA_MAX)]
+    if bad:
+        raise ValueError(f"ema.posthoc values are relative EMA widths in (0, {POSTHOC_SIGMA_MAX:.4f}]; got {bad}")
+    if len(set(e.posthoc)) != len(e.posthoc):
+        raise ValueError(f"ema.posthoc lists a width twice: {e.posthoc}")
+    if e.posthoc_every < 0:
+        raise ValueError(f"ema.posthoc_every must be >= 0 steps (0: a 32nd of the run), got {e.posthoc_every}")
 
 
 def _validate_objective(cfg: RunConfig) -> None:

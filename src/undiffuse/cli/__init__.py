@@ -11,6 +11,7 @@ from undiffuse.cli import (
     calibrate,
     demo,
     distill,
+    ema,
     evaluate,
     export,
     inverse,
@@ -20,13 +21,14 @@ from undiffuse.cli import (
     train,
     train_autoencoder,
     train_classifier,
+    train_control,
     verify,
 )
 from undiffuse.cli.options import Parser
 
 # In the order `undiffuse --help` lists them.
-COMMANDS = (train, sample, calibrate, evaluate, sweep, train_classifier, distill, inverse, train_autoencoder, serve,
-            verify, export, demo)
+COMMANDS = (train, sample, calibrate, evaluate, sweep, ema, train_classifier, train_control, distill, inverse,
+            train_autoencoder, serve, verify, export, demo)
 
 
 def main(argv=None) -> int:

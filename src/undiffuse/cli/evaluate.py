@@ -50,6 +50,7 @@ def run(args, parser) -> int:
     if space == "auto" and args.reference.split(":")[0] == "emoji":
         space = "emoji"
     prompts = ev.requested_prompts(args.samples) if space == "emoji" else None
+    controls, extractors = ev.requested_controls(args.samples)
     try:
         samples, _ = ev.load_set(args.samples, what="samples")
         size = samples.shape[-1] if space == "emoji" and samples.ndim == 4 else None  # emoji renders at any size
@@ -58,7 +59,7 @@ def run(args, parser) -> int:
         result = ev.evaluate(samples, reference, feature_space=space, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                              reference_name=f"{args.reference}: {ref_desc}", labels=ev.requested_labels(args.samples),
-                             device=args.device, prompts=prompts,
+                             device=args.device, prompts=prompts, controls=controls, control_extractors=extractors,
                              sentence=text.sentence_embeddings if space == "emoji" else None)
     except ValueError as e:
         parser.error(str(e))

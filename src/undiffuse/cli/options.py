@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from undiffuse.config import parse_duration, parse_value
 from undiffuse.inference import generate as gen
+from undiffuse.inference.posthoc_ema import PosthocError
 from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.io.content_filter import load_filter
 from undiffuse.utils.acceleration import device_option
@@ -88,7 +89,7 @@ def load_run(parser, path: str, option: str = "--checkpoint", **kwargs) -> gen.L
     """:func:`generate.load_run`; a run that cannot be loaded is a usage error naming ``option``."""
     try:
         return gen.load_run(path, **kwargs)
-    except CheckpointError as e:
+    except (CheckpointError, PosthocError) as e:
         parser.error(f"{option}: {e}")
 
 

@@ -17,14 +17,16 @@ import sys
 import torch
 
 from undiffuse import samplers
-from undiffuse.cli.options import add_device, load_content_filter, load_run, positive_int, sigma_list
+from undiffuse.cli.options import add_device, load_content_filter, load_run, log, positive_int, sigma_list
 from undiffuse.config import schedule_of
 from undiffuse.core import schedules
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.schedules import get_sigmas, validate
 from undiffuse.fewstep.calibrate import Calibration
 from undiffuse.inference import generate as gen
+from undiffuse.inference import control as ctl
 from undiffuse.inference.interop import load_diffusers, sample_diffusers
+from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.io.writers import write_samples
 from undiffuse.samplers import driver
 from undiffuse.steering.classifier_guidance import load_classifier
@@ -77,6 +79,17 @@ def add_parser(subparsers) -> None:
     s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(image, request) for every "
                    "image; returning False or a reason string refuses it: not written, reported on stderr")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    s.add_argument("--control", action="append", metavar="CTRL", help="join this control adapter (a run from "
+                   "`undiffuse train-control` on --checkpoint) to the run; repeat to combine several")
+    s.add_argument("--control-image", action="append", metavar="FILE", help="an image (or a folder of images) each "
+                   "adapter's extractor turns into its control map; one sample per image, in order; repeatable. A "
+                   "control run given as --checkpoint uses its own adapter")
+    s.add_argument("--control-scale", type=float, action="append", metavar="S",
+                   help="strength of each adapter, in --control order (default 1; 0 is the base alone)")
+    s.add_argument("--control-is-map", action="store_true", help="the control images are ready maps (e.g. an edge "
+                   "drawing), not pictures for the extractor")
+    s.add_argument("--ema", type=float, metavar="SIGMA_REL", help="use the post-hoc EMA of this relative length "
+                   "(a run trained with --ema-posthoc; rebuilt into RUN/ema/ if not there yet, see `undiffuse ema`)")
     add_device(s)
     s.add_argument("--compile", action="store_true", help="torch.compile the network first (pays off for many "
                    "samples on a GPU; compiling takes seconds to minutes)")
@@ -87,6 +100,7 @@ def add_parser(subparsers) -> None:
 
 def run(args, parser) -> int:
     _check_options(args, parser)
+    num_given = args.num
     _read_prompts(args, parser)
     if args.diffusers is not None:
         return _sample_diffusers(args, parser)
@@ -94,11 +108,15 @@ def run(args, parser) -> int:
     out = _out_path(args, parser)
     world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
     args.device = dist.device_for(args.device, world)
-    loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device)
+    loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device, ema_sigma_rel=args.ema)
+    control = _control(args, parser, loaded, num_given)
     if args.compile:
         loaded.denoiser.net = compiled(loaded.denoiser.net)
     cal = _calibration(args, parser)
     condition, den, steer = _steering(args, parser, loaded)
+    if control is not None:
+        condition["control"] = control["maps"].to(args.device)
+        steer["control"] = control["record"]
     _check_schedule(args, parser, loaded, cal)
     _report_levels(args, loaded, cal)
     x = gen.generate(loaded, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
@@ -112,7 +130,7 @@ def run(args, parser) -> int:
     if loaded.kind == "image":
         x = gen.to_unit(x)
     return _write_samples(args, out, x, params, loaded=loaded, labels=condition.get("class_labels"),
-                          prompts=args.prompt_list, content_filter=content_filter)
+                          prompts=args.prompt_list, content_filter=content_filter, control=control)
 
 
 # ----------------------------------------------------------------------------- options
@@ -154,6 +172,9 @@ def _check_options(args, parser) -> None:
     if (args.checkpoint is None) == (args.diffusers is None):
         parser.error("give --checkpoint RUN (an undiffuse run) or --diffusers FOLDER (a diffusers UNet2DModel), "
                      "not both")
+    if args.ema is not None and (args.weights != "ema" or args.diffusers is not None):
+        parser.error("--ema SIGMA_REL replaces an undiffuse run's EMA weights; it cannot be combined with "
+                     "--weights model or --diffusers")
     if args.sampler is not None and args.sampler not in samplers.names():
         parser.error(f"--sampler {args.sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
     if args.schedule is not None and args.schedule not in schedules.names():
@@ -254,6 +275,41 @@ def _params(args, loaded, cal, steer: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- steering
+
+def _control(args, parser, loaded, num_given) -> dict | None:
+    """Control adapters joined or scaled and the maps of ``--control-image`` (one sample per
+    image: ``args.num`` becomes their count); None without control images."""
+    if not args.control_image:
+        for given, flag in ((args.control, "--control"), (args.control_scale, "--control-scale"),
+                            (args.control_is_map or None, "--control-is-map")):
+            if given:
+                parser.error(f"{flag} needs --control-image FILE (the image each adapter's extractor reads, or a "
+                             f"ready map with --control-is-map)")
+        return None
+    try:
+        if args.control:
+            ctl.join(loaded, args.control, args.control_scale or [1.0] * len(args.control))
+        elif args.control_scale:
+            ctl.set_scales(loaded, args.control_scale)
+        files = ctl.image_files(args.control_image)
+        maps = ctl.maps_for(loaded, files, is_map=args.control_is_map, note=log)
+    except (ctl.ControlError, CheckpointError) as e:
+        parser.error(str(e))
+    if num_given is not None and num_given != len(files):
+        parser.error(f"--num {num_given} and --control-image ({len(files)} images) disagree: one sample is drawn per "
+                     f"control image; omit --num")
+    if args.prompts is not None and len(args.prompt_list) != len(files):
+        parser.error(f"--prompts has {len(args.prompt_list)} lines for {len(files)} control images; give one per image")
+    args.num = len(files)
+    if args.prompt is not None:
+        args.prompt_list = [args.prompt] * args.num
+    adapters = ctl.adapters_of(loaded)
+    m = loaded.config.model
+    record = {"extractors": [a.extractor for a in adapters], "scales": list(m["scales"]),
+              "runs": m.get("control_runs", [os.path.abspath(loaded.checkpoint)]),
+              "images": [os.path.abspath(f) for f in files], "is_map": bool(args.control_is_map)}
+    return {"maps": maps, "record": record, "channels": [a.extractor for a in adapters for _ in range(a.channels)]}
+
 
 def _steering(args, parser, loaded):
     """Condition, guided denoiser and metadata from the sample options (usage errors exit 2)."""
@@ -362,7 +418,7 @@ def _sample_diffusers(args, parser) -> int:
 # ----------------------------------------------------------------------------- output
 
 def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None, prompts=None,
-                   content_filter=None) -> int:
+                   content_filter=None, control=None) -> int:
     """The samples ``x`` (images in [0, 1], or vectors) of the run ``loaded`` (None for
     ``--diffusers``) through the one output path (``io.writers.write_samples``: content filter,
     file with metadata, provenance, watermark) as ``--format`` asks. Status 1 when the filter
@@ -376,6 +432,8 @@ def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None,
     options = {}
     if args.format == "npz":
         options = {"labels": None if labels is None else labels.numpy(), "prompts": prompts}
+        if control is not None:
+            options.update(controls=control["maps"].numpy(), control_extractors=control["channels"])
     written = write_samples(x, out, format=args.format, seed=args.seed, params=params, per_sample=per_image,
                             records=records, content_filter=content_filter, watermark=not args.no_watermark,
                             **options)

@@ -14,7 +14,7 @@ import sys
 
 from undiffuse import data as _data
 from undiffuse.cli.options import add_device, add_set, check_folder, duration, log, positive_int
-from undiffuse.config import default_preset, resolve
+from undiffuse.config import POSTHOC_DEFAULT, default_preset, resolve
 from undiffuse.fewstep.levels import DEFAULT_SEARCH, after_training
 from undiffuse.inference.codec import AutoencoderError, LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
@@ -34,7 +34,7 @@ _TRAIN_OPTIONS = {
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
     "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
     "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout", "compile": "train.compile",
-    "channels_last": "train.channels_last",
+    "channels_last": "train.channels_last", "ema_posthoc_every": "ema.posthoc_every",
 }
 
 
@@ -84,6 +84,14 @@ def add_parser(subparsers) -> None:
     t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the network, its gradients and "
                    "optimizer state over the processes with FSDP instead of replicating them with DDP "
                    "(checkpoints are the same either way)")
+    t.add_argument("--ema-posthoc", nargs="*", type=float, metavar="SIGMA_REL",
+                   help="also track power-function EMAs of these relative lengths (default 0.05 0.10) and store "
+                        "snapshots of them in RUN/ema/snapshots, so that `undiffuse ema RUN --sigma-rel S` (and "
+                        "sample/sweep --ema S) can rebuild the EMA of any length after training (EDM2's post-hoc "
+                        "EMA; costs a network copy per length in memory and a file per snapshot)")
+    t.add_argument("--ema-posthoc-every", type=positive_int, metavar="STEPS",
+                   help="steps between post-hoc EMA snapshots (default: about 32 over the run, plus one with each "
+                        "checkpoint)")
     add_set(t, help="any config key, e.g. --set ema.halflife_samples=20000 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--latent", action=argparse.BooleanOptionalAction, default=None,
@@ -130,6 +138,8 @@ def _dataset(args, parser):
     overrides = {key: getattr(args, name) for name, key in _TRAIN_OPTIONS.items() if getattr(args, name) is not None}
     if args.max_steps is not None and args.time_budget is None:
         overrides["train.time_budget"] = None
+    if args.ema_posthoc is not None:  # the flag alone: the two lengths EDM2 tracks
+        overrides["ema.posthoc"] = args.ema_posthoc or list(POSTHOC_DEFAULT)
     overrides.update(dict(args.overrides))
     overrides["data.name"] = args.data
     if args.latent is None:  # the data's own route

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 
-from undiffuse import data as _data
 from undiffuse.config import RunConfig, apply_overrides
 from undiffuse.core import schedules
 from undiffuse.fewstep.levels import DEFAULT_SEARCH, LevelSearch, after_training
-from undiffuse.inference.codec import LatentDataset, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.training.objectives import build_objective, load_teacher  # noqa: F401 (public)
+from undiffuse.training.latent_route import run_dataset
 from undiffuse.training.trainer import Trainer
 
 
@@ -28,10 +27,7 @@ def _stopping(d: dict, max_steps: int | None, time_budget: float | None) -> None
 
 def _train_student(teacher, cfg: RunConfig, out: str, *, progress: bool, log, init: str | None = None,
                    levels: LevelSearch | None = None) -> dict:
-    dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
-    if cfg.latent.autoencoder is not None:  # a latent teacher: the student learns on the same latents
-
-        dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
+    dataset = run_dataset(cfg)  # a latent teacher: the student learns on the same latents
     trainer = Trainer(cfg, dataset, out, resume="auto", progress=progress, log=log)
     if trainer.step == 0:
         if init is None:

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from undiffuse import nets
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.precond import Denoiser
+from undiffuse.inference import posthoc_ema
 from undiffuse.inference.codec import AutoencoderError, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io import provenance as prov
@@ -47,13 +49,19 @@ class LoadedRun:
     config: RunConfig
     checkpoint: str       # the checkpoint folder the weights came from
     step: int
-    weights: str          # "ema" or "model"
+    weights: str          # "ema", "model" or "ema sigma_rel S" (a post-hoc EMA length)
     shape: tuple          # per-sample shape (C, H, W) or (D,)
     kind: str             # "image" or "vector"
     class_names: tuple = ()  # the training data's class names (index = label)
     decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
     levels: dict | None = None  # few-step students: the levels record picked for these weights (io.checkpoint)
     example_prompts: tuple = ()  # text runs: a few training captions (what the web page offers)
+    weights_file: str = ""   # the safetensors file the weights came from (default: CHECKPOINT/WEIGHTS.safetensors)
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the weights file (what provenance records and watermarks name)."""
+        return prov.file_checksum(self.weights_file or os.path.join(self.checkpoint, f"{self.weights}.safetensors"))
 
     @property
     def image_shape(self) -> tuple:
@@ -65,28 +73,37 @@ class LoadedRun:
         return self.config.conditioning.kind
 
 
-def load_run(path: str, *, weights: str = "ema", device: str = "cpu") -> LoadedRun:
-    """Load a run folder (its latest complete checkpoint) or a checkpoint folder."""
+def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_rel: float | None = None) -> LoadedRun:
+    """Load a run folder (its latest complete checkpoint) or a checkpoint folder.
+    ``ema_sigma_rel``: instead of the run's EMA, the post-hoc EMA of that relative length at
+    the checkpoint's step (``posthoc_ema``: reused from ``RUN/ema/`` or rebuilt there;
+    ``PosthocError`` when the run's snapshots cannot express it)."""
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if ema_sigma_rel is not None and weights != "ema":
+        raise ValueError("a post-hoc EMA length replaces the EMA weights; it cannot be combined with weights 'model'")
     loaded = ckpt.load_checkpoint(path, device=device)
     state = loaded["state_json"]
     cfg = RunConfig.from_dict(state["config"])
     den = build_denoiser(cfg).to(device).eval()
-    den.net.load_state_dict(loaded[weights])
+    tensors, weights_file = loaded[weights], ""
+    if ema_sigma_rel is not None:
+        tensors, _, weights_file = posthoc_ema.reconstruct(ckpt.run_of(loaded["path"]), ema_sigma_rel, state["step"])
+        weights = f"ema sigma_rel {ema_sigma_rel:g}"
+    den.net.load_state_dict(tensors)
     den.net.requires_grad_(False)
     m = cfg.model
     if m["kind"] == "mlp":
         shape, kind = (m["dim"],), "vector"
     else:
-        shape, kind = (m["in_channels"], *state["sample_size"]), "image"
+        shape, kind = (nets.image_channels(m), *state["sample_size"]), "image"
     names = tuple(state.get("dataset", {}).get("class_names", ()))
     levels = ckpt.read_levels(loaded["path"])
     if levels is not None and levels.get("weights", "ema") != weights:  # picked for the other weights
         levels = None
     examples = tuple(state.get("dataset", {}).get("example_prompts", ()))
     return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
-                     _latent_decoder(cfg, tuple(shape), device), levels, examples)
+                     _latent_decoder(cfg, tuple(shape), device), levels, examples, weights_file)
 
 
 def recorded_levels(run: LoadedRun, *, sampler: str | None = None, steps: int | None = None,
@@ -273,7 +290,7 @@ def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
     """The JSON provenance record (``undiffuse.io.provenance``) of one image of ``run``: the run
     folder's name, the checksum of its weights, sampler, steps, seed, guidance."""
     name = os.path.basename(ckpt.run_of(run.checkpoint))
-    return prov.record(name, prov.model_checksum(run.checkpoint, run.weights), sampler=params.get("sampler"),
+    return prov.record(name, run.checksum, sampler=params.get("sampler"),
                        steps=params.get("steps"), seed=seed, guidance=params.get("guidance", 1.0),
                        step=run.step, weights=run.weights, **extra)
 

@@ -136,7 +136,8 @@ def write_samples(samples, out: str | None = None, *, format: str = "png", seed:
 
     ``format``: a key of :data:`WRITERS` (``png``: ``out`` is a folder of ``grid.png`` or
     ``scatter.png`` plus ``000000.png``...; ``npz``: ``out`` is the file). ``options`` go to the
-    format's writer (png: ``individual``, ``grid``, ``grid_scale``; npz: ``labels``, ``prompts``).
+    format's writer (png: ``individual``, ``grid``, ``grid_scale``; npz: ``labels``, ``prompts``,
+    ``controls``, ``control_extractors``).
     With ``out=None`` nothing is written and the bytes are in the result. Nothing is written,
     not even the folder, when every sample is refused.
     """
@@ -243,10 +244,16 @@ def write_png(batch: Batch, *, individual: bool = True, grid: bool = True, grid_
     return files
 
 
-def npz_bytes(samples: np.ndarray, params: dict, *, labels=None, prompts=None) -> bytes:
+def npz_bytes(samples: np.ndarray, params: dict, *, labels=None, prompts=None, controls=None,
+              control_extractors=None) -> bytes:
     """An ``.npz`` of ``samples``, the JSON string ``parameters`` (and ``labels``, int64, and
-    ``prompts``, unicode strings, one per sample)."""
+    ``prompts``, unicode strings, one per sample; ``controls``, float32 (N, K, H, W), the control
+    maps each sample was steered by, with ``control_extractors`` naming the extractor of each
+    of the K channels)."""
     arrays = {"samples": samples, "parameters": np.array(json.dumps(params))}
+    if controls is not None:
+        arrays["controls"] = np.asarray(controls, np.float32)
+        arrays["control_extractors"] = np.array(list(control_extractors), dtype=str)
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int64)
     if prompts is not None:
@@ -257,7 +264,7 @@ def npz_bytes(samples: np.ndarray, params: dict, *, labels=None, prompts=None) -
 
 
 @writer("npz")
-def write_npz(batch: Batch, *, labels=None, prompts=None) -> list[File]:
+def write_npz(batch: Batch, *, labels=None, prompts=None, controls=None, control_extractors=None) -> list[File]:
     """One ``.npz`` of every kept sample as given; ``parameters``: the shared parameters, the
     request's first ``seed``, ``count`` (and the kept ``seeds`` when a filter ran); ``labels``
     (one per row given, e.g. each sample's class index) and ``prompts`` (one per row) of the
@@ -274,4 +281,9 @@ def write_npz(batch: Batch, *, labels=None, prompts=None) -> list[File]:
         if len(prompts) != len(batch.samples):
             raise ValueError(f"prompts has {len(prompts)} entries for {len(batch.samples)} samples; give one per sample")
         prompts = [prompts[it.row] for it in batch.items]
-    return [File(None, npz_bytes(batch.kept(), params, labels=labels, prompts=prompts))]
+    if controls is not None:
+        if len(controls) != len(batch.samples):
+            raise ValueError(f"controls has {len(controls)} maps for {len(batch.samples)} samples; give one per sample")
+        controls = np.asarray(controls)[[it.row for it in batch.items]]
+    return [File(None, npz_bytes(batch.kept(), params, labels=labels, prompts=prompts, controls=controls,
+                                 control_extractors=control_extractors))]

@@ -29,6 +29,7 @@ import numpy as np
 from undiffuse import data as _data
 from undiffuse.metrics import image_text
 from undiffuse.metrics.adherence import class_adherence
+from undiffuse.metrics.control import control_scores
 from undiffuse.metrics.features import digits_features
 from undiffuse.metrics.inception import inception_features
 from undiffuse.metrics.mnist_features import mnist_features
@@ -91,6 +92,17 @@ def _check(arr: np.ndarray, what: str, spec: str) -> np.ndarray:
     return arr
 
 
+def requested_controls(spec: str) -> tuple[np.ndarray | None, list[str] | None]:
+    """The ``controls`` maps and ``control_extractors`` of a samples ``.npz`` (``undiffuse
+    sample --control-image ... --format npz``), or (None, None)."""
+    if not (spec.endswith(".npz") and os.path.isfile(spec)):
+        return None, None
+    with np.load(spec, allow_pickle=False) as f:
+        if "controls" not in f.files or "samples" not in f.files:
+            return None, None
+        return np.asarray(f["controls"]), [str(e) for e in f["control_extractors"]]
+
+
 def requested_prompts(spec: str) -> list[str] | None:
     """The ``prompts`` array (each sample's prompt) of a samples ``.npz``, as ``undiffuse sample
     --prompt/--prompts ... --format npz`` writes it, or None."""
@@ -141,7 +153,7 @@ def describe(space: str, dim: int) -> str:
 def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: int = 5,
              kid_subsets: int = 100, kid_subset_size: int = 1000, copy_threshold: float = 1 / 3,
              reference_name: str = "reference", seed: int = 0, labels=None, device: str = "cpu",
-             prompts=None, sentence=None) -> dict:
+             prompts=None, sentence=None, controls=None, control_extractors=None) -> dict:
     """Score ``samples`` against ``reference`` (arrays as in the module docstring).
 
     ``train`` (default: the reference) is the set that near-copies are searched in.
@@ -149,6 +161,8 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     digits classifier reads as requested; 1x8x8 images only). ``prompts`` (one per sample)
     with feature space ``emoji`` adds ``clip_score`` and ``prompt_accuracy``
     (``metrics.image_text``); ``sentence`` is the text embedding function the scorer uses.
+    ``controls`` with ``control_extractors`` (as ``sample --control-image --format npz``
+    writes them) add the control adherence scores (``metrics.control``).
     """
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if samples.shape[1:] != reference.shape[1:]:
@@ -200,6 +214,12 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
         out["protocol"]["prompt_accuracy"] = (f"own prompt ranked above {out.pop('distractors')} others drawn from "
                                               f"{out.pop('distractor_pool')} emoji names (chance "
                                               f"{out.pop('prompt_accuracy_chance'):.2f})")
+    if controls is not None:
+        scores = control_scores(samples, controls, control_extractors)
+        out.update(scores)
+        out["protocol"]["control"] = ("edge F1 with a 1-pixel tolerance (control_f1, sketch_f1), foreground IoU "
+                                      "(mask_iou), mean absolute map difference (control_mae), each against the "
+                                      "maps the samples were steered by")
     out["_copies"] = cp  # for the closest-pairs picture; dropped by to_json
     return out
 
@@ -222,5 +242,8 @@ def summary_lines(result: dict) -> list[str]:
     if "clip_score" in result:
         lines.append(f"  clip_score {result['clip_score']:.4f}   prompt_accuracy {result['prompt_accuracy']:.3f}  "
                      f"({p['prompt_accuracy']})")
+    for key in ("control_f1", "sketch_f1", "mask_iou", "control_mae"):
+        if key in result:
+            lines.append(f"  {key:<10} {result[key]:.3f}")
     lines += [f"  note: {n}" for n in p["notes"]]
     return lines

@@ -201,10 +201,26 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
-                cond_image: Tensor | None = None) -> Tensor:
+                cond_image: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
+        """``control``: residuals added to every skip connection and to the middle's output
+        (a control adapter's, ``nets.control``), in the order :meth:`encode` returns them."""
+        hs, h, emb, ctx = self.encode(x, noise_label, class_labels, context, context_mask, cond_image)
+        if control is not None:
+            if len(control) != len(hs) + 1:
+                raise ValueError(f"control: {len(control)} residuals for {len(hs)} skips and the middle")
+            hs = [a + r for a, r in zip(hs, control)]
+            h = h + control[-1]
+        return self.decode(hs, h, emb, ctx)
+
+    def encode(self, x: Tensor, noise_label: Tensor, class_labels=None, context=None, context_mask=None,
+               cond_image=None, stem_add: Tensor | None = None):
+        """The down path: the skip activations, the middle's output, the embedding and the
+        context. ``stem_add`` is added to the stem's output (a control adapter's hint)."""
         ctx, pooled = self._context(x, context, context_mask)
         emb = condition_embedding(self, x, noise_label, class_labels, pooled)
         h = self.stem(self._patches(self._with_image(x, cond_image)))
+        if stem_add is not None:
+            h = h + stem_add
         hs = [h]
         for block in self.down:
             for layer in block:
@@ -212,6 +228,10 @@ class UNet(nn.Module):
             hs.append(h)
         for layer in self.mid:
             h = layer(h, emb, ctx)
+        return hs, h, emb, ctx
+
+    def decode(self, hs: list[Tensor], h: Tensor, emb: Tensor, ctx) -> Tensor:
+        hs = list(hs)
         for block, upsample in zip(self.up, self.up_levels):
             if upsample:
                 h = F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest")
@@ -220,6 +240,13 @@ class UNet(nn.Module):
                 h = layer(h, emb, ctx)
         out = self.out(F.silu(self.out_norm(h)))
         return out if self.config.patch_size == 1 else F.pixel_shuffle(out, self.config.patch_size)
+
+    def skip_channels(self) -> list[int]:
+        """Channels of each skip activation :meth:`encode` returns, then of the middle."""
+        chans = [self.stem.out_channels]
+        for block in self.down:
+            chans.append(block[0].conv.out_channels if isinstance(block[0], Downsample) else block[0].conv2.out_channels)
+        return chans + [self.mid[-1].conv2.out_channels]
 
     def _patches(self, x: Tensor) -> Tensor:
         p = self.config.patch_size

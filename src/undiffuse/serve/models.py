@@ -14,7 +14,6 @@ import threading
 
 from undiffuse.inference.generate import LoadedRun, load_run
 from undiffuse.io import checkpoint as ckpt
-from undiffuse.io.provenance import model_checksum
 
 from .limits import RequestError
 
@@ -71,7 +70,7 @@ class ModelRegistry:
             except ckpt.CheckpointError as e:
                 raise RequestError(404, f"model {name!r} cannot be loaded: {e}") from None
             self._loaded[name] = run
-            self._checksums[name] = model_checksum(run.checkpoint, run.weights)
+            self._checksums[name] = run.checksum
             return run
 
     def checksum(self, name: str) -> str:

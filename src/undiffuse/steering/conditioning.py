@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from undiffuse.data import control_maps
 from undiffuse.steering import text
 
 Tensor = torch.Tensor
@@ -76,8 +77,23 @@ class TrainingConditions:
     def __init__(self, cfg, dataset):  # cfg: the run's ``conditioning`` group (kind, dropout, factor, max_tokens)
         self.cfg, self.data = cfg, dataset
         self.text = TextTable.for_dataset(dataset, cfg.max_tokens) if cfg.kind == "text" else None
+        self._maps: Tensor | None = None
 
     def __call__(self, index: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
+        out = self._condition(index, x0, generator)
+        if self.cfg.control:
+            out["control"] = self.control_maps(index).to(x0.device)
+        return out
+
+    def control_maps(self, index) -> Tensor:
+        """The control maps of data rows ``index`` (``conditioning.control``'s extractor on the
+        training images, decoded images for latent data), computed once for the whole set."""
+        if self._maps is None:
+            images = getattr(self.data, "pixels", self.data)
+            self._maps = control_maps.extract(self.cfg.control, images.to_unit(images.get(torch.arange(len(images)))))
+        return self._maps[torch.as_tensor(index).long()]
+
+    def _condition(self, index: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
         kind, p = self.cfg.kind, self.cfg.dropout
         if kind == "none":
             return {}

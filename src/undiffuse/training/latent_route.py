@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 
+from undiffuse import data as _data
 from undiffuse.config import resolve
 from undiffuse.inference.codec import LatentCodec, LatentDataset, load_autoencoder
 from undiffuse.nets.autoencoder import Autoencoder, AutoencoderConfig
@@ -27,6 +28,15 @@ from undiffuse.training.trainer import Trainer
 
 AE_SHARE = 0.3  # of the time budget (or of max_steps): the share the emoji ablation picked
 AUTOENCODER = "autoencoder"  # its folder inside the run
+
+
+def run_dataset(cfg):
+    """The data a run trained on (``cfg``: its ``RunConfig``): its dataset, encoded by its
+    autoencoder (checked against the recorded checksum) when it is a latent run."""
+    dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
+    if cfg.latent.autoencoder is not None:
+        dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
+    return dataset
 
 
 def latent_overrides(codec: LatentCodec) -> dict:

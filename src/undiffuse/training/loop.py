@@ -131,6 +131,7 @@ class TrainingLoop:
     """
 
     fsdp = False  # the diffusion trainer's networks may be sharded (its EMA then moves shard by shard)
+    posthoc = None  # power-function averages for post-hoc EMA (training.power_ema.PowerEMA), moved with the EMA
     world = _dist.World()  # one process unless the diffusion trainer runs under torchrun
 
     def __init__(self, cfg: Settings, net: torch.nn.Module, objective: Objective, *, gen: torch.Generator,
@@ -229,6 +230,8 @@ class TrainingLoop:
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             self._update_ema(ema_beta(cfg, self.samples_seen))
+        if self.posthoc is not None:
+            self.posthoc.update(self.net)
         self.step += 1
         self.lr = lr
         return loss

@@ -42,11 +42,13 @@ from undiffuse.core.noise import derive_seed
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.precond import Denoiser
 from undiffuse.inference import generate as gen
+from undiffuse.inference import posthoc_ema
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.metrics.evaluate import evaluate, to_json
 from undiffuse.samplers.driver import sample
 from undiffuse.steering.conditioning import TrainingConditions
 from undiffuse.training import sharding
+from undiffuse.training.budget import POSTHOC_SNAPSHOTS
 from undiffuse.training.denoising import DenoisingObjective
 from undiffuse.training.loop import (
     Batch,
@@ -57,6 +59,7 @@ from undiffuse.training.loop import (
 )
 from undiffuse.training.loop import ProgressBar as _bar  # fit's name for it
 from undiffuse.training.objectives import build_objective
+from undiffuse.training.power_ema import PowerEMA
 from undiffuse.utils import acceleration as accel
 from undiffuse.utils import distributed as _dist
 from undiffuse.utils.atomic import write_text
@@ -143,6 +146,11 @@ class Trainer(TrainingLoop):
             if self.channels_last:
                 accel.channels_last(self.net)
                 accel.channels_last(self.ema)
+            if cfg.ema.posthoc and self.fsdp:
+                raise ValueError("ema.posthoc (--ema-posthoc) cannot be combined with --fsdp yet: the tracked averages "
+                                 "are whole copies of the network; use DDP (no --fsdp) or drop --ema-posthoc")
+            if cfg.ema.posthoc and main:  # rank 0 tracks and writes them (under DDP every rank has the same net)
+                self.posthoc = PowerEMA(self.net, cfg.ema.posthoc)
             if objective is None:  # denoising with this module's loss and noise-level draw (tests replace them here)
                 objective = DenoisingObjective(cfg.diffusion, loss=denoising_loss, noise_levels=sample_sigma) \
                     if cfg.objective.kind == "denoising" else build_objective(cfg, dataset, self.device)
@@ -156,12 +164,18 @@ class Trainer(TrainingLoop):
         self.window = [0.0, 0]  # loss sum and count since the last log entry
         self.best: dict | None = None  # lowest evaluation FD so far and its step
         self._saved_step: int | None = None  # the step whose state this process last saved (or resumed from)
+        self._snapshot_step: int | None = None  # the step of the post-hoc EMA snapshot last written
         os.makedirs(run, exist_ok=True)
         if start is not None:
             self._restore(start)
         if main:
             ckpt.write_config(run, cfg.to_dict())
             self._truncate_log()
+            if self.posthoc is not None:
+                dropped = posthoc_ema.drop_after(run, self.step)
+                if dropped:
+                    self.log(f"removed {len(dropped)} post-hoc EMA snapshot(s) written after step {self.step} "
+                             f"(a run cut off after its last checkpoint)")
         self.tb = self._tensorboard() if cfg.train.tensorboard and main else None
         self._gathered: tuple | None = None  # FSDP: (step, full model, EMA, optimizer states)
         if self.world.distributed:
@@ -223,6 +237,8 @@ class Trainer(TrainingLoop):
         self.step, self.elapsed, self.samples_seen = s["step"], s["elapsed"], s["samples_seen"]
         self.bad_in_row, self.window = s["bad_in_row"], list(s["window"])
         self.best = s.get("best")
+        if self.posthoc is not None:
+            self.posthoc.restore(t, s["posthoc_ema"])
         if os.path.abspath(start["path"]) == os.path.abspath(
                 os.path.join(self.run, ckpt.CHECKPOINTS, ckpt.checkpoint_name(self.step))):
             self._saved_step = self.step  # this state is already this run's checkpoint
@@ -280,17 +296,41 @@ class Trainer(TrainingLoop):
         tensors, opt_meta = ckpt.optimizer_to_tensors(opt_state)
         tensors["rng.generator"] = self.gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state() if self._own_rng_active else self.rng_torch
+        extra = {}
+        if self.posthoc is not None:
+            tensors.update(self.posthoc.state_tensors())
+            extra["posthoc_ema"] = self.posthoc.state()
+            self.snapshot()  # every checkpoint can be reconstructed at
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
                  "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta, "best": self.best,
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
                  "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names),
-                             **_licence(self.data), **self._examples()}}
+                             **_licence(self.data), **self._examples()}, **extra}
         path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
         self._saved_step = self.step
         return path
+
+    def snapshot(self) -> str | None:
+        """Write the post-hoc EMA snapshot of this step (once; rank 0); its path, or None when
+        the run tracks no post-hoc averages."""
+        if self.posthoc is None:
+            return None
+        path = os.path.join(self.run, posthoc_ema.SNAPSHOTS, posthoc_ema.snapshot_name(self.step))
+        if self._snapshot_step != self.step or not os.path.isfile(path):
+            path = self.posthoc.snapshot(self.run, self.step)
+            self._snapshot_step = self.step
+        return path
+
+    def posthoc_every(self) -> int:
+        """Steps between post-hoc EMA snapshots: ``ema.posthoc_every``, else a 32nd of the
+        step cap, else the checkpoint interval."""
+        e, tr = self.cfg.ema, self.cfg.train
+        if e.posthoc_every:
+            return e.posthoc_every
+        return max(1, tr.max_steps // POSTHOC_SNAPSHOTS) if tr.max_steps else tr.checkpoint_every
 
     def _examples(self, n: int = 8) -> dict:
         """Text runs: ``example_prompts``, the first wordings of n items (or classes) spread over the data."""
@@ -355,6 +395,8 @@ class Trainer(TrainingLoop):
         rng = torch.get_rng_state()
         out = []
         cond = self._sampling_conditions(n)
+        if self.cfg.conditioning.control:  # a control run: the maps of the first n training images
+            cond["control"] = self.conditions.control_maps(torch.arange(n) % len(self.data)).to(self.device)
         for start in range(0, n, 256):
             seeds = list(range(seed + start, seed + min(start + 256, n)))
             z = make_noise((len(seeds), *self.data.shape), seed=seeds, device=self.device)
@@ -518,6 +560,8 @@ class Trainer(TrainingLoop):
                     self.save()
                 if tr.sample_every and self.step % tr.sample_every == 0:
                     self.sample_grid()
+                if self.posthoc is not None and self.step % self.posthoc_every() == 0:
+                    self.snapshot()
         finally:
             if bar is not None:
                 bar.close()
