@@ -103,3 +103,13 @@ def table_section(start: str, end: str, title: str, intro: str, header: list[str
             lines.append("| " + " | ".join([name, *row(r)]) + " |")
     lines += ["", results.get("_meta", {}).get("notes", ""), end]
     return "\n".join(lines) + "\n"
+
+
+def finish(args, results: dict, markdown) -> int:
+    """Print ``markdown(results)`` and, with ``--write FILE``, put it in that file's section."""
+    section = markdown(results)
+    if args.write:
+        marks = [line for line in section.splitlines() if line.startswith("<!-- ")]
+        write_section(args.write, section, marks[0], marks[-1])
+    print(section)
+    return 0

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _sections import command, log, machine
-from _sections import write_section as _write_section
+from _sections import command, finish, load_results, log, machine, rerun_arguments, save_results
 
 START, END = "<!-- posthoc-ema:start -->", "<!-- posthoc-ema:end -->"
 LENGTHS = (0.02, 0.03, 0.05, 0.07, 0.10, 0.15, 0.20, 0.25)
@@ -114,7 +113,7 @@ def measure(args, data: str, out: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["## Post-hoc EMA: quality against EMA length (issue 19)", "",
+    lines = [START, "## Post-hoc EMA: quality against EMA length (issue 19)", "",
              "Written by `benchmarks/posthoc_ema.py` (its docstring has the protocol). One run per dataset, "
              "trained by `undiffuse train --data D --time-budget B --ema-posthoc` (emoji: `--conditioning text`); "
              "each row draws the same seeds with the run's own sampler. `run's EMA` is the run's ordinary "
@@ -148,8 +147,8 @@ def markdown(results: dict) -> str:
         best = min(scored, key=lambda x: x["fd"])
         lines += ["", f"Best post-hoc length by FD: {best['sigma_rel']:g}, FD {best['fd']:.3f} against the run's EMA "
                   f"{base['fd']:.3f} ({best['fd'] / base['fd']:.3f}x).", ""]
-    lines += [f"Machine: {results.get('_machine', {})}.", ""]
-    return "\n".join(lines)
+    lines += [f"Machine: {results.get('_machine', {})}.", END]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -161,20 +160,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--overhead", action="store_true")
     p.add_argument("--out", default="runs/bench_posthoc")
-    p.add_argument("--write", default=None)
+    rerun_arguments(p)
     args = p.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    for data in args.data:
+    results = load_results(path)
+    for data in [] if args.render else args.data:
+        if data in results and not args.again:
+            log(f"{data}: already measured (--again re-measures)")
+            continue
         results[data] = measure(args, data, out)
         results["_machine"], results["_command"] = machine(), command()
-        path.write_text(json.dumps(results, indent=1))
-    if args.write:
-        _write_section(args.write, markdown(results), START, END)
-    print(markdown(results))
-    return 0
+        save_results(path, results)
+    return finish(args, results, markdown)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,42 @@ def test_page_shows_api_errors(browser, page_server):
         assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
         time.sleep(0.05)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+
+
+def test_page_sends_a_control_image(browser, tmp_path):
+    """A control run: the page shows the control inputs and sends the chosen file; the
+    result records the image's checksum and the scale."""
+    import base64
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "models"
+    assert main(["train", "--data", "digits", "--max-steps", "2", "--out", str(tmp_path / "base"), *TINY]) == 0
+    assert main(["train-control", "--base", str(tmp_path / "base"), "--control", "edges", "--max-steps", "2",
+                 "--out", str(folder / "ctrl"), "--no-progress", "--set", "train.sample_count=4"]) == 0
+    picture = tmp_path / "square.png"
+    square = np.zeros((8, 8), np.uint8)
+    square[2:6, 2:6] = 255
+    Image.fromarray(square).save(picture)
+    with BackgroundServer(create_app(str(folder))) as srv:
+        browser.get(srv.url + "/")
+        deadline = time.monotonic() + 20
+        while browser.find_element(By.ID, "status").text != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert browser.find_element(By.ID, "control").is_displayed()
+        browser.find_element(By.ID, "control").send_keys(str(picture))
+        box = browser.find_element(By.ID, "control-scale")
+        box.clear()
+        box.send_keys("0.5")
+        browser.find_element(By.ID, "generate").click()
+        deadline = time.monotonic() + 60
+        while not browser.find_elements(By.CSS_SELECTOR, "#gallery img.result"):
+            assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
+            time.sleep(0.05)
+        link = browser.find_elements(By.CSS_SELECTOR, "#gallery figcaption a")[0]
+        rec = prov.read(base64.b64decode(link.get_attribute("href").split(",", 1)[1]))["provenance"]
+    assert rec["control_image_sha256"] == hashlib.sha256(picture.read_bytes()).hexdigest()
+    assert rec["control_scale"] == 0.5

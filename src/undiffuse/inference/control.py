@@ -12,6 +12,7 @@ trained on, resized (a note says so); each adapter's extractor then turns them i
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -103,21 +104,30 @@ def image_files(paths: list[str]) -> list[str]:
     return out
 
 
-def read_images(files: list[str], channels: int, size: int, *, nearest: bool = False, note=print) -> torch.Tensor:
-    """``files`` as (N, channels, size, size) float32 in [0, 1] (RGBA kept for the mask
-    extractor when ``channels`` is 3 and the file has alpha)."""
+def _open(source, what: str) -> Image.Image:
+    """A file path, raw bytes or an open PIL image, loaded."""
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            return im
+    except (UnidentifiedImageError, OSError) as e:
+        raise ControlError(f"{what} is not an image Pillow can read ({e})") from None
+
+
+def read_images(sources: list, channels: int, size: int, *, nearest: bool = False, note=print,
+                what: str = "--control-image") -> torch.Tensor:
+    """``sources`` (file paths, image bytes or PIL images) as (N, channels, size, size) float32
+    in [0, 1] (RGBA kept for the mask extractor when ``channels`` is 3 and the image has alpha)."""
     out = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                img = im
-        except (UnidentifiedImageError, OSError) as e:
-            raise ControlError(f"--control-image {f!r} is not an image Pillow can read ({e})") from None
+    for f in sources:
+        img = _open(f, f"{what} {f!r}" if isinstance(f, str) else what)
         alpha = channels == 3 and ("A" in img.getbands() or "transparency" in img.info)
         img = img.convert("L" if channels == 1 else ("RGBA" if alpha else "RGB"))
         if img.size != (size, size):
-            note(f"--control-image {f}: {img.size[0]}x{img.size[1]} resized to the adapter's {size}x{size}")
+            note(f"{what} {f if isinstance(f, str) else ''}: {img.size[0]}x{img.size[1]} resized to the adapter's "
+                 f"{size}x{size}")
             img = img.resize((size, size), Image.NEAREST if nearest else Image.BICUBIC)
         arr = np.asarray(img, np.float32) / 255.0
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -130,8 +140,9 @@ def read_images(files: list[str], channels: int, size: int, *, nearest: bool = F
     return torch.stack(out)
 
 
-def maps_for(run, files: list[str], *, is_map: bool = False, note=print) -> torch.Tensor:
-    """The ``control`` condition of ``run`` for ``files``: each adapter's map, concatenated."""
+def maps_for(run, files: list, *, is_map: bool = False, note=print, what: str = "--control-image") -> torch.Tensor:
+    """The ``control`` condition of ``run`` for ``files`` (paths, image bytes or PIL images):
+    each adapter's map, concatenated."""
     adapters = adapters_of(run)
     if not adapters:
         raise ControlError(f"{run.checkpoint!r} has no control adapter: give --control CTRL (a run from "
@@ -141,9 +152,9 @@ def maps_for(run, files: list[str], *, is_map: bool = False, note=print) -> torc
     for a in adapters:
         if is_map:
             m = read_images(files, a.channels if a.channels in (1, 3) else image_channels, a.map_size, nearest=True,
-                            note=note)[:, :a.channels]
+                            note=note, what=what)[:, :a.channels]
         else:
-            images = read_images(files, image_channels, a.map_size, note=note)
+            images = read_images(files, image_channels, a.map_size, note=note, what=what)
             if a.extractor != "mask":
                 images = images[:, :image_channels]
             m = control_maps.extract(a.extractor, images)

@@ -178,6 +178,10 @@ class Batcher:
                 extra["class"] = run.class_names[r.labels[i]]
             if r.prompt is not None:
                 extra["prompt"] = r.prompt
+            if r.control is not None:
+                extra["control_image_sha256"] = r.control_sha256
+                extra["control_scale"] = r.control_scale if r.control_scale is not None \
+                    else run.config.model["scales"][0]
             records.append(prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
                                        guidance=r.guidance, **extra))
         written = write_samples(gen.to_unit(x) if run.kind == "image" else x, format="png", seed=r.seed,
@@ -199,12 +203,19 @@ class Batcher:
 
 
 def _condition(run, group: list[Job]) -> dict:
-    """The batch's conditioning: class labels or prompt contexts, one row per image."""
+    """The batch's conditioning: class labels or prompt contexts, and control maps, one row per
+    image (a control batch also sets the adapters' scale: the batch shares one)."""
     first = group[0].request
+    out = {}
     if first.labels:
-        return {"class_labels": torch.tensor([k for j in group for k in j.request.labels])}
-    if first.prompt is not None:
+        out = {"class_labels": torch.tensor([k for j in group for k in j.request.labels])}
+    elif first.prompt is not None:
         parts = [gen.prompt_condition(run, j.request.prompt) for j in group]
-        return {k: torch.cat([p[k].expand(j.request.count, *p[k].shape[1:]) for p, j in zip(parts, group)])
-                for k in parts[0]}
-    return {}
+        out = {k: torch.cat([p[k].expand(j.request.count, *p[k].shape[1:]) for p, j in zip(parts, group)])
+               for k in parts[0]}
+    if first.control is not None:
+        out["control"] = torch.cat([j.request.control.expand(j.request.count, -1, -1, -1) for j in group])
+        net = run.denoiser.net
+        net.scales = [first.control_scale] * len(net.adapters) if first.control_scale is not None \
+            else list(run.config.model["scales"])
+    return out

@@ -5,10 +5,16 @@ its value and what is allowed) before anything is queued.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from undiffuse import samplers
+from undiffuse.inference import control as ctl
 from undiffuse.inference.generate import class_labels
 
 
@@ -32,7 +38,8 @@ class Limits:
 
 
 FORMATS = ("json", "png")
-FIELDS = ("model", "count", "sampler", "steps", "seed", "class", "prompt", "guidance", "format")
+FIELDS = ("model", "count", "sampler", "steps", "seed", "class", "prompt", "guidance", "format", "control_image",
+          "control_scale")
 
 
 @dataclass
@@ -47,10 +54,14 @@ class GenerateRequest:
     guidance: float = 1.0
     format: str = "json"
     labels: list = field(default_factory=list)  # resolved class index per image (class runs)
+    control: torch.Tensor | None = None  # control runs: the control image's maps (1, K, H, W)
+    control_scale: float | None = None   # their scale (default: the run's)
+    control_sha256: str = ""             # of the control image's bytes (recorded with the images)
 
     def key(self) -> tuple:
         """Requests with equal keys can share one network batch."""
-        return (self.model, self.sampler, self.steps, self.guidance, bool(self.labels), self.prompt is not None)
+        return (self.model, self.sampler, self.steps, self.guidance, bool(self.labels), self.prompt is not None,
+                self.control is not None, self.control_scale)
 
     def params(self) -> dict:
         out = {"model": self.model, "count": self.count, "sampler": self.sampler, "steps": self.steps,
@@ -59,6 +70,10 @@ class GenerateRequest:
             out["class"] = self.class_
         if self.prompt is not None:
             out["prompt"] = self.prompt
+        if self.control is not None:
+            out["control_image_sha256"] = self.control_sha256
+            if self.control_scale is not None:
+                out["control_scale"] = self.control_scale
         return out
 
 
@@ -125,7 +140,36 @@ def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
         req.prompt = p
     elif kind == "text":
         raise RequestError(400, f"model {req.model!r} is text-conditioned: give 'prompt' (\"\" for unconditional)")
+    _parse_control(body, run, req)
     if req.guidance != 1 and kind not in ("class", "text"):
         raise RequestError(400, f"'guidance' {req.guidance} needs a class- or text-conditioned model; {req.model!r} "
                                 f"is conditioned on {kind!r} (use 1)")
     return req
+
+
+def _parse_control(body: dict, run, req: GenerateRequest) -> None:
+    """``control_image`` (base64 image bytes) and ``control_scale`` of a control run."""
+    if "control_scale" in body and "control_image" not in body:
+        raise RequestError(400, "'control_scale' needs 'control_image'")
+    if "control_image" not in body:
+        return
+    if not ctl.adapters_of(run):
+        raise RequestError(400, f"'control_image' needs a control run (undiffuse train-control); {req.model!r} has "
+                                f"no control adapter")
+    data = body["control_image"]
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+    except binascii.Error:
+        raw = None
+    if not raw:
+        raise RequestError(400, "'control_image' must be a base64-encoded image file (PNG, JPEG, ...)")
+    try:
+        req.control = ctl.maps_for(run, [raw], note=lambda message: None, what="'control_image'")
+    except ctl.ControlError as e:
+        raise RequestError(400, str(e)) from None
+    req.control_sha256 = hashlib.sha256(raw).hexdigest()
+    if "control_scale" in body:
+        s = body["control_scale"]
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or abs(s) > 10:
+            raise RequestError(400, f"'control_scale' must be a number with |control_scale| <= 10, got {s!r}")
+        req.control_scale = float(s)

@@ -12,6 +12,7 @@ import os
 import re
 import threading
 
+from undiffuse.inference import control as ctl
 from undiffuse.inference.generate import LoadedRun, load_run
 from undiffuse.io import checkpoint as ckpt
 
@@ -83,5 +84,6 @@ class ModelRegistry:
         return {"name": name, "kind": run.kind, "conditioning": run.conditioning,
                 "classes": list(run.class_names) if run.conditioning == "class" else [],
                 "example_prompts": list(run.example_prompts) if run.conditioning == "text" else [],
+                "controls": [a.extractor for a in ctl.adapters_of(run)],
                 "shape": list(run.shape), "default_sampler": s.sampler, "default_steps": s.steps,
                 "step": run.step, "model_sha256": self._checksums[name]}
