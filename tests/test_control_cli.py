@@ -107,3 +107,36 @@ def test_refusals_name_the_problem(runs, tmp_path, capsys):
     for args, message in cases:
         code, _, err = run_main([*args, "--no-progress"] if args[0] == "sample" else args, capsys)
         assert code == 2 and message in err, (args, err)
+
+
+def test_a_run_trained_with_the_map_concatenated(runs, tmp_path, capsys):
+    """train --control: the map enters the U-Net with the noisy input (the from-scratch
+    baseline of an adapter); sample and evaluate take control images the same way."""
+    run = tmp_path / "concat"
+    code, _, err = run_main(["train", "--data", str(runs["data"]), "--control", "edges", "--max-steps", "4",
+                             "--out", str(run), *TINY], capsys)
+    assert code == 0, err
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["model"]["cond_channels"] == 1 and cfg["conditioning"]["control"] == "edges"
+    out = tmp_path / "s.npz"
+    code, _, err = run_main(["sample", "--checkpoint", str(run), "--control-image", str(runs["images"]),
+                             "--format", "npz", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    with np.load(out) as f:
+        assert f["samples"].shape == (3, 1, 16, 16) and f["controls"].shape == (3, 1, 16, 16)
+    code, _, err = run_main(["sample", "--checkpoint", str(run), "--control-image", str(runs["images"]),
+                             "--control-scale", "2", "--no-progress"], capsys)
+    assert code == 2 and "has no scale" in err
+
+
+def test_control_maps_on_a_latent_grid_lose_nothing():
+    import torch
+
+    from undiffuse.data import control_maps as cm
+
+    maps = torch.rand(2, 1, 28, 28)
+    grid = cm.to_grid(maps, 7)
+    assert grid.shape == (2, 16, 7, 7) and torch.equal(torch.nn.functional.pixel_shuffle(grid, 4), maps)
+    assert cm.to_grid(maps, 28) is maps
+    with pytest.raises(ValueError, match="do not tile"):
+        cm.to_grid(maps, 6)

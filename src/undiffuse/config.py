@@ -383,7 +383,15 @@ def _condition_model(d: dict, dataset) -> None:
         if model.get("kind") not in nets.IMAGE_KINDS:
             raise ValueError("conditioning 'text' needs an image network (unet or dit)")
         model.setdefault("context_dim", TEXT_EMBEDDING_DIM)
-    elif kind == "lowres":
+    control = cond.get("control", "")
+    if control and model.get("kind") != "controlled":  # the map concatenated to the input, from scratch
+        if model.get("kind") != "unet" or kind == "lowres":
+            raise ValueError("conditioning.control (a map concatenated to the input) needs a U-Net and no 'lowres' "
+                             "conditioning")
+        images = getattr(dataset, "pixels", dataset)
+        f = images.shape[-1] // dataset.shape[-1]
+        model.setdefault("cond_channels", control_maps.channels(control, images.shape[0]) * f * f)
+    if kind == "lowres":
         if model.get("kind") not in nets.IMAGE_KINDS:
             raise ValueError("conditioning 'lowres' needs an image network (unet or dit)")
         f = int(cond.get("factor", ConditioningConfig.factor))
@@ -442,9 +450,14 @@ def validate(cfg: RunConfig) -> None:
     if tr.max_steps is None and tr.time_budget is None:
         raise ValueError("set train.max_steps (--max-steps) or train.time_budget (--time-budget)")
     _validate_posthoc(cfg.ema)
-    if con.control and (con.control not in control_maps.EXTRACTORS or cfg.model.get("kind") != "controlled"):
-        raise ValueError(f"conditioning.control {con.control!r} needs a control run (train-control) and one of "
-                         f"{', '.join(control_maps.EXTRACTORS)}")
+    if con.control:
+        if con.control not in control_maps.EXTRACTORS:
+            raise ValueError(f"conditioning.control {con.control!r} is unknown; allowed: "
+                             f"{', '.join(control_maps.EXTRACTORS)}")
+        if not (cfg.model.get("kind") == "controlled" or (cfg.model.get("kind") == "unet"
+                                                          and cfg.model.get("cond_channels", 0) > 0)):
+            raise ValueError("conditioning.control needs a control run (train-control) or a U-Net that reads the map "
+                             "concatenated to its input (train --control, which sets model.cond_channels)")
     _validate_objective(cfg)
     if dif.parameterization == "flow" and pname != "flow":
         raise ValueError("diffusion.parameterization 'flow' needs diffusion.process name 'flow'")

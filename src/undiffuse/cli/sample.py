@@ -115,7 +115,7 @@ def run(args, parser) -> int:
     cal = _calibration(args, parser)
     condition, den, steer = _steering(args, parser, loaded)
     if control is not None:
-        condition["control"] = control["maps"].to(args.device)
+        condition.update(ctl.condition(loaded, control["maps"].to(args.device)))
         steer["control"] = control["record"]
     _check_schedule(args, parser, loaded, cal)
     _report_levels(args, loaded, cal)
@@ -305,7 +305,7 @@ def _control(args, parser, loaded, num_given) -> dict | None:
         args.prompt_list = [args.prompt] * args.num
     adapters = ctl.adapters_of(loaded)
     m = loaded.config.model
-    record = {"extractors": [a.extractor for a in adapters], "scales": list(m["scales"]),
+    record = {"extractors": [a.extractor for a in adapters], "scales": list(m.get("scales", [1.0])),
               "runs": m.get("control_runs", [os.path.abspath(loaded.checkpoint)]),
               "images": [os.path.abspath(f) for f in files], "is_map": bool(args.control_is_map)}
     return {"maps": maps, "record": record, "channels": [a.extractor for a in adapters for _ in range(a.channels)]}

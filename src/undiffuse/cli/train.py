@@ -35,6 +35,7 @@ _TRAIN_OPTIONS = {
     "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
     "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout", "compile": "train.compile",
     "channels_last": "train.channels_last", "ema_posthoc_every": "ema.posthoc_every",
+    "control": "conditioning.control",
 }
 
 
@@ -84,6 +85,10 @@ def add_parser(subparsers) -> None:
     t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the network, its gradients and "
                    "optimizer state over the processes with FSDP instead of replicating them with DDP "
                    "(checkpoints are the same either way)")
+    t.add_argument("--control", metavar="EXTRACTOR", help="also condition on a control map (edges, sketch, mask, "
+                   "layout, lowres) of each training image, concatenated to the network's input (for latent runs on "
+                   "the latent grid, space to depth); sample with --control-image. To steer a trained run instead, "
+                   "see train-control")
     t.add_argument("--ema-posthoc", nargs="*", type=float, metavar="SIGMA_REL",
                    help="also track power-function EMAs of these relative lengths (default 0.05 0.10) and store "
                         "snapshots of them in RUN/ema/snapshots, so that `undiffuse ema RUN --sigma-rel S` (and "

@@ -107,6 +107,15 @@ def check(name: str) -> None:
         raise ValueError(f"unknown control extractor {name!r}; allowed: {', '.join(EXTRACTORS)}")
 
 
+def to_grid(maps: Tensor, side: int) -> Tensor:
+    """Maps at the image's size brought to a network's ``side`` (a latent grid) without loss:
+    each block of pixels becomes channels (space to depth); unchanged at the same size."""
+    f = maps.shape[-1] // side
+    if f * side != maps.shape[-1]:
+        raise ValueError(f"control maps of {maps.shape[-1]} px do not tile a {side} px grid")
+    return maps if f == 1 else F.pixel_unshuffle(maps, f)
+
+
 def extract(name: str, images) -> Tensor:
     """The ``name`` map of ``images`` (see the module docstring)."""
     check(name)

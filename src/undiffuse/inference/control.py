@@ -39,17 +39,29 @@ class Adapter:
 
 
 def adapters_of(run) -> list[Adapter]:
-    """The adapters a loaded run (``generate.LoadedRun``) samples with ([] for a plain run)."""
-    m = run.config.model
-    if m.get("kind") != "controlled":
-        return []
-    return [Adapter(a["extractor"], a["control_channels"], a["map_size"]) for a in m["adapters"]]
+    """The control maps a loaded run (``generate.LoadedRun``) reads: its adapters', or the one
+    map a U-Net trained with the map concatenated reads (``train --control``); [] otherwise."""
+    m, name = run.config.model, run.config.conditioning.control
+    if m.get("kind") == "controlled":
+        return [Adapter(a["extractor"], a["control_channels"], a["map_size"]) for a in m["adapters"]]
+    if name:
+        size = run.image_shape[-1]
+        return [Adapter(name, control_maps.channels(name, run.image_shape[0]), size)]
+    return []
+
+
+def condition(run, maps: torch.Tensor) -> dict:
+    """The network's condition for ``maps`` (from :func:`maps_for`): ``control`` for adapters,
+    the maps on the sample grid as ``cond_image`` for a concatenating U-Net."""
+    if run.config.model.get("kind") == "controlled":
+        return {"control": maps}
+    return {"cond_image": control_maps.to_grid(maps, run.shape[-1])}
 
 
 def join(run, control_runs: list[str], scales: list[float]):
     """``run`` (a plain U-Net run, loaded) steered by the adapters of ``control_runs`` with
     ``scales``; its denoiser's network becomes a ``ControlledNet``, its config records them."""
-    if run.config.model.get("kind") != "unet":
+    if run.config.model.get("kind") != "unet" or run.config.conditioning.control:
         raise ControlError(f"--control joins adapters to a plain U-Net run; {run.checkpoint!r} has a "
                            f"{run.config.model.get('kind')!r} network (a control run samples with its own adapter: "
                            f"give it as --checkpoint)")
@@ -82,6 +94,9 @@ def join(run, control_runs: list[str], scales: list[float]):
 def set_scales(run, scales: list[float]) -> None:
     """The scales of a control run's own adapters (one per adapter)."""
     net = run.denoiser.net
+    if not isinstance(net, ControlledNet):
+        raise ControlError(f"--control-scale sets the strength of control adapters; {run.checkpoint!r} reads its map "
+                           f"concatenated to the input (train --control), which has no scale")
     if len(scales) != len(net.adapters):
         raise ControlError(f"--control-scale: {len(scales)} scale(s) for {len(net.adapters)} adapter(s)")
     net.scales = list(scales)

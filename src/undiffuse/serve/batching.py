@@ -26,6 +26,7 @@ import torch
 
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.inference import generate as gen
+from undiffuse.inference import control as ctl
 from undiffuse.io import provenance as prov
 from undiffuse.io.images import grid, png_bytes, to_uint8
 from undiffuse.io.writers import write_samples
@@ -181,7 +182,7 @@ class Batcher:
             if r.control is not None:
                 extra["control_image_sha256"] = r.control_sha256
                 extra["control_scale"] = r.control_scale if r.control_scale is not None \
-                    else run.config.model["scales"][0]
+                    else run.config.model.get("scales", [1.0])[0]
             records.append(prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
                                        guidance=r.guidance, **extra))
         written = write_samples(gen.to_unit(x) if run.kind == "image" else x, format="png", seed=r.seed,
@@ -214,8 +215,10 @@ def _condition(run, group: list[Job]) -> dict:
         out = {k: torch.cat([p[k].expand(j.request.count, *p[k].shape[1:]) for p, j in zip(parts, group)])
                for k in parts[0]}
     if first.control is not None:
-        out["control"] = torch.cat([j.request.control.expand(j.request.count, -1, -1, -1) for j in group])
+        out.update(ctl.condition(run, torch.cat([j.request.control.expand(j.request.count, -1, -1, -1)
+                                                  for j in group])))
         net = run.denoiser.net
-        net.scales = [first.control_scale] * len(net.adapters) if first.control_scale is not None \
-            else list(run.config.model["scales"])
+        if hasattr(net, "adapters"):
+            net.scales = [first.control_scale] * len(net.adapters) if first.control_scale is not None \
+                else list(run.config.model["scales"])
     return out

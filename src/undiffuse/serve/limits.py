@@ -169,6 +169,9 @@ def _parse_control(body: dict, run, req: GenerateRequest) -> None:
         raise RequestError(400, str(e)) from None
     req.control_sha256 = hashlib.sha256(raw).hexdigest()
     if "control_scale" in body:
+        if run.config.model.get("kind") != "controlled":
+            raise RequestError(400, f"'control_scale' sets the strength of control adapters; {req.model!r} reads its "
+                                    f"map concatenated to the input, which has no scale")
         s = body["control_scale"]
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or abs(s) > 10:
             raise RequestError(400, f"'control_scale' must be a number with |control_scale| <= 10, got {s!r}")

@@ -74,16 +74,25 @@ class TextTable:
 class TrainingConditions:
     """Per-batch conditioning keyword arguments for the trainer."""
 
-    def __init__(self, cfg, dataset):  # cfg: the run's ``conditioning`` group (kind, dropout, factor, max_tokens)
-        self.cfg, self.data = cfg, dataset
+    def __init__(self, cfg, dataset, *, concat_control: bool = False):
+        # cfg: the run's ``conditioning`` group (kind, dropout, factor, max_tokens, control); with
+        # ``concat_control`` the control maps go to the network as ``cond_image`` (on its grid)
+        self.cfg, self.data, self.concat_control = cfg, dataset, concat_control
         self.text = TextTable.for_dataset(dataset, cfg.max_tokens) if cfg.kind == "text" else None
         self._maps: Tensor | None = None
 
     def __call__(self, index: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
         out = self._condition(index, x0, generator)
         if self.cfg.control:
-            out["control"] = self.control_maps(index).to(x0.device)
+            out.update(self.control_condition(index, x0.device))
         return out
+
+    def control_condition(self, index, device="cpu") -> dict:
+        """The control maps of rows ``index`` as the network takes them."""
+        maps = self.control_maps(index).to(device)
+        if self.concat_control:
+            return {"cond_image": control_maps.to_grid(maps, self.data.shape[-1])}
+        return {"control": maps}
 
     def control_maps(self, index) -> Tensor:
         """The control maps of data rows ``index`` (``conditioning.control``'s extractor on the

@@ -160,7 +160,8 @@ class Trainer(TrainingLoop):
         generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)  # flips, conditions, objective
         super().__init__(cfg, self.net, objective, gen=generator, ema=self.ema, log=self.log)
         self.order = DataOrder(len(dataset), cfg.train.seed)
-        self.conditions = TrainingConditions(cfg.conditioning, dataset)
+        self.conditions = TrainingConditions(cfg.conditioning, dataset,
+                                             concat_control=cfg.model.get("kind") != "controlled")
         self.window = [0.0, 0]  # loss sum and count since the last log entry
         self.best: dict | None = None  # lowest evaluation FD so far and its step
         self._saved_step: int | None = None  # the step whose state this process last saved (or resumed from)
@@ -396,7 +397,7 @@ class Trainer(TrainingLoop):
         out = []
         cond = self._sampling_conditions(n)
         if self.cfg.conditioning.control:  # a control run: the maps of the first n training images
-            cond["control"] = self.conditions.control_maps(torch.arange(n) % len(self.data)).to(self.device)
+            cond.update(self.conditions.control_condition(torch.arange(n) % len(self.data), self.device))
         for start in range(0, n, 256):
             seeds = list(range(seed + start, seed + min(start + 256, n)))
             z = make_noise((len(seeds), *self.data.shape), seed=seeds, device=self.device)
