@@ -13,7 +13,10 @@ images, as mnist5k has no held-out split), as [0, 1] pixels; the control map is 
 extractor's output on each. For every scale the base joined with the adapter
 (``inference.control.join``) draws one sample per map (sample i from seed i, the run's own
 sampler; text runs: the image's first caption at guidance 3); scale 0 is the base alone with
-the same seeds, the floor. Scores: ``control_f1`` / ``sketch_f1`` / ``mask_iou`` /
+the same seeds, the floor. With ``--concat-budget T`` a run trained from scratch on the same
+data with the map concatenated to its input (``undiffuse train --data D --control C
+--time-budget T``; equal CPU time: T = the base's time plus the adapter's) is scored the same
+way. Scores: ``control_f1`` / ``sketch_f1`` / ``mask_iou`` /
 ``control_mae`` against the maps (``metrics.control``), and FD of the samples against the
 whole training set in the data's feature space (mnist: the mnist classifier, emoji: the
 image-text scorer's image features; all 3,592 training emoji).
@@ -36,12 +39,21 @@ START, END = "<!-- control:start -->", "<!-- control:end -->"
 GUIDANCE = 3.0
 
 
-def train(args, out: Path) -> dict:
+def train(args, out: Path, concat: bool = False) -> dict:
+    """The adapter (``train-control``), or with ``concat`` the from-scratch run that reads the
+    map concatenated (``train --data D --control C`` with the base's data and conditioning)."""
     if (out / "latest").exists():
         log(f"reusing {out}")
         return json.loads((out / "bench_train.json").read_text())
-    cmd = [sys.executable, "-m", "undiffuse", "train-control", "--base", args.base, "--control", args.control,
-           "--time-budget", args.budget, "--out", str(out), "--no-progress"]
+    if concat:
+        base = json.loads((Path(args.base) / "config.json").read_text())
+        cmd = [sys.executable, "-m", "undiffuse", "train", "--data", base["data"]["name"], "--control", args.control,
+               "--time-budget", args.concat_budget, "--out", str(out), "--no-progress"]
+        if base["conditioning"]["kind"] != "none":
+            cmd += ["--conditioning", base["conditioning"]["kind"]]
+    else:
+        cmd = [sys.executable, "-m", "undiffuse", "train-control", "--base", args.base, "--control", args.control,
+               "--time-budget", args.budget, "--out", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     log(" ".join(cmd))
     t0 = time.time()
@@ -91,9 +103,14 @@ def measure(args) -> dict:
     else:
         reference, space = load_set(base.config.data.name, what="reference")[0], "auto"
     rec.update(images=what, rows=[])
-    for scale in args.scales:
-        run = ctl.join(gen.load_run(args.base), [str(out)], [scale])
-        cond = {"control": maps}
+    points = [(scale, lambda s=scale: ctl.join(gen.load_run(args.base), [str(out)], [s])) for scale in args.scales]
+    if args.concat_budget:
+        concat = Path(args.out) / f"{Path(args.base).name}_{args.control}_concat"
+        rec["concat"] = train(args, concat, concat=True)
+        points.append(("concat", lambda: gen.load_run(str(concat))))
+    for scale, load in points:
+        run = load()
+        cond = ctl.condition(run, maps)
         den = None
         if text:
             cond.update(gen.prompt_condition(run, captions))
@@ -107,7 +124,7 @@ def measure(args) -> dict:
                "recall": float(res["recall"]), "features": res["protocol"]["features"], "seconds": secs}
         log(json.dumps(row))
         rec["rows"].append(row)
-        np.savez_compressed(out / f"samples_scale_{scale:g}.npz", samples=x[:64].numpy(), controls=maps[:64].numpy())
+        np.savez_compressed(out / f"samples_{scale}.npz", samples=x[:64].numpy(), controls=maps[:64].numpy())
     return rec
 
 
@@ -125,8 +142,11 @@ def markdown(results: dict) -> str:
                   f"features: {rec['rows'][0]['features']}.", "",
                   f"| scale | {score} | FD | precision | recall |", "|---:|---:|---:|---:|---:|"]
         for r in rec["rows"]:
-            lines.append(f"| {r['scale']:g} | {r[score]:.3f} | {r['fd']:.3f} | {r['precision']:.3f} | "
-                         f"{r['recall']:.3f} |")
+            name = f"{r['scale']:g}" if r["scale"] != "concat" else "from scratch, map concatenated"
+            lines.append(f"| {name} | {r[score]:.3f} | {r['fd']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} |")
+        if "concat" in rec:
+            c = rec["concat"]
+            lines += ["", f"From scratch: `{c['command']}`, {c['steps']} steps."]
         lines.append("")
     lines += [f"Machine: {results.get('_machine', {})}.", END]
     return "\n".join(lines) + "\n"
@@ -139,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", default="10m")
     p.add_argument("--num", type=int, default=500)
     p.add_argument("--scales", nargs="+", type=float, default=[0.0, 0.5, 1.0, 1.5, 2.0])
+    p.add_argument("--concat-budget", help="also train and score a run that reads the map concatenated, for this "
+                   "long (equal CPU time: the base's training time plus --budget)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench_control")
     rerun_arguments(p)
