@@ -186,3 +186,16 @@ def test_config_refuses_bad_lengths():
     for bad, msg in (([0.4], "relative EMA widths"), ([0.05, 0.05], "twice")):
         with pytest.raises(ValueError, match=msg):
             resolve("toy", ds, {"train.max_steps": 1, "ema.posthoc": bad})
+
+
+def test_a_time_budget_spaces_snapshots_by_time(tmp_path):
+    """Under a time budget alone the snapshots follow the training time (about 32, plus the
+    checkpoints'), whatever the number of steps: a wrong step estimate cannot multiply them."""
+    ds = data.load("moons", num_points=1000)
+    cfg = resolve("toy", ds, {**TOY, "ema.posthoc_every": 0, "train.max_steps": None, "train.time_budget": 3.0,
+                              "ema.posthoc": [0.05, 0.10], "train.checkpoint_every": 100_000})
+    t = Trainer(cfg, ds, str(tmp_path / "r"), progress=False, log=lambda m: None)
+    t.fit()
+    found = ph.snapshots(str(tmp_path / "r"))
+    assert t.step > 64 and 20 <= len(found) <= 34, (t.step, len(found))
+    assert found[-1].step == t.step

@@ -40,7 +40,7 @@ MIN_STEPS = 3000   # a rung is chosen only if the budget buys it this many optim
 PRESET_STEPS = 20_000  # the preset's own network (and optimiser) only if the budget buys it this many
 WARMUP_SHARE = 0.25 # warm-up at most this share of the expected steps
 EMA_SHARE = 0.05    # EMA half-life at most this share of the expected samples (the ramp-up's own share)
-POSTHOC_SNAPSHOTS = 32  # post-hoc EMA snapshots over the expected steps (when ema.posthoc_every is not given)
+POSTHOC_SNAPSHOTS = 32  # post-hoc EMA snapshots per run (by steps, or by time under a time budget alone)
 RATE_BATCH = 16     # samples per probe step
 FULL_BATCH_SECONDS = 1.0  # a predicted step time under this is then measured at the run's full batch
 
@@ -157,7 +157,7 @@ def fit_stopping(cfg: RunConfig, explicit: set[str]) -> list[str]:
 
 # what a fit may change: a resumed run takes these from its saved config unless given again
 FITTED = ("model", "optim.lr", "optim.batch_size", "diffusion.p_mean", "optim.warmup_steps",
-          "ema.halflife_samples", "ema.posthoc_every", "train.checkpoint_every", "train.sample_every")
+          "ema.halflife_samples", "train.checkpoint_every", "train.sample_every")
 
 
 def keep_saved_fit(cfg: RunConfig, saved: dict, explicit: set[str]) -> RunConfig:
@@ -266,10 +266,9 @@ def _scale_to_steps(cfg: RunConfig, steps: int, explicit: set[str]) -> list[str]
     if "train.checkpoint_every" not in explicit and tr.checkpoint_every > every:
         out.append(f"checkpoints: every {every} steps (a quarter of the run)")
         tr.checkpoint_every = every
-    if e.posthoc and not e.posthoc_every and "ema.posthoc_every" not in explicit:
-        e.posthoc_every = max(1, steps // POSTHOC_SNAPSHOTS)
-        out.append(f"post-hoc EMA: snapshots every {e.posthoc_every} steps (about {POSTHOC_SNAPSHOTS} in the run, "
-                   f"and one with each checkpoint)")
+    if e.posthoc and not e.posthoc_every:
+        out.append(f"post-hoc EMA: a snapshot every {POSTHOC_SNAPSHOTS}th of the "
+                   + ("training time" if tr.max_steps is None else "steps") + " and one with each checkpoint")
     if "train.sample_every" not in explicit and tr.sample_every > steps:
         tr.sample_every = 0
     return out

@@ -166,6 +166,7 @@ class Trainer(TrainingLoop):
         self.best: dict | None = None  # lowest evaluation FD so far and its step
         self._saved_step: int | None = None  # the step whose state this process last saved (or resumed from)
         self._snapshot_step: int | None = None  # the step of the post-hoc EMA snapshot last written
+        self._snapshot_slot: int | None = None  # time-budget runs: the 32nd of the budget last snapshotted
         os.makedirs(run, exist_ok=True)
         if start is not None:
             self._restore(start)
@@ -325,13 +326,22 @@ class Trainer(TrainingLoop):
             self._snapshot_step = self.step
         return path
 
-    def posthoc_every(self) -> int:
-        """Steps between post-hoc EMA snapshots: ``ema.posthoc_every``, else a 32nd of the
-        step cap, else the checkpoint interval."""
+    def snapshot_due(self) -> bool:
+        """A post-hoc EMA snapshot is due at this step: every ``ema.posthoc_every`` steps, else
+        every 32nd of the step cap, else (a time budget alone) each time the training time
+        passes another 32nd of the budget, which no error in the expected step count can
+        multiply."""
         e, tr = self.cfg.ema, self.cfg.train
-        if e.posthoc_every:
-            return e.posthoc_every
-        return max(1, tr.max_steps // POSTHOC_SNAPSHOTS) if tr.max_steps else tr.checkpoint_every
+        if e.posthoc_every or tr.max_steps:
+            every = e.posthoc_every or max(1, tr.max_steps // POSTHOC_SNAPSHOTS)
+            return self.step % every == 0
+        slot = int(self.elapsed // (tr.time_budget / POSTHOC_SNAPSHOTS))
+        if self._snapshot_slot is None:  # fresh (slot 0) or resumed: the slot the run is in counts as taken
+            self._snapshot_slot = 0 if self.step <= 1 else slot
+        if slot > self._snapshot_slot:
+            self._snapshot_slot = slot
+            return True
+        return False
 
     def _examples(self, n: int = 8) -> dict:
         """Text runs: ``example_prompts``, the first wordings of n items (or classes) spread over the data."""
@@ -561,7 +571,7 @@ class Trainer(TrainingLoop):
                     self.save()
                 if tr.sample_every and self.step % tr.sample_every == 0:
                     self.sample_grid()
-                if self.posthoc is not None and self.step % self.posthoc_every() == 0:
+                if self.posthoc is not None and self.snapshot_due():
                     self.snapshot()
         finally:
             if bar is not None:
