@@ -128,6 +128,28 @@ def measure(args) -> dict:
     return rec
 
 
+def picture(args) -> Path | None:
+    """``OUT/BASE_CONTROL/grid.png``: the first 16 control maps, then the samples of every
+    scored point (one row each, in the order scored), from the saved sample files."""
+    from undiffuse.io.images import grid, save_png, to_uint8
+
+    out = Path(args.out) / f"{Path(args.base).name}_{args.control}"
+    files = sorted(out.glob("samples_*.npz"), key=lambda f: (f.stem == "samples_concat", f.stem))
+    if not files:
+        return None
+    rows = []
+    for i, f in enumerate(files):
+        with np.load(f) as z:
+            if i == 0:
+                maps = torch.from_numpy(z["controls"][:16])
+                rows.append(maps.expand(-1, z["samples"].shape[1], -1, -1) if maps.shape[1] == 1 else maps)
+            rows.append(torch.from_numpy(z["samples"][:16]))
+    path = out / "grid.png"
+    save_png(str(path), grid(to_uint8(torch.cat(rows)), nrow=16), scale=3)
+    log(f"rows: control maps, then {', '.join(f.stem[len('samples_'):] for f in files)}; {path}")
+    return path
+
+
 def markdown(results: dict) -> str:
     lines = [START, "## Structure control: adherence and quality against the control scale (issue 19)", "",
              "Written by `benchmarks/control.py` (its docstring has the protocol): one adapter per row group, "
@@ -172,6 +194,7 @@ def main(argv=None) -> int:
         results[key] = measure(args)
         results["_machine"], results["_command"] = machine(), command()
         save_results(path, results)
+    picture(args)
     return finish(args, results, markdown)
 
 
