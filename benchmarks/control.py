@@ -124,13 +124,15 @@ def measure(args) -> dict:
                "recall": float(res["recall"]), "features": res["protocol"]["features"], "seconds": secs}
         log(json.dumps(row))
         rec["rows"].append(row)
-        np.savez_compressed(out / f"samples_{scale}.npz", samples=x[:64].numpy(), controls=maps[:64].numpy())
+        spread = slice(None, None, max(1, len(x) // 64))  # 64 kept, spread over the (sorted) picks
+        np.savez_compressed(out / f"samples_{scale}.npz", samples=x[spread][:64].numpy(),
+                            controls=maps[spread][:64].numpy())
     return rec
 
 
 def picture(args) -> Path | None:
-    """``OUT/BASE_CONTROL/grid.png``: the first 16 control maps, then the samples of every
-    scored point (one row each, in the order scored), from the saved sample files."""
+    """``OUT/BASE_CONTROL/grid.png``: 16 control maps (every 4th of the 64 saved), then the
+    samples of every scored point (one row each, in the order scored)."""
     from undiffuse.io.images import grid, save_png, to_uint8
 
     out = Path(args.out) / f"{Path(args.base).name}_{args.control}"
@@ -141,9 +143,9 @@ def picture(args) -> Path | None:
     for i, f in enumerate(files):
         with np.load(f) as z:
             if i == 0:
-                maps = torch.from_numpy(z["controls"][:16])
+                maps = torch.from_numpy(z["controls"][::4][:16])
                 rows.append(maps.expand(-1, z["samples"].shape[1], -1, -1) if maps.shape[1] == 1 else maps)
-            rows.append(torch.from_numpy(z["samples"][:16]))
+            rows.append(torch.from_numpy(z["samples"][::4][:16]))
     path = out / "grid.png"
     save_png(str(path), grid(to_uint8(torch.cat(rows)), nrow=16), scale=3)
     log(f"rows: control maps, then {', '.join(f.stem[len('samples_'):] for f in files)}; {path}")
@@ -159,13 +161,16 @@ def markdown(results: dict) -> str:
         if key.startswith("_"):
             continue
         t = rec["train"]
-        score = next(k for k in ("control_f1", "sketch_f1", "mask_iou", "control_mae") if k in rec["rows"][0])
+        scores = [k for k in ("control_f1", "control_f1_exact", "sketch_f1", "mask_iou", "control_mae")
+                  if k in rec["rows"][0]]
         lines += [f"### `{t['command']}`", "", f"{t['steps']} adapter steps; control images: {rec['images']}; "
                   f"features: {rec['rows'][0]['features']}.", "",
-                  f"| scale | {score} | FD | precision | recall |", "|---:|---:|---:|---:|---:|"]
+                  f"| scale | {' | '.join(scores)} | FD | precision | recall |",
+                  "|---:|" + "---:|" * (len(scores) + 3)]
         for r in rec["rows"]:
             name = f"{r['scale']:g}" if r["scale"] != "concat" else "from scratch, map concatenated"
-            lines.append(f"| {name} | {r[score]:.3f} | {r['fd']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} |")
+            lines.append(f"| {name} | {' | '.join(f'{r[k]:.3f}' for k in scores)} | {r['fd']:.3f} | "
+                         f"{r['precision']:.3f} | {r['recall']:.3f} |")
         if "concat" in rec:
             c = rec["concat"]
             lines += ["", f"From scratch: `{c['command']}`, {c['steps']} steps."]

@@ -76,6 +76,8 @@ def test_edge_f1_counts_with_one_pixel_tolerance():
     assert control.edge_f1(c, s)[0] == pytest.approx(0.5)
     shifted = np.roll(c, 1, axis=1)  # one row down: all within tolerance
     assert control.edge_f1(c, shifted)[0] == 1.0
+    assert control.edge_f1(c, shifted, tolerance=0)[0] == 0.0 and control.edge_f1(c, s, tolerance=0)[0] == pytest.approx(4 / 9)  # P 4/8, R 4/10
+    assert control.edge_f1(c, np.roll(c, 2, axis=1), tolerance=2)[0] == 1.0
     assert control.edge_f1(c, np.roll(c, 3, axis=1))[0] == 0.0
     assert control.edge_f1(np.zeros_like(c), np.zeros_like(c))[0] == 1.0
     assert control.edge_f1(c, np.zeros_like(c))[0] == 0.0

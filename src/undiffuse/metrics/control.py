@@ -5,7 +5,9 @@
   pixel counts as matched when the other map has an edge within the 3x3 neighbourhood
   (chessboard distance 1). Precision is the matched share of the sample's edge pixels, recall
   that of the control's; F1 per image, averaged over the images (an image where neither map
-  has an edge scores 1, one where only one has edges 0).
+  has an edge scores 1, one where only one has edges 0). ``control_f1_exact``: the same with
+  no tolerance. On small centred images the tolerant score saturates: two random real mnist5k
+  digits score 0.69 (exact: 0.24), so both are reported.
 - ``mask_iou``: intersection over union of each control mask and its sample's foreground
   (the ``mask`` extractor), averaged (two empty masks: 1).
 """
@@ -30,8 +32,9 @@ def _binary(maps, what: str) -> np.ndarray:
     return m > 0.5
 
 
-def edge_f1(control_edges, sample_edges) -> np.ndarray:
-    """Per-image F1 of two stacks of binary edge maps with the one-pixel tolerance."""
+def edge_f1(control_edges, sample_edges, tolerance: int = 1) -> np.ndarray:
+    """Per-image F1 of two stacks of binary edge maps, matched within ``tolerance`` pixels
+    (chessboard distance; 0: the same pixel)."""
     a, b = _binary(control_edges, "control edges"), _binary(sample_edges, "sample edges")
     if a.shape != b.shape:
         raise ValueError(f"control edges {a.shape} and sample edges {b.shape} differ in shape")
@@ -40,15 +43,17 @@ def edge_f1(control_edges, sample_edges) -> np.ndarray:
         if not c.any() and not s.any():
             out[i] = 1.0
             continue
-        precision = (s & ndimage.binary_dilation(c, _NEIGHBOURS)).sum() / max(s.sum(), 1)
-        recall = (c & ndimage.binary_dilation(s, _NEIGHBOURS)).sum() / max(c.sum(), 1)
+        near_c = ndimage.binary_dilation(c, _NEIGHBOURS, iterations=tolerance) if tolerance else c
+        near_s = ndimage.binary_dilation(s, _NEIGHBOURS, iterations=tolerance) if tolerance else s
+        precision = (s & near_c).sum() / max(s.sum(), 1)
+        recall = (c & near_s).sum() / max(c.sum(), 1)
         out[i] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return out
 
 
-def control_f1(samples, control_edges) -> float:
+def control_f1(samples, control_edges, tolerance: int = 1) -> float:
     """Mean edge F1 of ``samples`` (images in [0, 1]) against their control edge maps."""
-    return float(edge_f1(control_edges, control_maps.edges(samples).numpy()).mean())
+    return float(edge_f1(control_edges, control_maps.edges(samples).numpy(), tolerance).mean())
 
 
 def iou(control_masks, sample_masks) -> np.ndarray:
@@ -83,6 +88,7 @@ def control_scores(samples, controls, extractors) -> dict:
         block = controls[:, k:k + width]
         if name == "edges":
             out["control_f1"] = control_f1(samples, block)
+            out["control_f1_exact"] = control_f1(samples, block, tolerance=0)
         elif name == "sketch":
             out["sketch_f1"] = float(edge_f1(block, control_maps.sketch(samples).numpy()).mean())
         elif name == "mask":

@@ -217,7 +217,8 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     if controls is not None:
         scores = control_scores(samples, controls, control_extractors)
         out.update(scores)
-        out["protocol"]["control"] = ("edge F1 with a 1-pixel tolerance (control_f1, sketch_f1), foreground IoU "
+        out["protocol"]["control"] = ("edge F1 with a 1-pixel tolerance (control_f1, sketch_f1; control_f1_exact: "
+                                      "none), foreground IoU "
                                       "(mask_iou), mean absolute map difference (control_mae), each against the "
                                       "maps the samples were steered by")
     out["_copies"] = cp  # for the closest-pairs picture; dropped by to_json
@@ -242,7 +243,7 @@ def summary_lines(result: dict) -> list[str]:
     if "clip_score" in result:
         lines.append(f"  clip_score {result['clip_score']:.4f}   prompt_accuracy {result['prompt_accuracy']:.3f}  "
                      f"({p['prompt_accuracy']})")
-    for key in ("control_f1", "sketch_f1", "mask_iou", "control_mae"):
+    for key in ("control_f1", "control_f1_exact", "sketch_f1", "mask_iou", "control_mae"):
         if key in result:
             lines.append(f"  {key:<10} {result[key]:.3f}")
     lines += [f"  note: {n}" for n in p["notes"]]
