@@ -166,13 +166,17 @@ def test_cli_ema_sample_and_sweep(tmp_path, capsys):
         assert np.array_equal(f["samples"], gen.generate(loaded, 16, seed=0).numpy())
     r = run_cli(["sample", "--checkpoint", str(run), "--ema", "0.07", "--weights", "model", "--num", "4"])
     assert r.returncode == 2 and "--ema" in r.stderr
-    r = run_cli(["sweep", "--checkpoint", str(run), "--ema", "0.07", "0.12", "--num", "200",
-                 "--out", str(tmp_path / "sw")])
+    small = tmp_path / "moons500.npz"  # a small reference keeps the scoring quick
+    moons = data.load("moons", num_points=500)
+    np.savez(small, x=moons.get(torch.arange(500)).numpy())
+    r = run_cli(["sweep", "--checkpoint", str(run), "--ema", "0.07", "0.12", "--num", "40",
+                 "--reference", str(small), "--out", str(tmp_path / "sw")])
     assert r.returncode == 0, r.stderr
     rows = json.load(open(tmp_path / "sw" / "ema.json"))
     assert [row["sigma_rel"] for row in rows] == [None, 0.07, 0.12] and all(math.isfinite(x["fd"]) for x in rows)
     assert os.path.isfile(tmp_path / "sw" / "fd_vs_ema.png")
-    r = run_cli(["sweep", "--checkpoint", str(run), "--ema", "0.002", "--out", str(tmp_path / "sw2")])
+    r = run_cli(["sweep", "--checkpoint", str(run), "--ema", "0.002", "--reference", str(small),
+                 "--out", str(tmp_path / "sw2")])
     assert r.returncode == 2 and "0.002" in r.stderr
     bare = tmp_path / "bare"
     assert run_cli(["train", "--data", "moons", "--preset", "toy", "--max-steps", "4", "--out", str(bare),
