@@ -30,15 +30,12 @@ import os
 import signal
 import threading
 import time
-import warnings
-from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.losses import denoising_loss, sample_sigma
-from undiffuse.core.noise import derive_seed
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.precond import Denoiser
 from undiffuse.inference import generate as gen
@@ -60,40 +57,12 @@ from undiffuse.training.loop import (
 from undiffuse.training.loop import ProgressBar as _bar  # fit's name for it
 from undiffuse.training.objectives import build_objective
 from undiffuse.training.power_ema import PowerEMA
+from undiffuse.training.resume import DataOrder, merged_for_resume
 from undiffuse.utils import acceleration as accel
 from undiffuse.utils import distributed as _dist
 from undiffuse.utils.atomic import write_text
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class DataOrder:
-    """Epoch-wise permutations seeded by ``derive_seed(seed, epoch)``; state is just two ints."""
-
-    n: int
-    seed: int
-    epoch: int = 0
-    pos: int = 0
-
-    def _perm(self) -> Tensor:
-        cached = getattr(self, "_cache", None)
-        if cached is None or cached[0] != self.epoch:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-            self._cache = (self.epoch, torch.randperm(self.n, generator=g))
-        return self._cache[1]
-
-    def next(self, batch: int) -> Tensor:
-        out = []
-        while batch > 0:
-            perm = self._perm()
-            take = perm[self.pos:self.pos + batch]
-            out.append(take)
-            batch -= len(take)
-            self.pos += len(take)
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return torch.cat(out)
 
 
 def _licence(dataset) -> dict:
@@ -127,7 +96,7 @@ class Trainer(TrainingLoop):
             if saved_shape is not None and tuple(saved_shape) != tuple(dataset.shape):
                 raise TrainingError(f"cannot resume {start['path']}: it was trained on items of shape "
                                     f"{tuple(saved_shape)}, the data given has {tuple(dataset.shape)}")
-            cfg = self.cfg = _merged_for_resume(start["state_json"]["config"], cfg)
+            cfg = self.cfg = merged_for_resume(start["state_json"]["config"], cfg)
         if self.fsdp and cfg.train.channels_last:
             raise ValueError("train.channels_last cannot be combined with --fsdp: FSDP shards contiguous parameters "
                              "only (omit --channels-last; under FSDP the default is off)")
@@ -594,27 +563,3 @@ class Trainer(TrainingLoop):
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-# How to run, not what to train: taken from the request when resuming (a run started on a
-# CPU continues on a GPU with ``--device cuda``; the request's default device is the CPU).
-EXECUTION = ("device", "precision", "compile", "channels_last")
-
-
-def _merged_for_resume(saved: dict, requested: RunConfig) -> RunConfig:
-    """The saved run config, with the stopping rule (so a run can be extended) and the
-    execution choices (:data:`EXECUTION`) taken from the new request; anything else that
-    differs is reported, not applied."""
-    cfg = RunConfig.from_dict(saved)
-    req = requested.to_dict()
-    for key in ("max_steps", "time_budget", *EXECUTION):
-        setattr(cfg.train, key, req["train"][key])
-    if cfg.train.max_steps is None and cfg.train.time_budget is None:
-        cfg.train.max_steps = saved["train"]["max_steps"]
-        cfg.train.time_budget = saved["train"]["time_budget"]
-    differs = [f"{sec}.{k}" for sec in ("model", "diffusion", "optim", "ema") for k in req[sec]
-               if saved.get(sec, {}).get(k) != req[sec][k]]
-    if differs:
-        warnings.warn(f"resuming with the saved settings; ignoring requested changes to {', '.join(differs)}",
-                      stacklevel=3)
-    return cfg
