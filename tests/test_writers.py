@@ -174,6 +174,6 @@ def test_generate_keeps_the_moved_helpers():
     """The pixel helpers moved to io.images; generate's names (in README and user scripts) still work."""
     assert gen.grid is images.grid and gen.to_uint8 is images.to_uint8 and gen.save_png is images.save_png
     assert gen.scatter is images.scatter and gen.parameters_text is prov.parameters_text
-    assert prov.png_bytes is images.png_bytes and gen.FORMATS == ("png", "npz")
+    assert prov.png_bytes is images.png_bytes and gen.FORMATS == ("png", "npz", "wav")
     x = _images(1, size=4)
     assert np.array_equal(images.to_uint8(x), images.to_uint8(x.numpy()))  # tensor or array

@@ -30,6 +30,9 @@ Conventions
   read them from ``metadata.jsonl`` or sidecar ``NAME.txt`` files (``data.captions``);
   ``emoji`` has them from the emoji names (``data.emoji``: ``emoji`` is the training split,
   ``emoji:heldout`` the held-out emoji, ``emoji:all`` both).
+* Sound (``kind == "audio"``, ``data.audio``): ``spoken-digits`` (``data.speech``), ``notes``
+  (``data.notes``) and folders of .wav/.flac/.ogg files, as waveforms ``(1, T)`` or log-mel
+  spectrograms ``(1, n_mels, frames)``.
 """
 from __future__ import annotations
 
@@ -38,21 +41,27 @@ import os
 from undiffuse.data.arrays import _array_file
 from undiffuse.data.base import SUPPORTED, DataError, Dataset, DataWarning, _parse_size  # noqa: F401 (public)
 from undiffuse.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, _digits, _folder, _mnist5k  # noqa: F401 (public)
+from undiffuse.data.audio import audio_folder, is_audio_folder
 from undiffuse.data.emoji import load_emoji
+from undiffuse.data.notes import load_notes
+from undiffuse.data.speech import load_spoken_digits
 from undiffuse.data.toys import TOYS, _toy
 
 
 def names() -> list[str]:
     """The built-in dataset names."""
-    return ["digits", "mnist5k", "emoji", *TOYS]
+    return ["digits", "mnist5k", "emoji", "spoken-digits", "notes", *TOYS]
 
 
 def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
-         strict: bool = False, num_points: int = 20000, seed: int = 0) -> Dataset:
-    """Load a built-in dataset by name, or a folder of images / ``.npy`` / ``.npz`` file by path.
+         strict: bool = False, num_points: int = 20000, seed: int = 0, sample_rate: int = 8000,
+         representation: str = "wave") -> Dataset:
+    """Load a built-in dataset by name, or a folder of images or sound files / ``.npy`` / ``.npz``
+    file by path.
 
     ``image_size`` and ``channels`` apply to image data (ignored for vectors); ``num_points`` and
-    ``seed`` apply to the 2-D toys only; ``strict`` turns skipped bad files into errors.
+    ``seed`` apply to the 2-D toys only; ``sample_rate`` and ``representation`` (``wave`` or
+    ``mel``) to sound (``data.audio``); ``strict`` turns skipped bad files into errors.
     """
     size = _parse_size(image_size)
     if channels not in (None, 1, 3):
@@ -64,10 +73,16 @@ def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels
         return _mnist5k(size, channels)
     if spec == "emoji" or spec.startswith("emoji:"):
         return load_emoji(spec, size, channels)
+    if spec == "spoken-digits" or spec.startswith("spoken-digits:"):
+        return load_spoken_digits(spec, sample_rate, representation)
+    if spec == "notes":
+        return load_notes(spec, sample_rate, representation)
     if spec in TOYS:
         return _toy(spec, num_points, seed)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
+        if is_audio_folder(path):
+            return audio_folder(spec, path, sample_rate, representation, strict)
         return _folder(spec, path, size, channels, strict)
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()

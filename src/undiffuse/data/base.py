@@ -24,7 +24,7 @@ class Dataset:
     """An in-memory dataset; ``get`` converts a batch of stored items to model space."""
 
     name: str
-    kind: str  # "image" or "vector"
+    kind: str  # "image", "vector" or "audio" (data.audio: info["audio"] says which representation)
     shape: tuple[int, ...]
     labels: torch.Tensor | None
     class_names: list[str]
@@ -42,10 +42,12 @@ class Dataset:
         return len(self.class_names)
 
     def get(self, index) -> torch.Tensor:
-        """Float32 batch ``(B, *shape)``: images in ``[-1, 1]``, vectors as stored."""
+        """Float32 batch ``(B, *shape)``: images in ``[-1, 1]``, waveforms in ``[-1, 1)``, the rest as stored."""
         x = self.storage[_as_index(index)].to(torch.float32)
         if self.kind == "image":
             x = x / self.max_value * 2 - 1
+        elif self.max_value is not None:  # 16-bit PCM waveforms
+            x = x / self.max_value
         return x
 
     def labels_of(self, index) -> torch.Tensor | None:

@@ -36,6 +36,7 @@ import torch
 
 from undiffuse.io import provenance as prov
 from undiffuse.io import watermark as wm
+from undiffuse.io.audio import spectrogram, wav_bytes
 from undiffuse.io.content_filter import refusal
 from undiffuse.io.images import grid as tile
 from undiffuse.io.images import png_bytes, scatter, to_uint8, upscale, write_bytes
@@ -137,7 +138,7 @@ def write_samples(samples, out: str | None = None, *, format: str = "png", seed:
     ``format``: a key of :data:`WRITERS` (``png``: ``out`` is a folder of ``grid.png`` or
     ``scatter.png`` plus ``000000.png``...; ``npz``: ``out`` is the file). ``options`` go to the
     format's writer (png: ``individual``, ``grid``, ``grid_scale``; npz: ``labels``, ``prompts``,
-    ``controls``, ``control_extractors``).
+    ``controls``, ``control_extractors``; wav: ``sample_rate``, ``individual``, ``grid``).
     With ``out=None`` nothing is written and the bytes are in the result. Nothing is written,
     not even the folder, when every sample is refused.
     """
@@ -287,3 +288,31 @@ def write_npz(batch: Batch, *, labels=None, prompts=None, controls=None, control
         controls = np.asarray(controls)[[it.row for it in batch.items]]
     return [File(None, npz_bytes(batch.kept(), params, labels=labels, prompts=prompts, controls=controls,
                                  control_extractors=control_extractors))]
+
+
+@writer("wav")
+def write_wav(batch: Batch, *, sample_rate: int, individual: bool = True, grid: bool = True) -> list[File]:
+    """Waveforms ``(N, 1, T)`` (or ``(N, T)``) in [-1, 1]: one 16-bit PCM ``000000.wav`` per clip
+    (``individual``), its parameters and provenance record in the file's comment
+    (``io.audio``), and ``spectrograms.png`` (``grid``): every kept clip's spectrogram tiled, with
+    the shared parameters. Sound carries no invisible mark: records say ``watermark: "none
+    (audio)"``."""
+    samples = batch.samples
+    if samples.ndim not in (2, 3) or (samples.ndim == 3 and samples.shape[1] != 1):
+        raise ValueError(f"format 'wav' writes mono waveforms (N, 1, T) or (N, T); got samples of shape "
+                         f"{tuple(samples.shape)}")
+    files = []
+    if grid:
+        pictures = np.stack([spectrogram(it.sample, sample_rate) for it in batch.items])
+        text = {} if batch.params is None else {
+            prov.PARAMETERS_KEY: prov.parameters_text({**batch.params, "seed": f"{batch.items[0].seed}.."
+                                                       f"{batch.items[-1].seed}", "sample_rate": sample_rate})}
+        files.append(File("spectrograms.png", png_bytes(tile(pictures, nrow=min(4, len(pictures)), pad=2), text)))
+    if individual:
+        for it in batch.items:
+            if it.record is not None:
+                it.record["watermark"] = "none (audio)"
+            meta = {"parameters": it.params, "provenance": it.record, "sample_rate": sample_rate}
+            title = prov.parameters_text(it.params) if it.params is not None else None
+            files.append(File(f"{it.index:06d}.wav", wav_bytes(it.sample, sample_rate, meta, title), it))
+    return files

@@ -1,5 +1,6 @@
-"""A U-Net for images (Ronneberger et al. 2015), in the form diffusion models use it
-(Ho et al. 2020; Nichol & Dhariwal 2021; Dhariwal & Nichol 2021):
+"""A U-Net for images, or with ``dims=1`` for signals such as waveforms (Ronneberger et al.
+2015), in the form diffusion models use it (Ho et al. 2020; Nichol & Dhariwal 2021; Dhariwal &
+Nichol 2021):
 
 * residual blocks of GroupNorm -> SiLU -> 3x3 conv, twice, with the noise (and class)
   embedding entering each block as a per-channel scale and shift after the second norm
@@ -66,6 +67,7 @@ class UNetConfig:
     context_dim: int = 0          # > 0: cross-attention to (B, L, context_dim) token embeddings
     cond_channels: int = 0        # > 0: channels of an image condition concatenated to the input
     patch_size: int = 1           # > 1: work on p x p pixel patches (space-to-depth in, depth-to-space out)
+    dims: int = 2                 # 2: images (C, H, W); 1: signals (C, T) such as waveforms
 
     def __post_init__(self):
         self.channel_mult, self.attention_levels = check_levels(self.channel_mult, self.attention_levels,
@@ -78,45 +80,52 @@ class UNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.dims not in (1, 2):
+            raise ValueError(f"dims must be 1 (signals) or 2 (images), got {self.dims}")
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(groups, ch), ch, eps=1e-6)
 
 
+def _conv(dims: int, *args, **kwargs) -> nn.Module:
+    return (nn.Conv1d if dims == 1 else nn.Conv2d)(*args, **kwargs)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int, dims: int = 2):
         super().__init__()
         self.norm1 = _norm(cin, groups)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = _conv(dims, cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = _norm(cout, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_(nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.conv2 = zero_(_conv(dims, cout, cout, 3, padding=1))
+        self.skip = _conv(dims, cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor, ctx=None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        e = self.emb(emb)
+        scale, shift = e.reshape(*e.shape, *[1] * (x.dim() - 2)).chunk(2, dim=1)  # (B, C, 1, ...) each
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
 class Attention(nn.Module):
-    def __init__(self, ch: int, head_channels: int, groups: int):
+    def __init__(self, ch: int, head_channels: int, groups: int, dims: int = 2):
         super().__init__()
         self.heads = max(1, ch // head_channels)
         self.norm = _norm(ch, groups)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = zero_(nn.Conv2d(ch, ch, 1))
+        self.qkv = _conv(dims, ch, 3 * ch, 1)
+        self.proj = zero_(_conv(dims, ch, ch, 1))
 
     def forward(self, x: Tensor, emb: Tensor | None = None, ctx=None) -> Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, head_dim) each
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, head_dim)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        b, c = x.shape[:2]
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, -1)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, positions, head_dim) each
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, positions, head_dim)
+        out = out.transpose(-1, -2).reshape(x.shape)
         return x + self.proj(out)
 
 
@@ -124,27 +133,27 @@ class CrossAttention(nn.Module):
     """Queries from the image, keys and values from the context tokens; masked tokens
     (``mask`` False) are ignored."""
 
-    def __init__(self, ch: int, context_dim: int, head_channels: int, groups: int):
+    def __init__(self, ch: int, context_dim: int, head_channels: int, groups: int, dims: int = 2):
         super().__init__()
         self.heads = max(1, ch // head_channels)
         self.norm = _norm(ch, groups)
-        self.q = nn.Conv2d(ch, ch, 1)
+        self.q = _conv(dims, ch, ch, 1)
         self.kv = nn.Linear(context_dim, 2 * ch)
-        self.proj = zero_(nn.Conv2d(ch, ch, 1))
+        self.proj = zero_(_conv(dims, ch, ch, 1))
 
     def forward(self, x: Tensor, emb: Tensor | None = None, ctx=None) -> Tensor:
         context, mask = ctx
-        b, c, h, w = x.shape
-        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        b, c = x.shape[:2]
+        q = self.q(self.norm(x)).reshape(b, self.heads, c // self.heads, -1).transpose(-1, -2)
         k, v = self.kv(context).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        return x + self.proj(out.transpose(-1, -2).reshape(x.shape))
 
 
 class Downsample(nn.Module):
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, dims: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.conv = _conv(dims, ch, ch, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None, ctx=None) -> Tensor:
         return self.conv(x)
@@ -155,7 +164,7 @@ class UNet(nn.Module):
         super().__init__()
         cfg = config or UNetConfig(**kwargs)
         self.config = cfg
-        ch0, g = cfg.channels, cfg.groups
+        ch0, g, nd = cfg.channels, cfg.groups, cfg.dims
         emb_dim = cfg.emb_mult * ch0
         self.noise_emb = noise_embedding(cfg.embedding, ch0)
         self.emb_mlp = nn.Sequential(nn.Linear(ch0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -163,41 +172,41 @@ class UNet(nn.Module):
         self.context_pool = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
 
         def attention(ch: int) -> list[nn.Module]:
-            layers = [Attention(ch, cfg.head_channels, g)]
+            layers = [Attention(ch, cfg.head_channels, g, nd)]
             if cfg.context_dim:
-                layers.append(CrossAttention(ch, cfg.context_dim, cfg.head_channels, g))
+                layers.append(CrossAttention(ch, cfg.context_dim, cfg.head_channels, g, nd))
             return layers
 
-        p2 = cfg.patch_size ** 2
-        self.stem = nn.Conv2d((cfg.in_channels + cfg.cond_channels) * p2, ch0, 3, padding=1)
+        p2 = cfg.patch_size ** nd  # values per patch and channel
+        self.stem = _conv(nd, (cfg.in_channels + cfg.cond_channels) * p2, ch0, 3, padding=1)
         self.down = nn.ModuleList()
         skips, ch = [ch0], ch0
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                block = nn.ModuleList([ResBlock(ch, ch0 * mult, emb_dim, cfg.dropout, g)])
+                block = nn.ModuleList([ResBlock(ch, ch0 * mult, emb_dim, cfg.dropout, g, nd)])
                 ch = ch0 * mult
                 if level in cfg.attention_levels:
                     block.extend(attention(ch))
                 self.down.append(block)
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
+                self.down.append(nn.ModuleList([Downsample(ch, nd)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g), *attention(ch),
-                                  ResBlock(ch, ch, emb_dim, cfg.dropout, g)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout, g, nd), *attention(ch),
+                                  ResBlock(ch, ch, emb_dim, cfg.dropout, g, nd)])
         self.up = nn.ModuleList()
         self.up_levels: list[bool] = []  # whether an up-sampling precedes this block
         for level in reversed(range(len(cfg.channel_mult))):
             mult = cfg.channel_mult[level]
             for i in range(cfg.num_res_blocks + 1):
-                block = nn.ModuleList([ResBlock(ch + skips.pop(), ch0 * mult, emb_dim, cfg.dropout, g)])
+                block = nn.ModuleList([ResBlock(ch + skips.pop(), ch0 * mult, emb_dim, cfg.dropout, g, nd)])
                 ch = ch0 * mult
                 if level in cfg.attention_levels:
                     block.extend(attention(ch))
                 self.up.append(block)
                 self.up_levels.append(i == 0 and level < len(cfg.channel_mult) - 1)
         self.out_norm = _norm(ch, g)
-        self.out = zero_(nn.Conv2d(ch, (cfg.out_channels or cfg.in_channels) * p2, 3, padding=1))
+        self.out = zero_(_conv(nd, ch, (cfg.out_channels or cfg.in_channels) * p2, 3, padding=1))
 
     def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
@@ -234,12 +243,18 @@ class UNet(nn.Module):
         hs = list(hs)
         for block, upsample in zip(self.up, self.up_levels):
             if upsample:
-                h = F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest")
+                h = F.interpolate(h, size=hs[-1].shape[2:], mode="nearest")
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in block:
                 h = layer(h, emb, ctx)
         out = self.out(F.silu(self.out_norm(h)))
-        return out if self.config.patch_size == 1 else F.pixel_shuffle(out, self.config.patch_size)
+        p = self.config.patch_size
+        if p == 1:
+            return out
+        if self.config.dims == 2:
+            return F.pixel_shuffle(out, p)
+        b, cp, n = out.shape  # (B, C * p, T / p) -> (B, C, T)
+        return out.reshape(b, cp // p, p, n).transpose(2, 3).reshape(b, cp // p, n * p)
 
     def skip_channels(self) -> list[int]:
         """Channels of each skip activation :meth:`encode` returns, then of the middle."""
@@ -252,9 +267,12 @@ class UNet(nn.Module):
         p = self.config.patch_size
         if p == 1:
             return x
-        if x.shape[-2] % p or x.shape[-1] % p:
-            raise ValueError(f"patch_size {p} must divide the image size {tuple(x.shape[-2:])}")
-        return F.pixel_unshuffle(x, p)
+        if any(n % p for n in x.shape[2:]):
+            raise ValueError(f"patch_size {p} must divide the sample size {tuple(x.shape[2:])}")
+        if self.config.dims == 2:
+            return F.pixel_unshuffle(x, p)
+        b, c, t = x.shape  # (B, C, T) -> (B, C * p, T / p), a patch's values in order
+        return x.reshape(b, c, t // p, p).transpose(2, 3).reshape(b, c * p, t // p)
 
     def _context(self, x: Tensor, context, mask):
         return context_inputs(self, x, context, mask)
