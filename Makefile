@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # only its sampling.py is read (tests/_kdiffusion.py); its torchvision would replace this torch.
 K_DIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
 
-.PHONY: demo test bench bench-train setup browser clean
+.PHONY: demo test bench bench-train setup browser speech clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps "$(K_DIFFUSION_SPEC)"
 	touch $@
 
-setup: $(VENV)/.installed $(VENV)/.browser
+setup: $(VENV)/.installed $(VENV)/.browser $(VENV)/.speech
 
 # Debian's headless Chromium and its driver for tests/test_browser.py (which skips without them).
 # Best effort, never failing the setup: apt-get installs them when make runs as root; tried once
@@ -38,6 +38,25 @@ browser:
 	else \
 		echo "make browser: installing chromium and chromium-driver needs root and apt-get (Debian);" \
 			"tests/test_browser.py will skip until they are installed ('sudo make browser')" >&2; \
+	fi
+
+# Debian's speech engines espeak-ng and flite render the built-in `spoken-digits` dataset; its tests
+# need them (they fail, naming this target, where they are missing). apt-get installs them when make
+# runs as root; tried once per .venv (the stamp), and `sudo make speech` tries again.
+$(VENV)/.speech: | $(VENV)/.installed
+	-@$(MAKE) --no-print-directory speech
+	@touch $@
+
+speech:
+	@if command -v espeak-ng >/dev/null 2>&1 && command -v flite >/dev/null 2>&1; then \
+		echo "make speech: espeak-ng and flite are installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "make speech: installing espeak-ng and flite with apt-get"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			espeak-ng flite) || echo "make speech: apt-get could not install espeak-ng flite" >&2; \
+	else \
+		echo "make speech: spoken-digits needs espeak-ng and flite (Debian packages): run 'sudo make speech'" \
+			"or 'sudo apt-get install espeak-ng flite'" >&2; \
 	fi
 
 demo: setup

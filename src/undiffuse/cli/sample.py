@@ -71,9 +71,11 @@ def add_parser(subparsers) -> None:
     s.add_argument("--classifier", metavar="DIR", help="noise-aware classifier (`undiffuse train-classifier`) for "
                    "classifier guidance towards --class")
     s.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
-    s.add_argument("--format", choices=("png", "npz"), default="png",
-                   help="png: OUT/grid.png and one PNG per sample with metadata; npz: array 'samples' (N, C, H, W) "
-                        "in [0, 1]")
+    s.add_argument("--format", choices=("png", "npz", "wav"),
+                   help="png: OUT/grid.png and one PNG per sample with metadata; wav (sound runs): one 16-bit WAV "
+                        "per clip with its parameters in the file's comment, and OUT/spectrograms.png; npz: array "
+                        "'samples' (N, C, H, W) in [0, 1], or for sound (N, 1, T) waveforms in [-1, 1] (default: png, "
+                        "wav for sound runs)")
     s.add_argument("--out", help="output folder (png) or file (npz) (default: samples or samples.npz)")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(image, request) for every "
@@ -103,12 +105,14 @@ def run(args, parser) -> int:
     num_given = args.num
     _read_prompts(args, parser)
     if args.diffusers is not None:
+        args.format = args.format or "png"
         return _sample_diffusers(args, parser)
     content_filter = load_content_filter(parser, args.content_filter)
-    out = _out_path(args, parser)
     world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
     args.device = dist.device_for(args.device, world)
     loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device, ema_sigma_rel=args.ema)
+    _check_format(args, parser, loaded)
+    out = _out_path(args, parser)
     control = _control(args, parser, loaded, num_given)
     if args.compile:
         loaded.denoiser.net = compiled(loaded.denoiser.net)
@@ -129,6 +133,8 @@ def run(args, parser) -> int:
     params = _params(args, loaded, cal, steer)
     if loaded.kind == "image":
         x = gen.to_unit(x)
+    elif loaded.kind == "audio":
+        x = gen.to_sound(x, loaded)  # waveforms (a mel run's spectrograms through Griffin-Lim)
     return _write_samples(args, out, x, params, loaded=loaded, labels=condition.get("class_labels"),
                           prompts=args.prompt_list, content_filter=content_filter, control=control)
 
@@ -181,8 +187,18 @@ def _check_options(args, parser) -> None:
         parser.error(f"--schedule {args.schedule!r} is unknown; allowed: {', '.join(schedules.names())}")
     if args.format == "npz" and args.out and os.path.isdir(args.out):
         parser.error(f"--out {args.out!r} is a folder; --format npz writes a file")
-    if args.format == "png" and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out!r} exists and is not a folder; --format png writes a folder")
+    if args.format != "npz" and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} exists and is not a folder; --format {args.format or 'png'} writes a folder")
+
+
+def _check_format(args, parser, loaded) -> None:
+    """The output format fits what the run makes (default: wav for sound, png otherwise)."""
+    sound = loaded.kind == "audio"
+    args.format = args.format or ("wav" if sound else "png")
+    if sound and args.format == "png":
+        parser.error(f"--format png writes pictures; {args.checkpoint!r} makes sound: use --format wav or npz")
+    if not sound and args.format == "wav":
+        parser.error(f"--format wav writes sound; {args.checkpoint!r} makes {loaded.kind}s: use --format png or npz")
 
 
 def _out_path(args, parser) -> str:
@@ -434,6 +450,8 @@ def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None,
         options = {"labels": None if labels is None else labels.numpy(), "prompts": prompts}
         if control is not None:
             options.update(controls=control["maps"].numpy(), control_extractors=control["channels"])
+    if args.format == "wav":
+        options = {"sample_rate": loaded.audio["sample_rate"]}
     written = write_samples(x, out, format=args.format, seed=args.seed, params=params, per_sample=per_image,
                             records=records, content_filter=content_filter, watermark=not args.no_watermark,
                             **options)
@@ -445,6 +463,8 @@ def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None,
     n = len(written.items)
     if args.format == "npz":
         print(f"wrote {out} ({n} samples)", file=sys.stderr)
+    elif args.format == "wav":
+        print(f"wrote {n} WAV files and {out}/spectrograms.png in {out}/", file=sys.stderr)
     elif loaded is None or loaded.kind == "image":
         print(f"wrote {out}/grid.png and {n} images in {out}/", file=sys.stderr)
     else:

@@ -35,7 +35,7 @@ _TRAIN_OPTIONS = {
     "eval_every": "train.eval_every", "eval_samples": "train.eval_samples", "keep_best": "train.keep_best",
     "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout", "compile": "train.compile",
     "channels_last": "train.channels_last", "ema_posthoc_every": "ema.posthoc_every",
-    "control": "conditioning.control",
+    "control": "conditioning.control", "sample_rate": "data.sample_rate", "representation": "data.representation",
 }
 
 
@@ -43,8 +43,8 @@ def add_parser(subparsers) -> None:
     t = subparsers.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                               "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                               "config is saved as RUN/config.json.")
-    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, moons, swiss_roll, checkerboard, "
-                   "eight_gaussians, spirals), an image folder, or a .npy/.npz file (default: digits, or the "
+    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, spoken-digits, notes, moons, swiss_roll, checkerboard, "
+                   "eight_gaussians, spirals), a folder of images or of sound files (.wav/.flac/.ogg), or a .npy/.npz file (default: digits, or the "
                    "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
     t.add_argument("--out", help="run folder (default: runs/<data name>)")
@@ -64,6 +64,11 @@ def add_parser(subparsers) -> None:
     t.add_argument("--parameterization", help="eps, x0, v, edm or flow")
     t.add_argument("--image-size", type=positive_int, help="resize + centre-crop images to this size")
     t.add_argument("--channels", type=int, choices=(1, 3))
+    t.add_argument("--sample-rate", type=int, choices=_data.audio.SAMPLE_RATES, help="sound: sample rate in Hz (default 8000: "
+                   "clips of 8192 samples, 1.024 s; 16000: 16384 samples)")
+    t.add_argument("--representation", choices=_data.audio.REPRESENTATIONS, help="sound: what the model generates: wave "
+                   "(samples, a 1-D U-Net) or mel (log-mel spectrograms, a 2-D U-Net, turned into sound by "
+                   "Griffin-Lim); default: wave")
     t.add_argument("--strict", action="store_true", default=None, help="a bad data file or an image without a "
                    "caption (caption files) is an error, not a warning")
     t.add_argument("--log-every", type=positive_int)
@@ -134,10 +139,13 @@ def _dataset(args, parser):
         args.data = args.data or saved.get("name")
         args.image_size = args.image_size or saved.get("image_size")
         args.channels = args.channels or saved.get("channels")
+        args.sample_rate = args.sample_rate or saved.get("sample_rate")
+        args.representation = args.representation or saved.get("representation")
     args.data = args.data or "digits"
     try:
         dataset = _data.load(args.data, image_size=args.image_size, channels=args.channels,
-                             strict=bool(args.strict))
+                             strict=bool(args.strict), sample_rate=args.sample_rate or 8000,
+                             representation=args.representation or "wave")
     except _data.DataError as e:
         parser.error(f"--data: {e}")
     overrides = {key: getattr(args, name) for name, key in _TRAIN_OPTIONS.items() if getattr(args, name) is not None}

@@ -24,6 +24,7 @@ from undiffuse import nets
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.precond import Denoiser
+from undiffuse.data.audio import to_waveform
 from undiffuse.inference import posthoc_ema
 from undiffuse.inference.codec import AutoencoderError, load_autoencoder
 from undiffuse.io import checkpoint as ckpt
@@ -51,12 +52,13 @@ class LoadedRun:
     step: int
     weights: str          # "ema", "model" or "ema sigma_rel S" (a post-hoc EMA length)
     shape: tuple          # per-sample shape (C, H, W) or (D,)
-    kind: str             # "image" or "vector"
+    kind: str             # "image", "vector" or "audio" (``audio``: how a sample becomes sound)
     class_names: tuple = ()  # the training data's class names (index = label)
     decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
     levels: dict | None = None  # few-step students: the levels record picked for these weights (io.checkpoint)
     example_prompts: tuple = ()  # text runs: a few training captions (what the web page offers)
     weights_file: str = ""   # the safetensors file the weights came from (default: CHECKPOINT/WEIGHTS.safetensors)
+    audio: dict | None = None  # sound runs: rate, clip length, representation (data.audio.audio_info)
 
     @property
     def checksum(self) -> str:
@@ -96,14 +98,24 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_
     if m["kind"] == "mlp":
         shape, kind = (m["dim"],), "vector"
     else:
-        shape, kind = (nets.image_channels(m), *state["sample_size"]), "image"
+        shape = (nets.image_channels(m), *state["sample_size"])
+        kind = "audio" if "audio" in state.get("dataset", {}) else "image"
     names = tuple(state.get("dataset", {}).get("class_names", ()))
     levels = ckpt.read_levels(loaded["path"])
     if levels is not None and levels.get("weights", "ema") != weights:  # picked for the other weights
         levels = None
     examples = tuple(state.get("dataset", {}).get("example_prompts", ()))
     return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
-                     _latent_decoder(cfg, tuple(shape), device), levels, examples, weights_file)
+                     _latent_decoder(cfg, tuple(shape), device), levels, examples, weights_file,
+                     state.get("dataset", {}).get("audio"))
+
+
+def to_sound(x: torch.Tensor, run: LoadedRun, iterations: int = 64) -> torch.Tensor:
+    """A sound run's samples as waveforms ``(N, 1, T)`` in [-1, 1] (a mel run's spectrograms
+    turned into sound by Griffin-Lim, ``data.audio.to_waveform``)."""
+    if run.audio is None:
+        raise ValueError(f"{run.checkpoint} is not a sound run; it makes {run.kind}s")
+    return to_waveform(x.cpu(), run.audio, iterations=iterations)
 
 
 def recorded_levels(run: LoadedRun, *, sampler: str | None = None, steps: int | None = None,

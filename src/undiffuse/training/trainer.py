@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -38,9 +39,11 @@ from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.losses import denoising_loss, sample_sigma
 from undiffuse.core.noise import noise as make_noise
 from undiffuse.core.precond import Denoiser
+from undiffuse.data.audio import to_waveform
 from undiffuse.inference import generate as gen
 from undiffuse.inference import posthoc_ema
 from undiffuse.io import checkpoint as ckpt
+from undiffuse.io.audio import spectrogram
 from undiffuse.metrics.evaluate import evaluate, to_json
 from undiffuse.samplers.driver import sample
 from undiffuse.steering.conditioning import TrainingConditions
@@ -275,9 +278,10 @@ class Trainer(TrainingLoop):
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
                  "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta, "best": self.best,
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
-                 "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind == "image" else [],
+                 "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind != "vector" else [],
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names),
+                             **({"audio": self.data.info["audio"]} if self.data.kind == "audio" else {}),
                              **_licence(self.data), **self._examples()}, **extra}
         path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
@@ -480,6 +484,10 @@ class Trainer(TrainingLoop):
         if self.data.kind == "image":
             x = self.data.to_unit(x)  # [0, 1] images (latent data decodes)
             gen.save_png(path, gen.grid(gen.to_uint8(x)), scale=4)
+        elif self.data.kind == "audio":
+            a = self.data.info["audio"]
+            waves = to_waveform(x, a).numpy()
+            gen.save_png(path, gen.grid(np.stack([spectrogram(w, a["sample_rate"]) for w in waves[:16]]), nrow=4, pad=2))
         else:
             gen.save_png(path, gen.scatter(x.numpy()))
         if self.tb is not None and self.data.kind == "image":
