@@ -52,7 +52,7 @@ def test_zero_terminal_snr_rescale():
     x0, eps = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     xt = vp.add_noise(x0, eps, torch.full((3,), 999.0))
     assert torch.allclose(xt, eps)
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as ref
     assert torch.allclose(vp.betas, ref(plain.betas.float()).double(), atol=1e-6)
 

@@ -26,10 +26,14 @@ def add_parser(subparsers) -> None:
     e.add_argument("--train", help="set searched for near-copies (default: the reference)")
     e.add_argument("--features", default="auto", help="feature space: auto, digits, mnist (the in-project mnist5k classifier, 1x28x28), pixels, emoji (the in-project "
                    "image-text scorer; adds clip_score and prompt_accuracy when the npz holds prompts), inception (FID "
-                   "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS) (default: auto = emoji "
-                   "for --reference emoji, digits for 1x8x8 images, mnist for 1x28x28, else pixels)")
+                   "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS), spoken-digits (the "
+                   "in-project spoken-digit classifier on log-mel spectrograms; adds is, and adherence with labels) "
+                   "(default: auto = emoji for --reference emoji, spoken-digits for waveforms (N, 1, T), digits for "
+                   "1x8x8 images, mnist for 1x28x28, else pixels)")
     e.add_argument("--inception-weights", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth (checked by "
                    "SHA-256, loaded without unpickling code) or its safetensors copy; never downloaded")
+    e.add_argument("--sample-rate", type=int, choices=(8000, 16000), help="sound: the samples' sample rate "
+                   "(default: what the .npz records, else 8000)")
     e.add_argument("--k", type=positive_int, default=5, help="neighbours for precision/recall/density/coverage")
     e.add_argument("--kid-subsets", type=positive_int, default=100)
     e.add_argument("--kid-subset-size", type=positive_int, default=1000)
@@ -54,13 +58,14 @@ def run(args, parser) -> int:
     try:
         samples, _ = ev.load_set(args.samples, what="samples")
         size = samples.shape[-1] if space == "emoji" and samples.ndim == 4 else None  # emoji renders at any size
-        reference, ref_desc = ev.load_set(args.reference, what="--reference", image_size=size)
+        rate = args.sample_rate or ev.sample_rate_of(args.samples) or 8000  # sound: the samples' own rate
+        reference, ref_desc = ev.load_set(args.reference, what="--reference", image_size=size, sample_rate=rate)
         train = ev.load_set(args.train, what="--train")[0] if args.train else None
         result = ev.evaluate(samples, reference, feature_space=space, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                              reference_name=f"{args.reference}: {ref_desc}", labels=ev.requested_labels(args.samples),
                              device=args.device, prompts=prompts, controls=controls, control_extractors=extractors,
-                             sentence=text.sentence_embeddings if space == "emoji" else None)
+                             sentence=text.sentence_embeddings if space == "emoji" else None, sample_rate=rate)
     except ValueError as e:
         parser.error(str(e))
     out = ev.to_json(result)

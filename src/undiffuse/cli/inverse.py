@@ -1,4 +1,5 @@
-"""``undiffuse inpaint | img2img | upscale | restore``: a trained run as a prior for images.
+"""``undiffuse inpaint | img2img | upscale | restore``: a trained run as a prior for images, and
+(inpaint, img2img) for sound: ``--audio FILE`` with ``--gap START:END`` in seconds.
 
 Inputs (``--image``, ``--mask``) are image files (PNG, JPEG, WebP), ``.npy``/``.npz`` arrays
 with values in [0, 1] (an ``.npz`` as ``sample --format npz`` writes it), image folders or
@@ -20,6 +21,8 @@ from PIL import Image
 from undiffuse.cli.options import add_device, check_folder, load_run, positive_int
 from undiffuse.core import schedules
 from undiffuse.core.noise import SeededNoise
+from undiffuse.data.base import DataError
+from undiffuse.inference import audio_edit
 from undiffuse.inference import generate as gen
 from undiffuse.io.writers import write_samples
 from undiffuse.metrics.evaluate import load_set
@@ -36,8 +39,8 @@ _LATENT_COMMANDS = ("inpaint", "img2img")
 def add_parser(subparsers) -> None:
     def common(p, sampler_default: str, steps_default: int):
         p.add_argument("--checkpoint", required=True, help="run folder (latest checkpoint) or checkpoint folder")
-        p.add_argument("--image", required=True, help="image file, .npy/.npz in [0, 1], image folder or built-in "
-                       "dataset name")
+        p.add_argument("--image", help="image file, .npy/.npz in [0, 1], image folder or built-in dataset name "
+                       "(image runs; required there)")
         p.add_argument("--index", help="comma list of items of --image to use (default: all)")
         p.add_argument("--num", type=positive_int, default=1, help="results per input image (default: 1)")
         p.add_argument("--seed", type=int, default=0, help="result i uses seed + i (default: 0)")
@@ -56,8 +59,12 @@ def add_parser(subparsers) -> None:
                               description="Fill the region where --mask is white with RePaint resampling (Lugmayr "
                               "et al. 2022): the kept pixels stay exactly as given.")
     common(i, "ancestral", 50)
-    i.add_argument("--mask", required=True, help=f"mask image (white = fill, black = keep; same size as the "
-                   f"image) or one of {', '.join(_MASK_NAMES)} (fill that half, or the centre square)")
+    i.add_argument("--mask", help=f"image runs (required there): mask image (white = fill, black = keep; same size "
+                   f"as the image) or one of {', '.join(_MASK_NAMES)} (fill that half, or the centre square)")
+    i.add_argument("--audio", metavar="FILE", help="sound runs: the clip (WAV, FLAC or OGG; resampled to the run's "
+                   "rate, at most the run's clip length)")
+    i.add_argument("--gap", metavar="START:END", help="sound runs: the stretch to fill, in seconds (e.g. 0.3:0.5); "
+                   "the rest of the clip is kept (joined by 10 ms cross-fades)")
     i.add_argument("--jump-length", type=positive_int, default=5, help="steps per resampling block (default: 5)")
     i.add_argument("--jump-count", type=int, default=4, help="extra walks over each block (default: 4; 0 = plain "
                    "replacement; cost = (1 + count) x steps evaluations)")
@@ -68,6 +75,8 @@ def add_parser(subparsers) -> None:
     common(m, "heun", 20)
     m.add_argument("--strength", type=float, required=True, help="in (0, 1]: 1 ignores the image, small values "
                    "keep it; about round(steps x strength) steps run")
+    m.add_argument("--audio", metavar="FILE", help="sound runs: the clip to vary (WAV, FLAC or OGG), instead of "
+                   "--image")
 
     u = subparsers.add_parser("upscale", help="super-resolution: with a model trained on low-resolution copies "
                               "(--conditioning lowres), or zero-shot with any run",
@@ -97,8 +106,16 @@ def add_parser(subparsers) -> None:
 def run(args, parser) -> int:
     usage = parser.error
     loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device)
+    if loaded.kind == "audio":
+        return _sound(args, parser, loaded)
     if loaded.kind != "image":
         usage(f"{args.command} needs an image model; {args.checkpoint!r} models vectors")
+    if getattr(args, "audio", None) or getattr(args, "gap", None):
+        usage(f"--audio and --gap are for sound runs; {args.checkpoint!r} makes images (use --image)")
+    if args.image is None:
+        usage("--image is required for an image run")
+    if args.command == "inpaint" and args.mask is None:
+        usage("--mask is required to inpaint an image")
     if loaded.decoder is not None and args.command not in _LATENT_COMMANDS:
         usage(f"{args.command} works on pixel-space runs; {args.checkpoint!r} is a latent diffusion run "
               f"(train --latent): on latent runs use {' or '.join(_LATENT_COMMANDS)}")
@@ -311,6 +328,58 @@ def _restore(args, run, x, seeds, extra, params, usage):
                         sigma_min=s.sigma_min, sigma_max=s.sigma_max, seed=seeds, scale=args.guidance_scale,
                         extra=extra)
     return y, {**params, "degradation": op.params(), "guidance_scale": args.guidance_scale}
+
+
+def _sound(args, parser, run) -> int:
+    """inpaint --audio FILE --gap START:END, and img2img --audio FILE, on a sound run."""
+    usage = parser.error
+    if args.command not in ("inpaint", "img2img"):
+        usage(f"{args.command} works on images; on sound runs use inpaint --audio FILE --gap START:END or "
+              f"img2img --audio FILE --strength S")
+    if args.image is not None or getattr(args, "mask", None) is not None:
+        usage(f"{args.checkpoint!r} makes sound: give the clip with --audio (and the stretch to fill with --gap), "
+              f"not --image/--mask")
+    if not args.audio:
+        usage(f"--audio FILE is required: {args.checkpoint!r} makes sound")
+    a = run.audio
+    try:
+        wave, duration = audio_edit.read_clip(args.audio, a)
+        gap = audio_edit.parse_gap(args.gap, duration) if args.command == "inpaint" and args.gap else None
+    except (DataError, ValueError) as e:
+        usage(str(e))
+    if args.command == "inpaint" and gap is None:
+        usage("--gap START:END is required to inpaint sound (the stretch to fill, in seconds)")
+    out = args.out or args.command
+    check_folder(parser, out)
+    x = audio_edit.to_model(wave, a).repeat(args.num, *[1] * (len(run.shape)))
+    seeds = [args.seed + i for i in range(len(x))]
+    extra, steer = _condition(args, run, len(x), usage)
+    params = {"command": args.command, "checkpoint": os.path.abspath(run.checkpoint), "step": run.step,
+              "sampler": args.sampler, "steps": args.steps, "schedule": args.schedule, "audio": args.audio,
+              "sample_rate": a["sample_rate"], **steer}
+    if args.command == "inpaint":
+        if args.sampler not in inverse.INPAINT_STEPS:
+            usage(f"--sampler {args.sampler!r}: inpaint steps with one of {', '.join(inverse.INPAINT_STEPS)}")
+        keep, keep_samples = audio_edit.gap_masks(a, gap)
+        options = dict(generator=SeededNoise(seeds, draws=args.steps * (1 + args.jump_count)),
+                       jump_length=args.jump_length, jump_count=args.jump_count, step=args.sampler, extra=extra)
+        y = inverse.inpaint(run.denoiser, x, keep.expand(len(x), *run.shape), _sigmas(args, run), **options)
+        waves = audio_edit.splice(wave, audio_edit.to_sound(y, a), keep_samples, a["sample_rate"])
+        params.update(gap=f"{gap[0]:g}:{gap[1]:g}", jump_length=args.jump_length, jump_count=args.jump_count)
+    else:
+        s = run.config.sample
+        try:
+            y = inverse.sdedit(run.denoiser, x, args.strength, sampler=args.sampler, steps=args.steps,
+                               schedule=args.schedule, sigma_min=s.sigma_min, sigma_max=s.sigma_max, seed=seeds,
+                               extra=extra)
+        except ValueError as e:
+            usage(str(e))
+        waves = audio_edit.to_sound(y, a)
+        params["strength"] = args.strength
+    write_samples(waves, out, format="wav", seed=args.seed, params=params, watermark=False,
+                  sample_rate=a["sample_rate"])
+    print(f"wrote {len(waves)} WAV files and {out}/spectrograms.png in {out}/", file=sys.stderr)
+    return 0
 
 
 # ----------------------------------------------------------------------------- outputs

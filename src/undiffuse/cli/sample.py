@@ -287,6 +287,8 @@ def _params(args, loaded, cal, steer: dict) -> dict:
               "schedule": args.schedule or c.schedule, **steer}
     if cal is not None:
         params.update(sampler=cal.sampler, steps=cal.steps, schedule=f"calibration {os.path.abspath(args.calibration)}")
+    if loaded.audio is not None:
+        params.update(sample_rate=loaded.audio["sample_rate"], representation=loaded.audio["representation"])
     return params
 
 

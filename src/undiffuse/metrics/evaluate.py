@@ -21,6 +21,7 @@ built-in dataset name.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -33,13 +34,14 @@ from undiffuse.metrics.control import control_scores
 from undiffuse.metrics.features import digits_features
 from undiffuse.metrics.inception import inception_features
 from undiffuse.metrics.mnist_features import mnist_features
+from undiffuse.metrics.speech_features import inception_score, speech_features, speech_probabilities
 from undiffuse.metrics.kid import kid as _kid
 from undiffuse.metrics.prdc import prdc as _prdc
 
 from .copies import nearest_copies
 from .frechet import frechet_distance, gaussian_stats
 
-FEATURE_SPACES = ("auto", "digits", "mnist", "pixels", "inception", "emoji")  # "auto" never picks inception (needs weights)
+FEATURE_SPACES = ("auto", "digits", "mnist", "pixels", "inception", "emoji", "spoken-digits")  # "auto" never picks inception (needs weights)
 
 AUTO_SPACES = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
@@ -48,8 +50,10 @@ class EvaluationError(ValueError):
     """Bad evaluation input; the message names the argument and what was expected."""
 
 
-def load_set(spec: str, *, what: str = "samples", image_size: int | None = None) -> tuple[np.ndarray, str]:
-    """Load a sample or reference set as float64: images (N, C, H, W) in [0, 1] or vectors (N, D).
+def load_set(spec: str, *, what: str = "samples", image_size: int | None = None,
+             sample_rate: int = 8000) -> tuple[np.ndarray, str]:
+    """Load a sample or reference set as float64: images (N, C, H, W) in [0, 1], waveforms
+    (N, 1, T) in [-1, 1] or vectors (N, D).
 
     ``spec``: an ``.npz`` (array ``samples``, as ``undiffuse sample --format npz`` writes, or the
     keys ``data.load`` accepts), an ``.npy``, an image folder, or a built-in dataset name
@@ -64,7 +68,7 @@ def load_set(spec: str, *, what: str = "samples", image_size: int | None = None)
         except ValueError as e:
             raise EvaluationError(f"{what} {spec}: cannot read ({e})") from None
     try:
-        ds = _data.load(spec, image_size=image_size)
+        ds = _data.load(spec, image_size=image_size, sample_rate=sample_rate)
     except _data.DataError as e:
         raise EvaluationError(f"{what}: {e}") from None
     x = ds.get(np.arange(len(ds)))
@@ -81,9 +85,23 @@ def requested_labels(spec: str) -> np.ndarray | None:
         return np.asarray(f["labels"]) if "labels" in f.files and "samples" in f.files else None
 
 
+def sample_rate_of(spec: str) -> int | None:
+    """The ``sample_rate`` a samples ``.npz`` records in its parameters (sound samples), or None."""
+    if not (spec.endswith(".npz") and os.path.isfile(spec)):
+        return None
+    with np.load(spec, allow_pickle=False) as f:
+        if "parameters" not in f.files:
+            return None
+        rate = json.loads(str(f["parameters"])).get("sample_rate")
+    return int(rate) if rate is not None else None
+
+
 def _check(arr: np.ndarray, what: str, spec: str) -> np.ndarray:
-    if arr.ndim not in (2, 4):
-        raise EvaluationError(f"{what} {spec}: expected images (N, C, H, W) or vectors (N, D), got shape {arr.shape}")
+    if arr.ndim not in (2, 3, 4) or (arr.ndim == 3 and arr.shape[1] != 1):
+        raise EvaluationError(f"{what} {spec}: expected images (N, C, H, W), waveforms (N, 1, T) or vectors (N, D), "
+                              f"got shape {arr.shape}")
+    if arr.ndim == 3 and np.abs(arr).max(initial=0) > 1 + 1e-6:
+        raise EvaluationError(f"{what} {spec}: waveforms must be in [-1, 1], got values up to {np.abs(arr).max():.4g}")
     if not np.isfinite(arr).all():
         raise EvaluationError(f"{what} {spec}: contains non-finite values")
     if arr.ndim == 4 and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
@@ -112,7 +130,7 @@ def requested_prompts(spec: str) -> list[str] | None:
         return [str(p) for p in f["prompts"]] if "prompts" in f.files and "samples" in f.files else None
 
 
-def features(x: np.ndarray, space: str, device: str = "cpu", sentence=None) -> np.ndarray:
+def features(x: np.ndarray, space: str, device: str = "cpu", sentence=None, sample_rate: int = 8000) -> np.ndarray:
     """Feature vectors of ``x`` in ``space``; ``device`` runs the Inception network (the small
     digits network, the emoji scorer and raw pixels stay on the CPU). ``sentence``: the text
     embedding function the emoji scorer was trained against (``steering.text.sentence_embeddings``)."""
@@ -127,6 +145,13 @@ def features(x: np.ndarray, space: str, device: str = "cpu", sentence=None) -> n
             raise EvaluationError(str(e)) from e
     if space == "pixels":
         return x.reshape(len(x), -1).astype(np.float64)
+    if space == "spoken-digits":
+        if x.ndim != 3:
+            raise EvaluationError(f"feature space 'spoken-digits' needs waveforms (N, 1, T), got shape {x.shape}")
+        try:
+            return speech_features(x, sample_rate)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from e
     if space == "inception":
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise EvaluationError(f"feature space 'inception' needs images (N, 1 or 3, H, W), got shape {x.shape}")
@@ -146,6 +171,7 @@ def describe(space: str, dim: int) -> str:
             "mnist": f"undiffuse mnist5k classifier, {dim}-d penultimate layer",
             "emoji": f"undiffuse emoji image-text scorer, {dim}-d pooled image features",
             "pixels": f"raw values, {dim}-d",
+            "spoken-digits": f"undiffuse spoken-digit classifier on log-mel spectrograms, {dim}-d penultimate layer",
             "inception": f"FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth, pytorch-fid pipeline), "
                          f"{dim}-d pool3"}[space]
 
@@ -153,7 +179,7 @@ def describe(space: str, dim: int) -> str:
 def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: int = 5,
              kid_subsets: int = 100, kid_subset_size: int = 1000, copy_threshold: float = 1 / 3,
              reference_name: str = "reference", seed: int = 0, labels=None, device: str = "cpu",
-             prompts=None, sentence=None, controls=None, control_extractors=None) -> dict:
+             prompts=None, sentence=None, controls=None, control_extractors=None, sample_rate: int = 8000) -> dict:
     """Score ``samples`` against ``reference`` (arrays as in the module docstring).
 
     ``train`` (default: the reference) is the set that near-copies are searched in.
@@ -162,7 +188,9 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     with feature space ``emoji`` adds ``clip_score`` and ``prompt_accuracy``
     (``metrics.image_text``); ``sentence`` is the text embedding function the scorer uses.
     ``controls`` with ``control_extractors`` (as ``sample --control-image --format npz``
-    writes them) add the control adherence scores (``metrics.control``).
+    writes them) add the control adherence scores (``metrics.control``). Waveforms (N, 1, T)
+    at ``sample_rate`` are read by the spoken-digit classifier (``metrics.speech_features``),
+    which adds ``is`` (its Inception-Score-like diversity) and reads ``adherence`` itself.
     """
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if samples.shape[1:] != reference.shape[1:]:
@@ -174,14 +202,14 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
         if len(arr) <= k:
             raise EvaluationError(f"{name}: precision/recall with k={k} need more than {k} items, got {len(arr)}")
     if feature_space == "auto":
-        feature_space = AUTO_SPACES.get(tuple(samples.shape[1:]), "pixels")
+        feature_space = "spoken-digits" if samples.ndim == 3 else AUTO_SPACES.get(tuple(samples.shape[1:]), "pixels")
     if feature_space not in FEATURE_SPACES:
         raise EvaluationError(f"unknown feature space {feature_space!r}; allowed: {', '.join(FEATURE_SPACES)}")
     if prompts is not None and feature_space != "emoji":
         raise EvaluationError(f"prompt scores (clip_score, prompt_accuracy) need feature space 'emoji', the "
                               f"image-text scorer; got {feature_space!r}")
     t0 = time.perf_counter()
-    fs, fr = features(samples, feature_space, device, sentence), features(reference, feature_space, device, sentence)
+    fs, fr = (features(a, feature_space, device, sentence, sample_rate) for a in (samples, reference))
     dim = fs.shape[1]
     out = {"fd": frechet_distance(*gaussian_stats(fs), *gaussian_stats(fr))}
     k_out = _kid(fs, fr, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
@@ -203,7 +231,18 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
                      f"nearest-neighbour spacing ({len(train)} training items)",
         "seconds": round(time.perf_counter() - t0, 2), "notes": notes,
     }
-    if labels is not None:
+    if feature_space == "spoken-digits":
+        probs = speech_probabilities(samples, sample_rate)
+        out["is"] = inception_score(probs)
+        out["protocol"]["is"] = "exp(mean KL(p(y|x) || p(y))) of the spoken-digit classifier (10 at most)"
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1)
+            hit = probs.argmax(1) == labels
+            out["adherence"] = float(hit.mean())
+            out["adherence_per_class"] = {int(c): float(hit[labels == c].mean()) for c in np.unique(labels)}
+            out["protocol"]["adherence"] = (f"the spoken-digit classifier reads the requested digit "
+                                            f"({len(np.unique(labels))} classes requested)")
+    elif labels is not None:
         adh = class_adherence(samples, labels)
         out["adherence"], out["adherence_per_class"] = adh["adherence"], adh["per_class"]
         out["protocol"]["adherence"] = f"{adh['protocol']['reader']} reads the requested class " \
@@ -238,6 +277,8 @@ def summary_lines(result: dict) -> list[str]:
              f"  precision  {result['precision']:.3f}   recall {result['recall']:.3f}   (k = {p['prdc_k']})",
              f"  density    {result['density']:.3f}   coverage {result['coverage']:.3f}",
              f"  copies     {result['copies']} of {p['samples']} ({result['copy_rate']:.2%}); {p['copy_rule']}"]
+    if "is" in result:
+        lines.append(f"  IS         {result['is']:.3f}  ({p['is']})")
     if "adherence" in result:
         lines.append(f"  adherence  {result['adherence']:.1%}  ({p['adherence']})")
     if "clip_score" in result:
