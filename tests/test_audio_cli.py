@@ -121,13 +121,26 @@ def test_img2img_varies_a_clip_and_bad_sound_input_exits_2(runs, clip_file, tmp_
     assert not (tmp_path / "x").exists()
 
 
+def test_sound_defaults_to_the_mel_recipe(tmp_path, capsys):
+    code, out, err = run_main(["train", "--data", "notes", "--max-steps", "1", "--dry-run", "--out", str(tmp_path)],
+                              capsys)
+    assert code == 0, err
+    cfg = json.loads(out)
+    assert cfg["preset"] == "audio-mel" and cfg["data"]["representation"] == "mel" and cfg["model"]["dims"] == 2
+    code, out, _ = run_main(["train", "--data", "notes", "--representation", "wave", "--max-steps", "1", "--dry-run",
+                             "--out", str(tmp_path)], capsys)
+    cfg = json.loads(out)
+    assert cfg["preset"] == "audio-wave" and cfg["model"]["dims"] == 1 and cfg["data"]["sample_rate"] == 8000
+
+
 def test_bad_sound_options_exit_2(tmp_path, capsys):
     code, _, err = run_main(["train", "--data", "notes", "--sample-rate", "11025", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "--sample-rate" in err and "11025" in err
     code, _, err = run_main(["train", "--data", "notes", "--representation", "stft", "--out", str(tmp_path / "r")],
                             capsys)
     assert code == 2 and "--representation" in err and "'stft'" in err
-    code, _, err = run_main(["train", "--data", "notes", "--preset", "digits-dit", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_main(["train", "--data", "notes", "--representation", "wave", "--preset", "digits-dit", "--out",
+                             str(tmp_path / "r")], capsys)
     assert code == 2 and "waveforms need a U-Net (preset audio-wave)" in err
 
 

@@ -32,7 +32,7 @@ class DataConfig:
     num_points: int = 20_000      # points drawn for the 2-D toys
     hflip: bool = False           # random horizontal flips (augmentation)
     sample_rate: int = 8000       # sound: Hz (8000 or 16000; clips of 8192 or 16384 samples, data.audio)
-    representation: str = "wave"  # sound: wave (1-D U-Net on samples) | mel (2-D U-Net on log-mel, Griffin-Lim back)
+    representation: str = "mel"   # sound: mel (2-D U-Net on log-mel, Griffin-Lim back) | wave (1-D U-Net on samples)
 
 
 @dataclass

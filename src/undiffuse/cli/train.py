@@ -68,7 +68,7 @@ def add_parser(subparsers) -> None:
                    "clips of 8192 samples, 1.024 s; 16000: 16384 samples)")
     t.add_argument("--representation", choices=_data.audio.REPRESENTATIONS, help="sound: what the model generates: wave "
                    "(samples, a 1-D U-Net) or mel (log-mel spectrograms, a 2-D U-Net, turned into sound by "
-                   "Griffin-Lim); default: wave")
+                   "Griffin-Lim); default: mel, which reached a far lower fd than wave at equal time (BENCHMARKS.md)")
     t.add_argument("--strict", action="store_true", default=None, help="a bad data file or an image without a "
                    "caption (caption files) is an error, not a warning")
     t.add_argument("--log-every", type=positive_int)
@@ -145,7 +145,7 @@ def _dataset(args, parser):
     try:
         dataset = _data.load(args.data, image_size=args.image_size, channels=args.channels,
                              strict=bool(args.strict), sample_rate=args.sample_rate or 8000,
-                             representation=args.representation or "wave")
+                             representation=args.representation or "mel")
     except _data.DataError as e:
         parser.error(f"--data: {e}")
     overrides = {key: getattr(args, name) for name, key in _TRAIN_OPTIONS.items() if getattr(args, name) is not None}
