@@ -179,3 +179,53 @@ def test_evaluate_command_reads_sound_samples(small_speech, tmp_path, capsys):
     np.savez(npz, samples=np.full((10, 1, 8192), 1.5), parameters=np.array("{}"))
     code, _, err = run_main(["evaluate", str(npz), "--reference", "spoken-digits"], capsys)
     assert code == 2 and "waveforms must be in [-1, 1]" in err
+
+
+def test_server_answers_sound_runs_with_wavs(runs, tmp_path, capsys):
+    """The HTTP server samples a sound run like `sample` does: a WAV (its bytes equal the CLI's
+    samples), JSON with base64 WAVs, and clear errors for picture formats."""
+    pytest.importorskip("uvicorn")
+    import base64
+    import shutil
+
+    from test_serve import call
+
+    from undiffuse.serve import create_app
+    from undiffuse.serve.background import BackgroundServer
+    folder = tmp_path / "models"
+    shutil.copytree(runs["mel"], folder / "notes")
+    with BackgroundServer(create_app(str(folder))) as srv:
+        status, ctype, body = call(srv.url, "/v1/generate", {"model": "notes", "class": "A", "steps": 2, "seed": 3,
+                                                             "format": "wav"})
+        assert status == 200 and ctype == "audio/wav", body[:200]
+        x, rate, meta = read_wav(body)
+        assert rate == 8000 and len(x) == 8192 and meta["provenance"]["class"] == "A" and meta["provenance"]["seed"] == 3
+        status, _, body = call(srv.url, "/v1/generate", {"model": "notes", "class": "A", "steps": 2, "seed": 3,
+                                                         "count": 2})
+        items = json.loads(body)["images"]
+        assert status == 200 and len(items) == 2
+        # the same sample in a batch of two: the same sound up to the network's float32 batch arithmetic
+        # (which Griffin-Lim's iterations carry into the phases)
+        assert np.corrcoef(read_wav(base64.b64decode(items[0]["wav"]))[0], x)[0, 1] > 0.99
+        status, _, body = call(srv.url, "/v1/generate", {"model": "notes", "format": "png"})
+        assert status == 400 and "makes sound, not images; use format 'wav' or 'json'" in body.decode()
+    code, _, err = run_main(["sample", "--checkpoint", str(runs["mel"]), "--class", "A", "--num", "1", "--seed", "3",
+                             "--steps", "2", "--out", str(tmp_path / "cli"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert read_wav(str(tmp_path / "cli" / "000000.wav"))[0].tolist() == x.tolist()  # one sample, one batch: equal
+
+
+def test_consistency_student_of_a_sound_run_samples_in_one_step(runs, tmp_path, capsys):
+    """Few-step distillation is the same command on sound: the student trains on the teacher's
+    own data (its representation and rate) and writes WAVs from one step."""
+    out = tmp_path / "cm"
+    code, _, err = run_main(["distill", "--method", "consistency", "--teacher", str(runs["mel"]), "--out", str(out),
+                             "--max-steps", "2", "--steps", "6", "--no-levels", "--no-progress"], capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"]["representation"] == "mel" and cfg["sample"]["steps"] == 1
+    code, _, err = run_main(["sample", "--checkpoint", str(out), "--class", "C", "--num", "2", "--out",
+                             str(tmp_path / "one"), "--no-progress"], capsys)
+    assert code == 0, err
+    x, rate, meta = read_wav(str(tmp_path / "one" / "000000.wav"))
+    assert len(x) == 8192 and meta["parameters"]["steps"] == 1 and meta["parameters"]["class"] == "C"

@@ -149,3 +149,32 @@ def test_page_sends_a_control_image(browser, tmp_path):
         rec = prov.read(base64.b64decode(link.get_attribute("href").split(",", 1)[1]))["provenance"]
     assert rec["control_image_sha256"] == hashlib.sha256(picture.read_bytes()).hexdigest()
     assert rec["control_scale"] == 0.5
+
+
+def test_page_plays_generated_sound(browser, tmp_path):
+    """A sound run: the gallery gets an <audio> player whose WAV the browser decodes (its
+    duration is the clip's), and a WAV download link."""
+    folder = tmp_path / "models"
+    assert main(["train", "--data", "notes", "--max-steps", "2", "--conditioning", "class", "--out",
+                 str(folder / "notes"), *TINY, "--set", "model.patch_size=2"]) == 0
+    with BackgroundServer(create_app(str(folder))) as srv:
+        browser.get(srv.url + "/")
+        deadline = time.monotonic() + 20
+        while browser.find_element(By.ID, "status").text != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        box = browser.find_element(By.ID, "steps")
+        box.clear()
+        box.send_keys("3")
+        browser.find_element(By.ID, "generate").click()
+        deadline = time.monotonic() + 60
+        while not browser.find_elements(By.CSS_SELECTOR, "#gallery audio.result"):
+            assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
+            time.sleep(0.05)
+        player = browser.find_element(By.CSS_SELECTOR, "#gallery audio.result")
+        while not browser.execute_script("return arguments[0].readyState >= 1", player):  # metadata decoded
+            assert time.monotonic() < deadline, "the browser never decoded the WAV"
+            time.sleep(0.05)
+        assert abs(browser.execute_script("return arguments[0].duration", player) - 8192 / 8000) < 0.01
+        link = browser.find_element(By.CSS_SELECTOR, "#gallery figcaption a")
+        assert link.get_attribute("download").endswith(".wav") and link.get_attribute("href").startswith("data:audio/wav")

@@ -261,7 +261,13 @@ def test_the_latent_route_splits_a_time_budget_by_the_autoencoders_recorded_seco
     assert rest_of_budget(100.0, None, type("C", (), {"meta": {"training": {"seconds": 500.0}}})()) == (1.0, None)
 
 
-def test_emoji_and_mnist5k_take_the_latent_route_unless_told_otherwise(tmp_path, capsys):
+def test_emoji_and_mnist5k_take_the_latent_route_unless_told_otherwise(tmp_path, capsys, monkeypatch):
+    import functools
+
+    from undiffuse.cli import train as train_cli
+    from undiffuse.training import budget
+    # the route is under test, not the step-rate measurement (tests/test_budget.py measures for real)
+    monkeypatch.setattr(train_cli, "fit_budget", functools.partial(budget.fit_budget, rate=lambda cfg, shape: 5.0))
     out = tmp_path / "run"
     code, cfg, err = _main(["train", "--data", "emoji", "--conditioning", "text", "--dry-run", "--out", str(out)], capsys)
     assert code == 0, err  # a dry run shows the route's config with the untrained autoencoder's shapes

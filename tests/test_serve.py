@@ -201,7 +201,7 @@ BAD = [
     (b'{"model": "digits", "steps": 5000}', 400, "'steps' must be in 1..60"),
     (b'{"model": "digits", "seed": -1}', 400, "'seed' must be in 0.."),
     (b'{"model": "digits", "sampler": "fast"}', 400, "'sampler' 'fast' is unknown; allowed: "),
-    (b'{"model": "digits", "format": "gif"}', 400, "'format' 'gif' is not allowed; allowed: json, png"),
+    (b'{"model": "digits", "format": "gif"}', 400, "'format' 'gif' is not allowed; allowed: json, png, wav"),
     (b'{"model": "digits", "guidance": NaN}', 400, "'guidance' must be a number"),
     (b'{"model": "digits", "guidance": 3}', 400, "needs a class- or text-conditioned model"),
     (b'{"model": "digits", "class": "3"}', 400, "'class' needs a class-conditional model"),

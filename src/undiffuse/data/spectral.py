@@ -146,8 +146,10 @@ def griffin_lim(magnitude: Tensor, n_fft: int, hop: int, length: int, iterations
     b, bins, frames = magnitude.shape
     full = length // hop + 1
     window = torch.hann_window(n_fft, periodic=True, dtype=magnitude.dtype)
-    g = torch.Generator().manual_seed(seed)
-    phase = torch.rand(b, bins, full, generator=g, dtype=magnitude.dtype) * 2 * math.pi
+    # the starting phases: drawn once per call from ``seed`` and shared by every row, so a row's
+    # result does not depend on the batch it came in
+    phase = torch.rand(1, bins, full, generator=torch.Generator().manual_seed(seed), dtype=magnitude.dtype)
+    phase = phase.expand(b, -1, -1) * 2 * math.pi
     target = torch.cat([magnitude, torch.zeros(b, bins, full - frames, dtype=magnitude.dtype)], -1)
     free = torch.zeros(full, dtype=torch.bool)
     free[frames:] = True

@@ -225,7 +225,8 @@ def pick_levels(run_path: str, search: LevelSearch | None = None, *, device: str
     if run.conditioning not in ("none", "class"):
         log(f"levels: not picked for a {run.conditioning!r}-conditioned run; it samples with its defaults")
         return None
-    data = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
+    data = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels,
+                          sample_rate=cfg.data.sample_rate, representation=cfg.data.representation)
     n = min(search.samples, len(data))
     rows = np.sort(np.random.default_rng(search.seed).choice(len(data), n, replace=False))
     real = data.to_unit(data.get(torch.as_tensor(rows))).numpy()

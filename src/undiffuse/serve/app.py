@@ -48,7 +48,7 @@ def _b64(data: bytes) -> str:
 
 
 def _images_json(job: Job) -> list[dict]:
-    return [{k: (_b64(v) if k == "png" else v) for k, v in img.items()} for img in job.images]
+    return [{k: (_b64(v) if k in ("png", "wav") else v) for k, v in img.items()} for img in job.images]
 
 
 def job_json(job: Job, *, images: bool = True) -> dict:
@@ -175,11 +175,11 @@ async def generate(server: Server, request: Request):
     if job.status == "cancelled":
         return _error(409, f"job {job.id} was cancelled")
     req = job.request
-    if req.format == "png":
+    if req.format in ("png", "wav"):
         if not job.images:
             return _error(422, "the content filter refused the output", refused=job.refused)
         if req.count == 1:
-            return Response(job.images[0]["png"], media_type="image/png",
+            return Response(job.images[0][req.format], media_type="image/png" if req.format == "png" else "audio/wav",
                             headers={"X-Undiffuse-Seed": str(job.images[0]["seed"])})
     return JSONResponse({"model": req.model, "parameters": req.params(), "images": _images_json(job),
                          "refused": job.refused})

@@ -185,9 +185,14 @@ class Batcher:
                     else run.config.model.get("scales", [1.0])[0]
             records.append(prov.record(r.model, checksum, sampler=r.sampler, steps=r.steps, seed=r.seed + i,
                                        guidance=r.guidance, **extra))
-        written = write_samples(gen.to_unit(x) if run.kind == "image" else x, format="png", seed=r.seed,
-                                records=records, request=r.params(), content_filter=self.content_filter,
-                                watermark=self.watermark, grid=False)
+        if run.kind == "audio":  # sound: WAVs (a mel run's spectrograms through Griffin-Lim)
+            written = write_samples(gen.to_sound(x, run), format="wav", seed=r.seed, records=records,
+                                    request=r.params(), content_filter=self.content_filter, grid=False,
+                                    sample_rate=run.audio["sample_rate"])
+        else:
+            written = write_samples(gen.to_unit(x) if run.kind == "image" else x, format="png", seed=r.seed,
+                                    records=records, request=r.params(), content_filter=self.content_filter,
+                                    watermark=self.watermark, grid=False)
         refused = []
         for no in written.refused:
             log.warning("content filter refused model=%s seed=%d: %s", r.model, no["seed"], no["reason"])
@@ -196,7 +201,7 @@ class Batcher:
         for it in written.items:
             item = {"seed": it.seed, **({"class": it.record["class"]} if "class" in it.record else {})}
             if it.data is not None:
-                item["png"] = it.data
+                item["wav" if run.kind == "audio" else "png"] = it.data
             else:
                 item["sample"] = [float(v) for v in it.sample]
             images.append(item)

@@ -37,7 +37,7 @@ class Limits:
     max_prompt: int = 1000       # characters
 
 
-FORMATS = ("json", "png")
+FORMATS = ("json", "png", "wav")
 FIELDS = ("model", "count", "sampler", "steps", "seed", "class", "prompt", "guidance", "format", "control_image",
           "control_scale")
 
@@ -117,7 +117,10 @@ def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
         raise RequestError(400, f"'format' {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
     req.format = fmt.lower()
     if req.format == "png" and run.kind != "image":
-        raise RequestError(400, f"model {req.model!r} makes {run.kind}s, not images; use format 'json'")
+        what, other = ("sound", "'wav' or 'json'") if run.kind == "audio" else (run.kind + "s", "'json'")
+        raise RequestError(400, f"model {req.model!r} makes {what}, not images; use format {other}")
+    if req.format == "wav" and run.kind != "audio":
+        raise RequestError(400, f"model {req.model!r} makes {run.kind}s, not sound; use format 'png' or 'json'")
     kind = run.conditioning
     if kind == "lowres":
         raise RequestError(400, f"model {req.model!r} is a super-resolution model; the server does not upscale")

@@ -33,7 +33,8 @@ AUTOENCODER = "autoencoder"  # its folder inside the run
 def run_dataset(cfg):
     """The data a run trained on (``cfg``: its ``RunConfig``): its dataset, encoded by its
     autoencoder (checked against the recorded checksum) when it is a latent run."""
-    dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels)
+    dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels,
+                          sample_rate=cfg.data.sample_rate, representation=cfg.data.representation)
     if cfg.latent.autoencoder is not None:
         dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
     return dataset
