@@ -53,12 +53,24 @@ def page_server(tmp_path_factory):
         yield srv
 
 
-def test_page_generates_with_previews_and_gallery(browser, page_server):
-    browser.get(page_server.url + "/")
+def _open_page(browser, url: str) -> None:
+    """Load the page and wait until it says it is ready (the models are listed)."""
+    browser.get(url + "/")
     deadline = time.monotonic() + 20
     while browser.find_element(By.ID, "status").text != "ready":
         assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
         time.sleep(0.05)
+
+
+def _type(browser, field: str, value: str) -> None:
+    box = browser.find_element(By.ID, field)
+    box.clear()
+    box.send_keys(value)
+
+
+def test_page_generates_with_previews_and_gallery(browser, page_server):
+    _open_page(browser, page_server.url)
+    deadline = time.monotonic() + 20
     assert [o.text for o in Select(browser.find_element(By.ID, "model")).options] == ["digits-cls (class)"]
     while not browser.find_element(By.ID, "mark").text:  # the page says what the PNGs carry (from /health)
         assert time.monotonic() < deadline, "the watermark note never appeared"
@@ -67,9 +79,7 @@ def test_page_generates_with_previews_and_gallery(browser, page_server):
     assert "undiffuse verify IMAGE" in footer and "invisible watermark in its pixels" in footer
     Select(browser.find_element(By.ID, "class")).select_by_visible_text("7")
     for field, value in (("steps", "12"), ("seed", "21"), ("count", "3"), ("guidance", "2")):
-        box = browser.find_element(By.ID, field)
-        box.clear()
-        box.send_keys(value)
+        _type(browser, field, value)
     browser.find_element(By.ID, "generate").click()
     previews_while_sampling = 0
     deadline = time.monotonic() + 60
@@ -96,14 +106,8 @@ def test_page_generates_with_previews_and_gallery(browser, page_server):
 
 
 def test_page_shows_api_errors(browser, page_server):
-    browser.get(page_server.url + "/")
-    deadline = time.monotonic() + 20
-    while browser.find_element(By.ID, "status").text != "ready":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    box = browser.find_element(By.ID, "steps")
-    box.clear()
-    box.send_keys("100000")
+    _open_page(browser, page_server.url)
+    _type(browser, "steps", "100000")
     browser.find_element(By.ID, "generate").click()
     deadline = time.monotonic() + 20
     while "'steps' must be in 1..200" not in browser.find_element(By.ID, "status").text:
@@ -130,11 +134,7 @@ def test_page_sends_a_control_image(browser, tmp_path):
     square[2:6, 2:6] = 255
     Image.fromarray(square).save(picture)
     with BackgroundServer(create_app(str(folder))) as srv:
-        browser.get(srv.url + "/")
-        deadline = time.monotonic() + 20
-        while browser.find_element(By.ID, "status").text != "ready":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _open_page(browser, srv.url)
         assert browser.find_element(By.ID, "control").is_displayed()
         browser.find_element(By.ID, "control").send_keys(str(picture))
         box = browser.find_element(By.ID, "control-scale")
@@ -158,14 +158,8 @@ def test_page_plays_generated_sound(browser, tmp_path):
     assert main(["train", "--data", "notes", "--max-steps", "2", "--conditioning", "class", "--out",
                  str(folder / "notes"), *TINY, "--set", "model.patch_size=2"]) == 0
     with BackgroundServer(create_app(str(folder))) as srv:
-        browser.get(srv.url + "/")
-        deadline = time.monotonic() + 20
-        while browser.find_element(By.ID, "status").text != "ready":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        box = browser.find_element(By.ID, "steps")
-        box.clear()
-        box.send_keys("3")
+        _open_page(browser, srv.url)
+        _type(browser, "steps", "3")
         browser.find_element(By.ID, "generate").click()
         deadline = time.monotonic() + 60
         while not browser.find_elements(By.CSS_SELECTOR, "#gallery audio.result"):

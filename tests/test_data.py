@@ -33,7 +33,8 @@ def only_data_warnings(record):
 # ----------------------------------------------------------------------------- built-ins
 
 def test_names():
-    assert data.names() == ["digits", "mnist5k", "emoji", "moons", "swiss_roll", "checkerboard", "eight_gaussians", "spirals"]
+    assert data.names() == ["digits", "mnist5k", "emoji", "spoken-digits", "notes", "moons", "swiss_roll", "checkerboard",
+                            "eight_gaussians", "spirals"]
 
 
 def test_digits_exact_vs_sklearn():
