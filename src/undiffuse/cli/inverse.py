@@ -364,7 +364,7 @@ def _sound(args, parser, run) -> int:
         options = dict(generator=SeededNoise(seeds, draws=args.steps * (1 + args.jump_count)),
                        jump_length=args.jump_length, jump_count=args.jump_count, step=args.sampler, extra=extra)
         y = inverse.inpaint(run.denoiser, x, keep.expand(len(x), *run.shape), _sigmas(args, run), **options)
-        waves = audio_edit.splice(wave, audio_edit.to_sound(y, a), keep_samples, a["sample_rate"])
+        waves = audio_edit.splice(wave, gen.to_sound(y, run), keep_samples, a["sample_rate"])
         params.update(gap=f"{gap[0]:g}:{gap[1]:g}", jump_length=args.jump_length, jump_count=args.jump_count)
     else:
         s = run.config.sample
@@ -374,7 +374,7 @@ def _sound(args, parser, run) -> int:
                                extra=extra)
         except ValueError as e:
             usage(str(e))
-        waves = audio_edit.to_sound(y, a)
+        waves = gen.to_sound(y, run)
         params["strength"] = args.strength
     write_samples(waves, out, format="wav", seed=args.seed, params=params, watermark=False,
                   sample_rate=a["sample_rate"])

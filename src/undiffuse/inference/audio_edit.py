@@ -5,7 +5,7 @@
 * :func:`gap_masks`: ``--gap START:END`` (seconds) as a mask in the run's representation
   (1 = keep): waveform samples, or for a mel run every frame whose analysis window reaches into
   the gap; plus the mask over samples.
-* :func:`to_model` / :func:`to_sound`: the clip in the run's representation and back.
+* :func:`to_model`: the clip in the run's representation (back to sound: ``generate.to_sound``).
 * :func:`splice`: the original outside the gap, the result inside, joined by raised-cosine
   cross-fades of :data:`CROSSFADE` seconds at each edge (a mel run's result comes back through
   Griffin-Lim, with phases of its own, so a hard cut would click).
@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from undiffuse.data.audio import read_audio, resample, to_waveform
+from undiffuse.data.audio import read_audio, resample
 from undiffuse.data.spectral import MelSpec
 
 CROSSFADE = 0.01
@@ -69,10 +69,6 @@ def to_model(wave: torch.Tensor, audio: dict) -> torch.Tensor:
     if audio["representation"] == "mel":
         return MelSpec.from_dict(audio["mel"]).encode(wave)
     return wave
-
-
-def to_sound(x: torch.Tensor, audio: dict) -> torch.Tensor:
-    return to_waveform(x.cpu(), audio)
 
 
 def splice(original: torch.Tensor, result: torch.Tensor, keep: torch.Tensor, rate: int) -> torch.Tensor:
