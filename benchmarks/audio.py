@@ -4,15 +4,22 @@ diffusers' audio loops at (about) equal parameter count, scored by the in-projec
 classifier.
 
     python benchmarks/audio.py [--budget 900] [--samples 500] [--threads 1] [--only NAME ...]
-        [--out runs/bench_audio] [--again] [--render] [--write BENCHMARKS.md]
+        [--out runs/bench_audio] [--again] [--render] [--write BENCHMARKS.md] [--picture PNG]
 
-Protocol. Four recipes train on the same data, ``spoken-digits`` (the training voices, 8 kHz,
+Protocol. Five recipes train on the same data, ``spoken-digits`` (the training voices, 8 kHz,
 8192-sample clips), for ``--budget`` seconds of training each, on ``--threads`` threads, two at a
-time (a waveform pair, then a mel pair, so each pair shares the machine alike):
+time in the order below (a waveform pair, then a mel pair, so each pair shares the machine alike;
+``--only`` re-runs a subset, paired in the same order):
 
 * ``undiffuse-wave`` / ``undiffuse-mel``: the CLI as a user runs it, ``undiffuse train --data
   spoken-digits --representation wave|mel --conditioning class --time-budget B``; samples by
   ``undiffuse sample --class all --num N --format npz`` (the run's own sampler: Heun, 18 steps).
+* ``undiffuse-mel-experts``: two experts that split the noise levels, half the budget each, one
+  after the other: ``train --preset audio-mel-high`` (a 1-D U-Net over time reading each frame's
+  64 bands as channels, trained on high noise levels), then ``train --preset audio-mel-low`` (the
+  mel recipe's U-Net, trained on low ones); sampled by ``sample --checkpoint LOW --expert HIGH
+  --expert-above 1 --guidance 2.5`` (the hand-off level and the guidance scale were chosen on a
+  pilot pair of experts trained before this run, one seed).
 * ``diffusers-wave``: ``UNet1DModel`` in the Dance Diffusion layout (Fourier time embedding, no
   skip in the outer block, attention in the inner ones), trained as Dance Diffusion is: v
   objective on the cosine path ``x_t = cos(pi t / 2) x0 + sin(pi t / 2) eps``, ``t ~ U(0, 1)``,
@@ -52,8 +59,8 @@ START, END = "<!-- audio:start -->", "<!-- audio:end -->"
 SUBSET = 100  # every recipe is also scored on this many samples (equally many per class)
 PEER_WAVE_SAMPLES, PEER_WAVE_STEPS = 100, 50  # full-rate sampling costs about 0.1 s per sample and step here
 PEER_MEL_SAMPLES = 100  # full-resolution (64 x 64) layers: about 0.05 s per sample and step here
-RECIPES = ("undiffuse-wave", "diffusers-wave", "undiffuse-mel", "diffusers-mel")
-PAIRS = (("undiffuse-wave", "diffusers-wave"), ("undiffuse-mel", "diffusers-mel"))
+RECIPES = ("undiffuse-wave", "diffusers-wave", "undiffuse-mel", "diffusers-mel", "undiffuse-mel-experts")
+EXPERT_ABOVE, EXPERT_GUIDANCE = 1.0, 2.5  # chosen on a pilot pair of experts (one seed, before this run)
 
 
 def real_clips():
@@ -81,28 +88,44 @@ def first_per_class(labels, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- undiffuse
 
 def run_undiffuse(args, name: str, out: Path) -> dict:
+    """``undiffuse-wave`` / ``undiffuse-mel``: one run of the default recipe for the whole budget;
+    ``undiffuse-mel-experts``: the presets audio-mel-high then audio-mel-low, half the budget
+    each, one after the other, sampled together (``--expert``) with classifier-free guidance."""
     rep = name.split("-")[1]
-    run, npz = out / name, out / f"{name}.npz"
+    npz = out / f"{name}.npz"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    train = [sys.executable, "-m", "undiffuse", "train", "--data", "spoken-digits", "--representation", rep,
-             "--conditioning", "class", "--time-budget", f"{args.budget}s", "--out", str(run), "--no-progress"]
-    log(" ".join(train[2:]))
-    subprocess.run(train, check=True, env=env)
+    experts = name.endswith("experts")
+    stages = ((out / f"{name}-high", "audio-mel-high"), (out / name, "audio-mel-low")) if experts else ((out / name, None),)
+    for run, preset in stages:
+        train = [sys.executable, "-m", "undiffuse", "train", "--data", "spoken-digits", "--representation", rep,
+                 "--conditioning", "class", "--time-budget", f"{args.budget / len(stages)}s", "--out", str(run),
+                 "--no-progress", *(["--preset", preset] if preset else [])]
+        log(" ".join(train[2:]))
+        subprocess.run(train, check=True, env=env)
+    run = out / name
     sample = [sys.executable, "-m", "undiffuse", "sample", "--checkpoint", str(run), "--class", "all", "--num",
               str(args.samples), "--format", "npz", "--out", str(npz), "--no-progress"]
+    if experts:
+        sample += ["--expert", str(stages[0][0]), "--expert-above", str(EXPERT_ABOVE), "--guidance", str(EXPERT_GUIDANCE)]
+    log(" ".join(sample[2:]))
     t0 = time.perf_counter()
     subprocess.run(sample, check=True, env=env)
     secs = time.perf_counter() - t0
     with np.load(npz) as z:
         waves, labels = z["samples"], z["labels"]
-    cfg = json.loads((run / "config.json").read_text())
-    state = json.loads((run / "checkpoints" / (run / "latest").read_text().strip() / "state.json").read_text())
     from undiffuse import nets
-    params = nets.num_parameters(nets.build(cfg["model"]))
-    return {"steps": state["step"], "train_seconds": state["elapsed"], "params": params, "batch": cfg["optim"]["batch_size"],
-            "sampler": f"{cfg['sample']['sampler']}, {cfg['sample']['steps']} steps",
-            "sample_seconds": secs, "samples_per_s": len(waves) / secs, "conditional": True,
-            "waves": waves, "labels": labels}
+    rec = {"steps": 0, "train_seconds": 0.0, "params": 0}
+    for r, _ in stages:
+        cfg = json.loads((r / "config.json").read_text())
+        state = json.loads((r / "checkpoints" / (r / "latest").read_text().strip() / "state.json").read_text())
+        rec["steps"] += state["step"]
+        rec["train_seconds"] += state["elapsed"]
+        rec["params"] += nets.num_parameters(nets.build(cfg["model"]))
+    sampler = f"{cfg['sample']['sampler']}, {cfg['sample']['steps']} steps"
+    if experts:
+        sampler += f", expert above sigma {EXPERT_ABOVE:g}, guidance {EXPERT_GUIDANCE:g}"
+    return {**rec, "batch": cfg["optim"]["batch_size"], "sampler": sampler, "sample_seconds": secs,
+            "samples_per_s": len(waves) / secs, "conditional": True, "waves": waves, "labels": labels}
 
 
 # ----------------------------------------------------------------------------- diffusers
@@ -261,7 +284,8 @@ def markdown(results: dict) -> str:
     lines = [START, "## Spoken digits: waveform and log-mel recipes against diffusers' audio loops", "",
              f"`{meta.get('command', '')}` on {meta.get('machine', {}).get('cpu', '?')} "
              f"({meta.get('machine', {}).get('date', '')}); each recipe trains {meta.get('budget', '?'):g} s on "
-             f"{meta.get('threads', '?')} thread(s), two at a time (the waveform pair, then the mel pair). "
+             f"{meta.get('threads', '?')} thread(s), two at a time (the waveform pair, the mel pair, then the mel "
+             f"experts beside a re-run of undiffuse-mel). "
              f"{meta.get('samples', '?')} samples per recipe, scored in the spoken-digit classifier's features "
              f"against the {meta.get('reference', '?')} training clips (classifier accuracy on held-out voices: "
              f"{meta.get('heldout_accuracy', float('nan')):.3f}). Protocol: `benchmarks/audio.py`.", "",
@@ -283,6 +307,23 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def picture(out: Path, path: str, per: int = 3) -> None:
+    """Spectrograms, one row per digit: ``per`` real clips, then ``per`` samples of each mel
+    recipe asked for that digit (from its full ``NAME.npz``)."""
+    from undiffuse.inference import generate as gen
+    from undiffuse.io.audio import spectrogram
+    x, y = real_clips()
+    columns = [(x.numpy(), y.numpy())]
+    for name in ("undiffuse-mel", "undiffuse-mel-experts"):
+        with np.load(out / f"{name}.npz") as z:
+            columns.append((z["samples"], z["labels"]))
+    tiles = [spectrogram(w[i, 0], 8000) for digit in range(10) for w, lab in columns
+             for i in np.nonzero(lab == digit)[0][:per]]
+    gen.save_png(path, gen.grid(np.stack(tiles), nrow=per * len(columns), pad=2))
+    log(f"wrote {path}: per row (digit 0-9) {per} real clips, {per} undiffuse-mel and {per} undiffuse-mel-experts "
+        f"samples")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=900.0, help="training seconds per recipe")
@@ -290,6 +331,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", choices=RECIPES)
     p.add_argument("--out", default="runs/bench_audio")
+    p.add_argument("--picture", metavar="PNG", help="also write spectrograms of real clips and of both mel recipes' "
+                   "samples here (e.g. docs/audio_mel_samples.png)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     rerun_arguments(p)
     args = p.parse_args()
@@ -300,9 +343,9 @@ def main() -> int:
     path = out / "results.json"
     results = load_results(path)
     if not args.render:
-        todo = [n for n in (args.only or RECIPES) if args.again or n not in results]
-        for pair in PAIRS:
-            names = [n for n in pair if n in todo]
+        todo = [n for n in RECIPES if n in (args.only or RECIPES) and (args.again or n not in results)]
+        for i in range(0, len(todo), 2):  # two at a time, in RECIPES order
+            names = todo[i:i + 2]
             procs = {n: subprocess.Popen([sys.executable, __file__, "--child", n, "--budget", str(args.budget),
                                           "--samples", str(args.samples), "--threads", str(args.threads),
                                           "--out", str(out)], stdout=subprocess.PIPE, text=True,
@@ -319,6 +362,8 @@ def main() -> int:
                             "machine": machine(), "budget": args.budget, "threads": args.threads,
                             "samples": args.samples, "reference": len(real_clips()[0])}
         save_results(path, results)
+    if args.picture:
+        picture(out, args.picture)
     return finish(args, results, markdown)
 
 

@@ -63,6 +63,54 @@ def test_notes_are_deterministic_labelled_and_fitted():
     assert abs(np.argmax(s) * 8000 / 8192 - 440) < 440 * (2 ** (16 / 1200) - 1) + 1
 
 
+def _pitch_classes_heard(x: np.ndarray, count: int) -> set[int]:
+    """Pitch classes of the ``count`` strongest spectral peaks of a clip (8 kHz)."""
+    s = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    peaks = [k for k in range(1, len(s) - 1) if s[k] >= s[k - 1] and s[k] >= s[k + 1]]
+    top = sorted(peaks, key=lambda k: -s[k])[:count]
+    return {round(12 * np.log2(k * 8000 / len(x) / 440.0) + 9) % 12 for k in top}
+
+
+def test_chords_sound_their_notes_and_labels_follow_the_suffix():
+    c = data.load("chords")
+    assert len(c) == 12 * len(notes.QUALITIES) * 5 * 3 * notes.CHORD_TAKES and c.shape == (1, 8192)
+    assert c.class_names == list(notes.QUALITIES) and c.info["labels"] == "quality"
+    f = c.info["factors"]
+    sines = [k for k in range(len(c)) if f["timbre"][k] == "sine" and f["envelope"][k] == "sustained"][::7]
+    for k in sines:  # a sine chord's three strongest peaks are its three notes, whatever the inversion
+        root = notes.NOTE_NAMES.index(f["root"][k])
+        want = {(root + i) % 12 for i in notes.QUALITIES[f["quality"][k]]}
+        assert _pitch_classes_heard(c.get(k)[0].numpy(), 3) == want, (k, f["root"][k], f["quality"][k])
+    by_root = data.load("chords:root")
+    assert by_root.class_names == list(notes.NOTE_NAMES)
+    assert [by_root.class_names[i] for i in by_root.labels[:40]] == f["root"][:40]
+    assert torch.equal(by_root.storage, c.storage)
+    # every wording names every factor of its clip
+    k = 123
+    for cap in c.captions[k]:
+        root = f["root"][k]
+        assert (root in cap or notes.SPOKEN.get(root, root) in cap) and f["timbre"][k] in cap.replace("plucked string", "pluck").replace(
+            "sine tone", "sine").replace("sawtooth synth", "saw")
+    with pytest.raises(data.DataError, match="chords:pitch: unknown labels 'pitch'; allowed: chords:quality, "
+                                             "chords:root, chords:timbre"):
+        data.load("chords:pitch")
+
+
+def test_notes_labels_by_factor_with_captions():
+    n = data.load("notes:envelope")
+    assert n.class_names == list(notes.ENVELOPES)
+    assert [notes.ENVELOPES[i] for i in n.labels] == n.info["factors"]["envelope"]
+    octaves = data.load("notes:octave")
+    assert octaves.class_names == ["3", "4", "5"]
+    assert [int(octaves.class_names[i]) for i in octaves.labels] == n.info["factors"]["octave"]
+    k = 500
+    pitch, octave = n.info["factors"]["pitch"][k], n.info["factors"]["octave"][k]
+    assert len(n.captions[k]) == 3 and f"{pitch}{octave}" in n.captions[k][0]
+    assert len({tuple(c) for c in n.captions}) == len(n) // notes.TAKES  # takes share captions, nothing else does
+    with pytest.raises(data.DataError, match="notes:loudness: unknown labels"):
+        data.load("notes:loudness")
+
+
 def test_spoken_digits_split_by_voice_and_cache(small_voices, monkeypatch):
     train = data.load("spoken-digits")
     held = data.load("spoken-digits:heldout")

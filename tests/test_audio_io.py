@@ -78,6 +78,27 @@ def test_unet_1d_shapes_patches_and_conditioning():
         net(torch.randn(1, 1, 500), torch.zeros(1))
 
 
+def test_spectrogram_rows_as_channels_is_the_1d_network_on_the_reshaped_input():
+    """``rows``: a (C, R, T) spectrogram is read as C * R channels over time, exactly the 1-D
+    network on the reshaped input, and the output comes back in the input's shape."""
+    kw = {"kind": "unet", "dims": 1, "channels": 16, "channel_mult": (1, 2), "attention_levels": (1,),
+          "num_res_blocks": 1, "num_classes": 3, "patch_size": 2}
+    folded = nets.build({**kw, "in_channels": 1, "rows": 8})
+    plain = nets.build({**kw, "in_channels": 8})
+    torch.manual_seed(0)
+    for prm in folded.parameters():
+        torch.nn.init.normal_(prm, std=0.2)
+    plain.load_state_dict(folded.state_dict())
+    x, t, y = torch.randn(2, 1, 8, 12), torch.tensor([0.3, 2.0]), torch.tensor([0, 2])
+    out = folded(x, t, class_labels=y)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, plain(x.reshape(2, 8, 12), t, class_labels=y).reshape(2, 1, 8, 12))
+    with pytest.raises(ValueError, match=r"reads \(C, 8, T\) inputs \(rows 8\), got \(1, 6, 12\)"):
+        folded(torch.randn(1, 1, 6, 12), t[:1])
+    with pytest.raises(ValueError, match="rows .* needs dims 1"):
+        nets.build({**kw, "dims": 2, "in_channels": 1, "rows": 8})
+
+
 def _tone_mixture(length: int = 32) -> GaussianMixture:
     """Three 'notes': sinusoid means with stationary (exponential-kernel) covariances."""
     t = torch.arange(length, dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 
 import undiffuse
 from undiffuse.core.analytic import GaussianMixture
-from undiffuse.steering.guidance import Autoguidance, ClassifierFree, ClassifierGuidance
+from undiffuse.steering.guidance import Autoguidance, ClassifierFree, ClassifierGuidance, Experts
 
 DIM = 4
 
@@ -98,6 +98,32 @@ def test_autoguidance_formula_and_exact_ends():
     assert torch.equal(Autoguidance(main, weak, 1.0)(x, sigma, class_labels=labels), d_m)
     assert torch.equal(Autoguidance(main, weak, 0.0)(x, sigma, class_labels=labels), d_w)
     torch.testing.assert_close(Autoguidance(main, weak, 2.0)(x, sigma, class_labels=labels), d_w + 2 * (d_m - d_w))
+
+
+def test_experts_split_a_batch_by_noise_level_with_its_conditions():
+    """Each row goes to the expert of its noise level, with its own class; a batch all on one
+    side makes one call to that expert alone."""
+    low, high = ClassDenoiser(_mixture()), ClassDenoiser(_mixture(seed=3))
+    x, sigma, labels = _batch()  # sigmas 0.05 ... 20
+    both = Experts(low, high, above=1.0)
+    out = both(x, sigma, class_labels=labels)
+    up = sigma > 1.0
+    torch.testing.assert_close(out[up], high(x[up], sigma[up], class_labels=labels[up]))
+    torch.testing.assert_close(out[~up], low(x[~up], sigma[~up], class_labels=labels[~up]))
+    low.calls.clear(), high.calls.clear()
+    both(x[:2], torch.tensor(0.3, dtype=torch.float64), class_labels=labels[:2])
+    assert low.calls == [2] and high.calls == []
+    with pytest.raises(ValueError, match="hand-off noise level must be a positive number, got 0"):
+        Experts(low, high, above=0)
+
+
+def test_sampling_with_identical_experts_is_sampling_with_one():
+    den = ClassDenoiser(_mixture())
+    z = undiffuse.noise((8, DIM), seed=0).double()
+    extra = {"class_labels": torch.arange(8) % 3}
+    one = undiffuse.sample(den, z, sampler="heun", steps=6, extra=extra)
+    two = undiffuse.sample(Experts(den, ClassDenoiser(_mixture()), above=1.5), z, sampler="heun", steps=6, extra=extra)
+    torch.testing.assert_close(two, one)
 
 
 def _log_responsibility(mix: GaussianMixture):

@@ -30,13 +30,14 @@ from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.io.writers import write_samples
 from undiffuse.samplers import driver
 from undiffuse.steering.classifier_guidance import load_classifier
+from undiffuse.steering.guidance import Experts
 from undiffuse.utils import distributed as dist
 from undiffuse.utils.acceleration import compiled
 
 # sample options that need an undiffuse run (its conditioning, its recommended settings, its checksum)
 _RUN_ONLY = {"class_": "--class", "prompt": "--prompt", "prompts": "--prompts", "negative_prompt": "--negative-prompt",
              "autoguide": "--autoguide", "classifier": "--classifier", "calibration": "--calibration",
-             "guidance_interval": "--guidance-interval", "content_filter": "--content-filter"}
+             "guidance_interval": "--guidance-interval", "content_filter": "--content-filter", "expert": "--expert"}
 
 
 def add_parser(subparsers) -> None:
@@ -68,6 +69,11 @@ def add_parser(subparsers) -> None:
                    help="apply guidance only at noise levels sigma in [LO, HI]")
     s.add_argument("--autoguide", metavar="RUN", help="guide with this weaker run of the same task (an earlier or "
                    "smaller model) instead of the unconditional branch")
+    s.add_argument("--expert", metavar="RUN", help="a second run of the same task that denoises every noise level "
+                   "above --expert-above; --checkpoint does the rest (experts by noise level, as eDiff-I's or SDXL's "
+                   "base and refiner)")
+    s.add_argument("--expert-above", type=float, metavar="SIGMA", help="the noise level where --expert hands over "
+                   "to --checkpoint (default: 1)")
     s.add_argument("--classifier", metavar="DIR", help="noise-aware classifier (`undiffuse train-classifier`) for "
                    "classifier guidance towards --class")
     s.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
@@ -339,6 +345,7 @@ def _steering(args, parser, loaded):
             parser.error(f"--guidance-interval needs 0 <= LO < HI, got {lo} {hi}")
         steer["guidance_interval"] = [lo, hi]
     weak, classifier = _guides(args, parser, loaded, steer)
+    _experts(args, parser, loaded, steer)
     try:
         if args.class_ is not None:
             condition["class_labels"] = gen.class_labels(loaded, args.class_, args.num)
@@ -394,6 +401,28 @@ def _guides(args, parser, loaded, steer: dict):
             loaded.class_names = tuple(names)
         steer.update(classifier=os.path.abspath(args.classifier), classifier_scale=args.classifier_scale)
     return weak, classifier
+
+
+def _experts(args, parser, loaded, steer: dict) -> None:
+    """``--expert RUN``: the run's denoiser becomes RUN's above ``--expert-above`` and its own
+    below (``steering.guidance.Experts``), recorded in ``steer``."""
+    if args.expert is None:
+        if args.expert_above is not None:
+            parser.error("--expert-above needs --expert RUN (the run that denoises above that noise level)")
+        return
+    above = 1.0 if args.expert_above is None else args.expert_above
+    if not above > 0:
+        parser.error(f"--expert-above must be a noise level > 0, got {above}")
+    high = load_run(parser, args.expert, "--expert", weights=args.weights, device=args.device)
+    if high.conditioning != loaded.conditioning or high.shape != loaded.shape or high.audio != loaded.audio:
+        parser.error(f"--expert {args.expert!r} must make what --checkpoint makes: its conditioning "
+                     f"{high.conditioning!r} and samples {high.shape} vs {loaded.conditioning!r} and {loaded.shape}"
+                     + ("" if high.audio == loaded.audio else " (and the same sound representation)"))
+    if high.class_names != loaded.class_names:
+        parser.error(f"--expert {args.expert!r} has classes {list(high.class_names)[:12]}, --checkpoint has "
+                     f"{list(loaded.class_names)[:12]}")
+    loaded.denoiser = Experts(loaded.denoiser, high.denoiser, above)
+    steer.update(expert=os.path.abspath(high.checkpoint), expert_above=above, expert_sha256=high.checksum)
 
 
 # ----------------------------------------------------------------------------- --diffusers

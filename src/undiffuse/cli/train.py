@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
     t = subparsers.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                               "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                               "config is saved as RUN/config.json.")
-    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, spoken-digits, notes, moons, swiss_roll, checkerboard, "
+    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, spoken-digits, notes, chords, moons, swiss_roll, checkerboard, "
                    "eight_gaussians, spirals), a folder of images or of sound files (.wav/.flac/.ogg), or a .npy/.npz file (default: digits, or the "
                    "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")

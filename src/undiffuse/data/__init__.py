@@ -31,7 +31,7 @@ Conventions
   ``emoji`` has them from the emoji names (``data.emoji``: ``emoji`` is the training split,
   ``emoji:heldout`` the held-out emoji, ``emoji:all`` both).
 * Sound (``kind == "audio"``, ``data.audio``): ``spoken-digits`` (``data.speech``), ``notes``
-  (``data.notes``) and folders of .wav/.flac/.ogg files, as waveforms ``(1, T)`` or log-mel
+  and ``chords`` (``data.notes``, captioned, the suffix choosing the labels) and folders of .wav/.flac/.ogg files, as waveforms ``(1, T)`` or log-mel
   spectrograms ``(1, n_mels, frames)``.
 """
 from __future__ import annotations
@@ -43,14 +43,14 @@ from undiffuse.data.base import SUPPORTED, DataError, Dataset, DataWarning, _par
 from undiffuse.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, _digits, _folder, _mnist5k  # noqa: F401 (public)
 from undiffuse.data.audio import audio_folder, is_audio_folder
 from undiffuse.data.emoji import load_emoji
-from undiffuse.data.notes import load_notes
+from undiffuse.data.notes import load_chords, load_notes
 from undiffuse.data.speech import load_spoken_digits
 from undiffuse.data.toys import TOYS, _toy
 
 
 def names() -> list[str]:
     """The built-in dataset names."""
-    return ["digits", "mnist5k", "emoji", "spoken-digits", "notes", *TOYS]
+    return ["digits", "mnist5k", "emoji", "spoken-digits", "notes", "chords", *TOYS]
 
 
 def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
@@ -75,8 +75,10 @@ def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels
         return load_emoji(spec, size, channels)
     if spec == "spoken-digits" or spec.startswith("spoken-digits:"):
         return load_spoken_digits(spec, sample_rate, representation)
-    if spec == "notes":
+    if spec == "notes" or spec.startswith("notes:"):
         return load_notes(spec, sample_rate, representation)
+    if spec == "chords" or spec.startswith("chords:"):
+        return load_chords(spec, sample_rate, representation)
     if spec in TOYS:
         return _toy(spec, num_points, seed)
     path = os.path.expanduser(spec)

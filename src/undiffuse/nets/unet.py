@@ -13,7 +13,11 @@ Nichol 2021):
   untrained network is the identity on its skips and outputs zero;
 * optionally (``patch_size`` p > 1) the network works on p x p pixel patches: the input is
   rearranged space-to-depth (C*p^2 channels at 1/p the size) and the output back, which cuts
-  the cost of every level by p^2 (as a DiT's patches do; for small images on a CPU).
+  the cost of every level by p^2 (as a DiT's patches do; for small images on a CPU);
+* optionally (``dims=1`` with ``rows`` R) the network reads (C, R, T) inputs, a spectrogram's
+  R frequency bands, as 1-D signals of C*R channels over time: every layer mixes the whole
+  spectrum of a frame, at the cost of a 1-D network (as spectrogram decoders of speech
+  synthesis do).
 
 Conditioning, each optional:
 
@@ -68,6 +72,7 @@ class UNetConfig:
     cond_channels: int = 0        # > 0: channels of an image condition concatenated to the input
     patch_size: int = 1           # > 1: work on p x p pixel patches (space-to-depth in, depth-to-space out)
     dims: int = 2                 # 2: images (C, H, W); 1: signals (C, T) such as waveforms
+    rows: int = 0                 # > 0 (dims 1): read (C, rows, T) inputs as signals of C * rows channels
 
     def __post_init__(self):
         self.channel_mult, self.attention_levels = check_levels(self.channel_mult, self.attention_levels,
@@ -82,6 +87,9 @@ class UNetConfig:
             raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.dims not in (1, 2):
             raise ValueError(f"dims must be 1 (signals) or 2 (images), got {self.dims}")
+        if self.rows < 0 or (self.rows and self.dims != 1):
+            raise ValueError(f"rows (the rows of a 2-D input read as channels) needs dims 1 and must be >= 0, "
+                             f"got rows {self.rows} with dims {self.dims}")
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -177,7 +185,7 @@ class UNet(nn.Module):
                 layers.append(CrossAttention(ch, cfg.context_dim, cfg.head_channels, g, nd))
             return layers
 
-        p2 = cfg.patch_size ** nd  # values per patch and channel
+        p2 = cfg.patch_size ** nd * max(cfg.rows, 1)  # values per patch and channel
         self.stem = _conv(nd, (cfg.in_channels + cfg.cond_channels) * p2, ch0, 3, padding=1)
         self.down = nn.ModuleList()
         skips, ch = [ch0], ch0
@@ -248,13 +256,15 @@ class UNet(nn.Module):
             for layer in block:
                 h = layer(h, emb, ctx)
         out = self.out(F.silu(self.out_norm(h)))
-        p = self.config.patch_size
+        p, rows = self.config.patch_size, self.config.rows
         if p == 1:
-            return out
-        if self.config.dims == 2:
+            pass
+        elif self.config.dims == 2:
             return F.pixel_shuffle(out, p)
-        b, cp, n = out.shape  # (B, C * p, T / p) -> (B, C, T)
-        return out.reshape(b, cp // p, p, n).transpose(2, 3).reshape(b, cp // p, n * p)
+        else:
+            b, cp, n = out.shape  # (B, C * p, T / p) -> (B, C, T)
+            out = out.reshape(b, cp // p, p, n).transpose(2, 3).reshape(b, cp // p, n * p)
+        return out.reshape(out.shape[0], -1, rows, out.shape[-1]) if rows else out
 
     def skip_channels(self) -> list[int]:
         """Channels of each skip activation :meth:`encode` returns, then of the middle."""
@@ -264,7 +274,11 @@ class UNet(nn.Module):
         return chans + [self.mid[-1].conv2.out_channels]
 
     def _patches(self, x: Tensor) -> Tensor:
-        p = self.config.patch_size
+        p, rows = self.config.patch_size, self.config.rows
+        if rows:
+            if x.dim() != 4 or x.shape[2] != rows:
+                raise ValueError(f"this network reads (C, {rows}, T) inputs (rows {rows}), got {tuple(x.shape[1:])}")
+            x = x.reshape(x.shape[0], -1, x.shape[3])
         if p == 1:
             return x
         if any(n % p for n in x.shape[2:]):

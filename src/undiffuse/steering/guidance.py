@@ -10,6 +10,8 @@ so it works with every sampler and every model.
   where guidance collapses diversity, low ones where it does nothing useful.
 * **Autoguidance** (Karras et al. 2024): the same formula with a *weaker model of the same
   task* (a smaller or less-trained network, same conditioning) in place of ``D_u``.
+* **Experts by noise level** (eDiff-I, Balaji et al. 2022; SDXL's base and refiner): one
+  denoiser above a noise level, another at and below it. Not guidance, but built the same way.
 * **Classifier guidance** (Dhariwal & Nichol 2021): add the gradient of a noise-aware
   classifier's ``log p(y | x, sigma)`` to the score. In the rescaled space the score is
   ``(D - x) / sigma^2``, so the guided denoiser is ``D + w sigma^2 grad_x log p(y | x, sigma)``.
@@ -163,6 +165,37 @@ class Autoguidance(_Wrapper):
         if guided is not None and not guided.any():
             return d_main
         return _mix(self.weak(x, sigma, **cond), d_main, self.scale, guided)
+
+
+class Experts(_Wrapper):
+    """``D_high`` for noise levels above ``above``, ``D`` (the inner denoiser) at and below it;
+    a batch with both is split row by row. The two must denoise the same task (same sample
+    shape and conditioning); each is called only on its rows."""
+
+    def __init__(self, denoiser: Callable, high: Callable, above: float):
+        self.inner = denoiser
+        self.high = high
+        self.above = float(above)
+        if not self.above > 0 or not torch.isfinite(torch.tensor(self.above)):
+            raise ValueError(f"the expert hand-off noise level must be a positive number, got {above}")
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device)
+        sigma = sigma.expand(x.shape[0]) if sigma.dim() == 0 else sigma
+        high = sigma > self.above
+        if high.all():
+            return self.high(x, sigma, **cond)
+        if not high.any():
+            return self.inner(x, sigma, **cond)
+        out = torch.empty_like(x)
+        for rows, den in ((high, self.high), (~high, self.inner)):
+            out[rows] = den(x[rows], sigma[rows], **{k: _rows_of(v, rows, len(x)) for k, v in cond.items()}).to(x.dtype)
+        return out
+
+
+def _rows_of(v, rows: Tensor, n: int):
+    """A batch-aligned conditioning tensor's chosen rows (shared ones, with one row, as they are)."""
+    return v[rows] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
 
 
 class ClassifierGuidance(_Wrapper):
