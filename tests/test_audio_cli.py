@@ -107,7 +107,20 @@ def test_two_experts_sample_sound_together(runs, tmp_path, capsys):
     assert code == 2 and "model.rows reads the rows of 2-D samples" in err
 
 
-def test_text_to_sound_on_captioned_chords(tmp_path, capsys):
+@pytest.fixture
+def few_chords():
+    """Chords of two qualities in two timbres (288 clips), so their captions embed in seconds."""
+    from undiffuse.data import notes
+    mp = pytest.MonkeyPatch()
+    mp.setattr(notes, "QUALITIES", {k: notes.QUALITIES[k] for k in ("major", "minor")})
+    mp.setattr(notes, "TIMBRES", ("sine", "bell"))
+    notes._render_chords.cache_clear()
+    yield
+    mp.undo()
+    notes._render_chords.cache_clear()
+
+
+def test_text_to_sound_on_captioned_chords(tmp_path, capsys, few_chords):
     """Captions of the chords condition a run; a prompt's WAVs carry it in their comment."""
     run = tmp_path / "chords"
     code, _, err = run_main(["train", "--data", "chords", "--conditioning", "text", "--max-steps", "1", "--out",

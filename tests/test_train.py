@@ -411,7 +411,8 @@ def straight_signal_run(tmp_path_factory):
 def test_signal_saves_a_checkpoint_and_the_run_resumes_bitwise(tmp_path, sig, straight_signal_run):
     """A real signal to a real ``undiffuse train`` process (dropout on): it stops after the
     current step, exits 0 with a checkpoint at the step it reached, and resuming to the end
-    gives the straight run's weights, optimizer and random state bit for bit."""
+    gives the straight run's weights, optimizer and random state bit for bit (resumed after
+    SIGTERM only: the resume does not depend on which signal stopped the run)."""
     run = tmp_path / "b"
     victim = _cli(*SIGNAL_RUN, "--out", str(run))
     log = run / "log.jsonl"
@@ -428,7 +429,8 @@ def test_signal_saves_a_checkpoint_and_the_run_resumes_bitwise(tmp_path, sig, st
     assert f"stopped by signal {int(sig)} at step {reached}" in err
     assert ckpt.complete_checkpoints(str(run)) == [ckpt.checkpoint_name(reached)]
     assert ckpt.read_latest(str(run)) == ckpt.checkpoint_name(reached)
-
+    if sig != signal.SIGTERM:
+        return
     resumed = _cli(*SIGNAL_RUN, "--out", str(run), "--resume", "auto")
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
