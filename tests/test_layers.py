@@ -27,6 +27,7 @@ LAYERS = [
     {"training"},
     {"inference"},
     {"config"},
+    {"presets"},
     {"steering", "metrics"},
     {"samplers", "io", "data"},
     {"core", "nets"},
