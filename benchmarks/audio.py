@@ -60,7 +60,6 @@ SUBSET = 100  # every recipe is also scored on this many samples (equally many p
 PEER_WAVE_SAMPLES, PEER_WAVE_STEPS = 100, 50  # full-rate sampling costs about 0.1 s per sample and step here
 PEER_MEL_SAMPLES = 100  # full-resolution (64 x 64) layers: about 0.05 s per sample and step here
 RECIPES = ("undiffuse-wave", "diffusers-wave", "undiffuse-mel", "diffusers-mel", "undiffuse-mel-experts")
-EXPERT_ABOVE, EXPERT_GUIDANCE = 1.0, 2.5  # chosen on a pilot pair of experts (one seed, before this run)
 
 
 def real_clips():
@@ -88,25 +87,22 @@ def first_per_class(labels, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- undiffuse
 
 def run_undiffuse(args, name: str, out: Path) -> dict:
-    """``undiffuse-wave`` / ``undiffuse-mel``: one run of the default recipe for the whole budget;
-    ``undiffuse-mel-experts``: the presets audio-mel-high then audio-mel-low, half the budget
-    each, one after the other, sampled together (``--expert``) with classifier-free guidance."""
+    """``undiffuse-wave`` / ``undiffuse-mel``: one run of the default recipe for the whole budget
+    (``--no-experts`` for mel); ``undiffuse-mel-experts``: ``train --experts``, the pair of
+    experts in one command (``training.expert_route``), sampled with the run's recommendation."""
     rep = name.split("-")[1]
     npz = out / f"{name}.npz"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     experts = name.endswith("experts")
-    stages = ((out / f"{name}-high", "audio-mel-high"), (out / name, "audio-mel-low")) if experts else ((out / name, None),)
-    for run, preset in stages:
-        train = [sys.executable, "-m", "undiffuse", "train", "--data", "spoken-digits", "--representation", rep,
-                 "--conditioning", "class", "--time-budget", f"{args.budget / len(stages)}s", "--out", str(run),
-                 "--no-progress", *(["--preset", preset] if preset else [])]
-        log(" ".join(train[2:]))
-        subprocess.run(train, check=True, env=env)
     run = out / name
+    train = [sys.executable, "-m", "undiffuse", "train", "--data", "spoken-digits", "--representation", rep,
+             "--conditioning", "class", "--time-budget", f"{args.budget}s", "--out", str(run), "--no-progress"]
+    if rep == "mel":
+        train.append("--experts" if experts else "--no-experts")
+    log(" ".join(train[2:]))
+    subprocess.run(train, check=True, env=env)
     sample = [sys.executable, "-m", "undiffuse", "sample", "--checkpoint", str(run), "--class", "all", "--num",
               str(args.samples), "--format", "npz", "--out", str(npz), "--no-progress"]
-    if experts:
-        sample += ["--expert", str(stages[0][0]), "--expert-above", str(EXPERT_ABOVE), "--guidance", str(EXPERT_GUIDANCE)]
     log(" ".join(sample[2:]))
     t0 = time.perf_counter()
     subprocess.run(sample, check=True, env=env)
@@ -115,15 +111,18 @@ def run_undiffuse(args, name: str, out: Path) -> dict:
         waves, labels = z["samples"], z["labels"]
     from undiffuse import nets
     rec = {"steps": 0, "train_seconds": 0.0, "params": 0}
-    for r, _ in stages:
+    for r in ((run / "expert-high", run) if experts else (run,)):
         cfg = json.loads((r / "config.json").read_text())
         state = json.loads((r / "checkpoints" / (r / "latest").read_text().strip() / "state.json").read_text())
         rec["steps"] += state["step"]
         rec["train_seconds"] += state["elapsed"]
         rec["params"] += nets.num_parameters(nets.build(cfg["model"]))
-    sampler = f"{cfg['sample']['sampler']}, {cfg['sample']['steps']} steps"
-    if experts:
-        sampler += f", expert above sigma {EXPERT_ABOVE:g}, guidance {EXPERT_GUIDANCE:g}"
+    s = cfg["sample"]
+    sampler = f"{s['sampler']}, {s['steps']} steps"
+    if s.get("expert"):
+        sampler += f", expert above sigma {s['expert_above']:g}"
+    if s.get("guidance", 1) != 1:
+        sampler += f", guidance {s['guidance']:g}"
     return {**rec, "batch": cfg["optim"]["batch_size"], "sampler": sampler, "sample_seconds": secs,
             "samples_per_s": len(waves) / secs, "conditional": True, "waves": waves, "labels": labels}
 

@@ -79,34 +79,6 @@ def test_train_and_sample_sound(runs, tmp_path, capsys, representation):
     assert code == 2 and "--format png writes pictures" in err and "use --format wav or npz" in err
 
 
-def test_two_experts_sample_sound_together(runs, tmp_path, capsys):
-    """A high-noise expert (audio-mel-high: the bands as channels of a 1-D U-Net) hands over to the
-    mel run; the WAVs record the expert, its checksum and the hand-off level."""
-    high = tmp_path / "high"
-    code, _, err = run_main(["train", "--data", "notes", "--preset", "audio-mel-high", "--conditioning", "class",
-                             "--max-steps", "1", "--out", str(high), *TINY], capsys)
-    assert code == 0, err
-    model = json.loads((high / "config.json").read_text())["model"]
-    assert model["dims"] == 1 and model["rows"] == 64
-    out = tmp_path / "both"
-    code, _, err = run_main(["sample", "--checkpoint", str(runs["mel"]), "--expert", str(high), "--expert-above",
-                             "0.5", "--class", "A", "--num", "2", "--steps", "3", "--out", str(out), "--no-progress"],
-                            capsys)
-    assert code == 0, err
-    _, _, meta = read_wav(str(out / "000000.wav"))
-    p = meta["parameters"]
-    assert p["expert_above"] == 0.5 and p["expert"].startswith(str(high)) and len(p["expert_sha256"]) == 64
-    for extra, message in [(["--expert-above", "1"], "--expert-above needs --expert RUN"),
-                           (["--expert", str(runs["wave"])], "must make what --checkpoint makes"),
-                           (["--expert", str(high), "--expert-above", "0"], "--expert-above must be a noise level > 0")]:
-        code, _, err = run_main(["sample", "--checkpoint", str(runs["mel"]), *extra, "--num", "1", "--out",
-                                 str(tmp_path / "x")], capsys)
-        assert code == 2 and message in err, (extra, err)
-    code, _, err = run_main(["train", "--data", "notes", "--representation", "wave", "--preset", "audio-mel-high",
-                             "--max-steps", "1", "--dry-run", "--out", str(tmp_path / "w")], capsys)
-    assert code == 2 and "model.rows reads the rows of 2-D samples" in err
-
-
 @pytest.fixture
 def few_chords():
     """Chords of two qualities in two timbres (288 clips), so their captions embed in seconds."""

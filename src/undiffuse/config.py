@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 
@@ -124,6 +125,9 @@ class SampleConfig:
     sigma_min: float | None = None  # None: the process's own
     sigma_max: float | None = None
     sigmas: list | None = None    # schedule 'custom': the fixed noise levels (ending in 0)
+    guidance: float = 1.0         # recommended classifier-free guidance scale (1: none)
+    expert: str | None = None     # a run that denoises every level above expert_above (relative: inside this run)
+    expert_above: float = 1.0     # the noise level where the expert hands over to this run
 
 
 OBJECTIVES = ("denoising", "consistency", "progressive")
@@ -355,10 +359,16 @@ def validate(cfg: RunConfig) -> None:
     positive = {"optim.lr": opt.lr, "optim.batch_size": opt.batch_size, "optim.accumulation": opt.accumulation,
                 "train.log_every": tr.log_every, "train.checkpoint_every": tr.checkpoint_every,
                 "train.sample_count": tr.sample_count, "train.max_bad_steps": tr.max_bad_steps,
-                "sample.steps": smp.steps, "diffusion.sigma_data": dif.sigma_data}
+                "sample.steps": smp.steps, "diffusion.sigma_data": dif.sigma_data,
+                "sample.expert_above": smp.expert_above}
     for key, value in positive.items():
         if not value > 0:
             raise ValueError(f"{key} must be > 0, got {value}")
+    if not math.isfinite(smp.guidance):
+        raise ValueError(f"sample.guidance must be a finite number, got {smp.guidance}")
+    if smp.guidance != 1 and con.kind not in ("class", "text"):
+        raise ValueError(f"sample.guidance {smp.guidance} needs class or text conditioning (conditioning.kind is "
+                         f"{con.kind!r}); use 1")
     if not dif.u_a > 0:
         raise ValueError(f"diffusion.u_a must be > 0, got {dif.u_a}")
     if dif.huber_c is not None and not dif.huber_c > 0:

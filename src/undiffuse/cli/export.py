@@ -5,8 +5,9 @@ import json
 import os
 import sys
 
-from undiffuse.cli.options import check_file, load_run
+from undiffuse.cli.options import check_file, load_run, log
 from undiffuse.inference.export import FORMATS, QUANTIZATIONS, export_onnx
+from undiffuse.inference.generate import expert_path
 from undiffuse.io.checkpoint import find_checkpoint, run_of
 
 
@@ -23,7 +24,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, parser) -> int:
-    loaded = load_run(parser, args.run, "RUN", weights=args.weights)
+    loaded = load_run(parser, args.run, "RUN", weights=args.weights, experts=False)
+    expert = loaded.config.sample.expert
+    if expert:  # a pair is two networks; ONNX holds one
+        log(f"note: {args.run!r} samples with its high-noise expert {expert!r} above sigma "
+            f"{loaded.config.sample.expert_above:g}; this file holds only its own network, for the levels at and "
+            f"below it (export the expert as well: undiffuse export {expert_path(run_of(loaded.checkpoint), expert)} ...)")
     name = "model-int8.onnx" if args.quantize else "model.onnx"
     out = args.out or os.path.join(run_of(find_checkpoint(args.run)), name)
     check_file(parser, out)

@@ -354,6 +354,8 @@ def _sound(args, parser, run) -> int:
     x = audio_edit.to_model(wave, a).repeat(args.num, *[1] * (len(run.shape)))
     seeds = [args.seed + i for i in range(len(x))]
     extra, steer = _condition(args, run, len(x), usage)
+    if run.expert is not None:  # a pair trained by `train --experts`
+        steer.update(expert=run.expert["checkpoint"], expert_above=run.expert["above"], expert_sha256=run.expert["sha256"])
     params = {"command": args.command, "checkpoint": os.path.abspath(run.checkpoint), "step": run.step,
               "sampler": args.sampler, "steps": args.steps, "schedule": args.schedule, "audio": args.audio,
               "sample_rate": a["sample_rate"], **steer}

@@ -11,6 +11,7 @@ of seed ``seed + i``, so a sample does not depend on the batch it was computed i
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -30,7 +31,6 @@ from undiffuse.io.checkpoint import CheckpointError
 from undiffuse.io.writers import write_samples
 from undiffuse.samplers import driver
 from undiffuse.steering.classifier_guidance import load_classifier
-from undiffuse.steering.guidance import Experts
 from undiffuse.utils import distributed as dist
 from undiffuse.utils.acceleration import compiled
 
@@ -63,17 +63,19 @@ def add_parser(subparsers) -> None:
                    "order (the npz holds them as 'prompts')")
     s.add_argument("--negative-prompt", help="prompt of the unconditional branch of classifier-free guidance "
                    "(default: the empty prompt)")
-    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none, the "
-                   "conditional model; 0: unconditional), or the autoguidance scale with --autoguide (default: 1)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: none, the conditional model; "
+                   "0: unconditional), or the autoguidance scale with --autoguide (default: the run's recommendation, "
+                   "1 for most runs; 1 with --autoguide)")
     s.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
                    help="apply guidance only at noise levels sigma in [LO, HI]")
     s.add_argument("--autoguide", metavar="RUN", help="guide with this weaker run of the same task (an earlier or "
                    "smaller model) instead of the unconditional branch")
     s.add_argument("--expert", metavar="RUN", help="a second run of the same task that denoises every noise level "
                    "above --expert-above; --checkpoint does the rest (experts by noise level, as eDiff-I's or SDXL's "
-                   "base and refiner)")
+                   "base and refiner). A run trained with `train --experts` names its own (default); 'none' samples "
+                   "--checkpoint alone")
     s.add_argument("--expert-above", type=float, metavar="SIGMA", help="the noise level where --expert hands over "
-                   "to --checkpoint (default: 1)")
+                   "to --checkpoint (default: the run's, else 1)")
     s.add_argument("--classifier", metavar="DIR", help="noise-aware classifier (`undiffuse train-classifier`) for "
                    "classifier guidance towards --class")
     s.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
@@ -116,12 +118,14 @@ def run(args, parser) -> int:
     content_filter = load_content_filter(parser, args.content_filter)
     world = dist.setup(args.device)  # under torchrun: seeds split over the ranks, gathered on rank 0
     args.device = dist.device_for(args.device, world)
-    loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device, ema_sigma_rel=args.ema)
+    loaded = load_run(parser, args.checkpoint, weights=args.weights, device=args.device, ema_sigma_rel=args.ema,
+                      experts=args.expert is None)
     _check_format(args, parser, loaded)
     out = _out_path(args, parser)
     control = _control(args, parser, loaded, num_given)
-    if args.compile:
-        loaded.denoiser.net = compiled(loaded.denoiser.net)
+    if args.compile:  # each network of an expert pair
+        for den in (loaded.denoiser.inner, loaded.denoiser.high) if loaded.expert else (loaded.denoiser,):
+            den.net = compiled(den.net)
     cal = _calibration(args, parser)
     condition, den, steer = _steering(args, parser, loaded)
     if control is not None:
@@ -345,6 +349,8 @@ def _steering(args, parser, loaded):
             parser.error(f"--guidance-interval needs 0 <= LO < HI, got {lo} {hi}")
         steer["guidance_interval"] = [lo, hi]
     weak, classifier = _guides(args, parser, loaded, steer)
+    if args.guidance is None:  # the run's recommendation (for classifier-free guidance)
+        args.guidance = 1.0 if weak is not None else loaded.config.sample.guidance
     _experts(args, parser, loaded, steer)
     try:
         if args.class_ is not None:
@@ -405,31 +411,33 @@ def _guides(args, parser, loaded, steer: dict):
 
 def _experts(args, parser, loaded, steer: dict) -> None:
     """``--expert RUN``: the run's denoiser becomes RUN's above ``--expert-above`` and its own
-    below (``steering.guidance.Experts``), recorded in ``steer``."""
-    if args.expert is None:
+    below (``generate.join_expert``); without it, the expert the run names (joined by
+    ``load_run``, its hand-off level replaced by ``--expert-above``); ``none``: the run alone.
+    The pair is recorded in ``steer``."""
+    if args.expert is None and loaded.expert is None or args.expert == "none":
         if args.expert_above is not None:
-            parser.error("--expert-above needs --expert RUN (the run that denoises above that noise level)")
+            parser.error("--expert-above needs an expert: --expert RUN, or a run trained with `train --experts`")
         return
-    above = 1.0 if args.expert_above is None else args.expert_above
-    if not above > 0:
-        parser.error(f"--expert-above must be a noise level > 0, got {above}")
-    high = load_run(parser, args.expert, "--expert", weights=args.weights, device=args.device)
-    if high.conditioning != loaded.conditioning or high.shape != loaded.shape or high.audio != loaded.audio:
-        parser.error(f"--expert {args.expert!r} must make what --checkpoint makes: its conditioning "
-                     f"{high.conditioning!r} and samples {high.shape} vs {loaded.conditioning!r} and {loaded.shape}"
-                     + ("" if high.audio == loaded.audio else " (and the same sound representation)"))
-    if high.class_names != loaded.class_names:
-        parser.error(f"--expert {args.expert!r} has classes {list(high.class_names)[:12]}, --checkpoint has "
-                     f"{list(loaded.class_names)[:12]}")
-    loaded.denoiser = Experts(loaded.denoiser, high.denoiser, above)
-    steer.update(expert=os.path.abspath(high.checkpoint), expert_above=above, expert_sha256=high.checksum)
+    if args.expert_above is not None and not (args.expert_above > 0 and math.isfinite(args.expert_above)):
+        parser.error(f"--expert-above must be a noise level > 0, got {args.expert_above}")
+    if args.expert is None:  # the run's own pair
+        if args.expert_above is not None:
+            loaded.denoiser.above = loaded.expert["above"] = args.expert_above
+    else:
+        high = load_run(parser, args.expert, "--expert", weights=args.weights, device=args.device, experts=False)
+        try:
+            gen.join_expert(loaded, high, 1.0 if args.expert_above is None else args.expert_above)
+        except ValueError as e:
+            parser.error(f"--expert {args.expert!r}: {e}")
+    steer.update(expert=loaded.expert["checkpoint"], expert_above=loaded.expert["above"],
+                 expert_sha256=loaded.expert["sha256"])
 
 
 # ----------------------------------------------------------------------------- --diffusers
 
 def _sample_diffusers(args, parser) -> int:
     given = [flag for name, flag in _RUN_ONLY.items() if getattr(args, name, None) is not None]
-    if args.guidance != 1.0:
+    if args.guidance not in (None, 1.0):
         given.append("--guidance")
     if given:
         parser.error(f"{', '.join(given)} cannot be used with --diffusers (an unconditional diffusers UNet2DModel); "

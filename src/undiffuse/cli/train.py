@@ -23,7 +23,9 @@ from undiffuse.training.budget import fit_budget, fit_stopping, keep_saved_fit
 from undiffuse.training.latent_route import (AE_SHARE, AUTOENCODER, autoencoder_for, latent_overrides, planned_codec,
                                              rest_of_budget)
 from undiffuse.training.trainer import Trainer, TrainingError
-from undiffuse.utils.distributed import teardown
+from undiffuse.training.expert_route import (ABOVE, GUIDANCE, HIGH, HIGH_PRESET, HIGH_SHARE, LOW_PRESET, finished,
+                                             high_budget, high_state, low_overrides, rest_of_budget as expert_rest)
+from undiffuse.utils.distributed import barrier, env_world, teardown
 
 # Direct options and the config key each one sets.
 _TRAIN_OPTIONS = {
@@ -110,6 +112,13 @@ def add_parser(subparsers) -> None:
                         "(sampling decodes transparently). Default: on for --data emoji and mnist5k without --preset, else off")
     t.add_argument("--autoencoder", metavar="RUN", help="with --latent: an autoencoder folder from "
                    "`undiffuse train-autoencoder`, trained on images of the same shape as --data")
+    t.add_argument("--experts", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"sound as mel spectrograms: train two experts by noise level, a 1-D U-Net over the frames "
+                        f"for sigma above {ABOVE:g} into OUT/{HIGH} ({HIGH_PRESET}, {HIGH_SHARE * 100:.0f}%% of --time-budget "
+                        f"/ --max-steps) then the 2-D mel U-Net below it into OUT ({LOW_PRESET}); sample, serve and "
+                        f"inpaint use the pair (with guidance {GUIDANCE:g} for class or text runs). Default: on for "
+                        f"--data spoken-digits --conditioning class without --preset, where it measured best "
+                        f"(BENCHMARKS.md), else off")
 
 
 def run(args, parser) -> int:
@@ -117,6 +126,8 @@ def run(args, parser) -> int:
     if args.resume not in (None, "auto") and not os.path.exists(args.resume):
         parser.error(f"--resume {args.resume!r} does not exist (use --resume auto to continue the run in --out)")
     dataset, overrides = _dataset(args, parser)
+    if _experts_wanted(args, parser, dataset):
+        return _train_experts(args, parser, dataset, overrides)
     try:
         cfg = resolve(args.preset or default_preset(dataset), dataset, overrides)
     except ValueError as e:
@@ -166,44 +177,57 @@ def _dataset(args, parser):
     return dataset, overrides
 
 
-def _fit_budget(args, cfg, dataset, overrides: dict):
+def _fit_budget(args, cfg, dataset, overrides: dict, saved: dict | None = None, default_preset: bool | None = None):
     """The config fitted to the run's budget (``training.budget``), each choice logged; a run
-    being resumed keeps its saved fit (only the stopping rule is applied again), and under
-    torchrun nothing is measured (every process must choose alike)."""
+    being resumed (``saved``: its config, default the one in --out) keeps its saved fit (only the
+    stopping rule is applied again), and under torchrun nothing is measured (every process must
+    choose alike)."""
     explicit = set(overrides) - {"data.name"}
-    saved = _resumed_config(args)
+    saved = _resumed_config(args) if saved is None else saved
+    if default_preset is None:
+        default_preset = args.preset is None
     if saved is not None:
         cfg = keep_saved_fit(cfg, saved, explicit)
     if saved is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         reasons = fit_stopping(cfg, explicit)
     else:
-        fit = fit_budget(cfg, dataset.shape, explicit, default_preset=args.preset is None)
+        fit = fit_budget(cfg, dataset.shape, explicit, default_preset=default_preset)
         cfg, reasons = fit.config, fit.reasons
     for reason in reasons:
         log(f"budget: {reason}")
     return cfg
 
 
-def _fit(args, parser, cfg, dataset, out: str) -> int:
+def _fit(args, parser, cfg, dataset, out: str, *, resume=None, last: bool = True, extra: dict | None = None):
+    """Train ``cfg`` into ``out`` and print the result as JSON (rank 0; ``extra`` joins it);
+    returns the exit status. A first stage (``last`` False) that ends normally returns its
+    result instead, prints nothing and keeps the process group for the next stage.
+    ``resume``: default ``--resume``."""
     try:
-        trainer = Trainer(cfg, dataset, out, resume=args.resume, progress=not args.no_progress, log=log,
-                          fsdp=args.fsdp)
+        trainer = Trainer(cfg, dataset, out, resume=args.resume if resume is None else resume,
+                          progress=not args.no_progress, log=log, fsdp=args.fsdp)
     except (CheckpointError, TrainingError, ValueError) as e:
         parser.error(str(e))
     try:
         result = trainer.fit()
     except TrainingError as e:
+        teardown()
         print(f"undiffuse train: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        teardown()  # under torchrun: wait for every rank, leave the process group
+    except BaseException:
+        teardown()
+        raise
+    if not last and not result["interrupted"]:
+        barrier(trainer.world)  # rank 0's last checkpoint is written before any rank reads it
+        return result
+    teardown()  # under torchrun: wait for every rank, leave the process group
     if args.fsdp and not trainer.world.distributed:
         print("undiffuse train: note: --fsdp shards over torchrun's processes; a single process trains unsharded",
               file=sys.stderr)
     if trainer.world.main and cfg.objective.kind != "denoising":  # a few-step student: its 1- and 2-step levels
         result = after_training(result, out, DEFAULT_SEARCH, device=cfg.train.device, log=log)
     if trainer.world.main:
-        print(json.dumps({"run": out, **result}))
+        print(json.dumps({"run": out, **result, **(extra or {})}))
     return 0
 
 
@@ -219,8 +243,12 @@ def _resumed_config(args) -> dict | None:
 
 
 def _resumed_data(args) -> dict | None:
-    """The data settings saved in the run being resumed, if any."""
-    return (_resumed_config(args) or {}).get("data")
+    """The data settings saved in the run being resumed (or in its high-noise expert, for a pair
+    stopped in its first stage), if any."""
+    saved = _resumed_config(args)
+    if saved is None and args.resume == "auto" and args.out:
+        saved = (high_state(args.out) or {}).get("config")
+    return (saved or {}).get("data")
 
 
 # ----------------------------------------------------------------------------- latent diffusion
@@ -340,3 +368,87 @@ def _resumed_latent(args) -> dict | None:
         return ckpt.load_checkpoint_config(path).get("latent")
     except (ckpt.CheckpointError, KeyError, OSError):
         return None
+
+
+# ----------------------------------------------------------------------------- experts by noise level
+
+def _experts_wanted(args, parser, dataset) -> bool:
+    """Whether this run is a pair of experts (``training.expert_route``): ``--experts``, a resumed
+    pair, or by default spoken digits as class-conditional mel spectrograms without --preset."""
+    saved = _resumed_config(args)
+    resumed_pair = bool(((saved or {}).get("sample") or {}).get("expert")) or (
+        args.resume is not None and saved is None and high_state(_out_folder(args)) is not None)
+    if resumed_pair and args.experts is False:
+        parser.error(f"--no-experts: {_out_folder(args)!r} is a pair of experts; resume it without --no-experts")
+    if args.experts is None:
+        audio = dataset.info.get("audio", {}) if dataset.kind == "audio" else {}
+        args.experts = resumed_pair or (
+            args.preset is None and not args.latent and dataset.name.split(":")[0] == "spoken-digits"
+            and audio.get("representation") == "mel" and args.conditioning == "class")
+    if not args.experts:
+        return False
+    rep = (dataset.info.get("audio") or {}).get("representation") if dataset.kind == "audio" else None
+    if rep != "mel":
+        parser.error(f"--experts trains two experts on log-mel spectrograms; --data {args.data!r} holds "
+                     + (f"{dataset.kind}s" if rep is None else "waveforms (--representation wave)")
+                     + " (allowed: sound data with --representation mel)")
+    for given, flag in ((args.preset, "--preset"), (args.latent, "--latent"), (args.control, "--control")):
+        if given:
+            parser.error(f"--experts trains the presets {HIGH_PRESET} and {LOW_PRESET} on the spectrograms; "
+                         f"{flag} cannot be combined with it (drop {flag}, or pass --no-experts)")
+    if args.resume not in (None, "auto"):
+        parser.error("--experts resumes with --resume auto (and --out RUN): the pair's two stages live in RUN")
+    return True
+
+
+def _train_experts(args, parser, dataset, overrides: dict) -> int:
+    """Train the high-noise expert into OUT/expert-high (unless it finished already), then the
+    low-noise one into OUT for the rest of the budget; OUT's config names the pair."""
+    out = _out_folder(args)
+    if env_world().distributed and args.dry_run:
+        parser.error("--dry-run prints the plan in one process; run it without torchrun")
+    budget, steps = overrides.get("train.time_budget", "preset"), overrides.get("train.max_steps")
+    if budget == "preset":  # the presets' own budgets, as measured: the whole recipe's is their sum
+        budget = sum(resolve(p, dataset, {}).train.time_budget for p in (HIGH_PRESET, LOW_PRESET))
+    state = high_state(out)
+    if state is not None and args.resume is None:
+        parser.error(f"{os.path.join(out, HIGH)!r} already holds checkpoints; pass --resume auto to continue the "
+                     f"pair or choose another --out")
+    high = None
+    if finished(state):
+        log(f"experts: the high-noise expert {os.path.join(out, HIGH)} finished ({state['step']} steps); reusing it")
+    else:
+        h_budget, h_steps = high_budget(budget, steps)
+        try:
+            cfg = resolve(HIGH_PRESET, dataset, {**overrides, "train.time_budget": h_budget, "train.max_steps": h_steps})
+        except ValueError as e:
+            parser.error(str(e))
+        log(f"experts: the high-noise expert ({HIGH_PRESET}, sigma above {ABOVE:g}) into {os.path.join(out, HIGH)}")
+        if args.dry_run:
+            state = {"step": h_steps or 0, "elapsed": h_budget or 0.0}
+            log(f"dry run: {HIGH_PRESET} would train for {h_budget and f'{h_budget:g} s'}"
+                f"{f', at most {h_steps} steps' if h_steps else ''}")
+        else:
+            cfg = _fit_budget(args, cfg, dataset, overrides, saved=(state or {}).get("config"), default_preset=False)
+            high = _fit(args, parser, cfg, dataset, os.path.join(out, HIGH), resume="auto" if state else None,
+                        last=False)
+            if not isinstance(high, dict):  # failed or stopped: the low expert waits for --resume auto
+                return high
+            state = high_state(out)
+    l_budget, l_steps = expert_rest(budget, steps, state)
+    over = {**overrides, "train.time_budget": l_budget, "train.max_steps": l_steps, **low_overrides()}
+    if overrides.get("conditioning.kind", "none") not in ("class", "text"):
+        over["sample.guidance"] = 1.0  # nothing to guide
+    try:
+        cfg = resolve(LOW_PRESET, dataset, over)
+    except ValueError as e:
+        parser.error(str(e))
+    log(f"experts: the low-noise expert ({LOW_PRESET}) into {out}"
+        + (f", for {l_budget:.0f} s" if l_budget else "") + (f", at most {l_steps} steps" if l_steps else ""))
+    saved = _resumed_config(args) if args.resume else None
+    cfg = _fit_budget(args, cfg, dataset, over, saved=saved, default_preset=False) if not args.dry_run else cfg
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    extra = {"expert": {"run": os.path.join(out, HIGH), "step": state["step"], "elapsed": state["elapsed"]}}
+    return _fit(args, parser, cfg, dataset, out, resume="auto" if saved else None, extra=extra)

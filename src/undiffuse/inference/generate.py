@@ -13,6 +13,7 @@ gradient); see ``undiffuse.steering.guidance``.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class LoadedRun:
     example_prompts: tuple = ()  # text runs: a few training captions (what the web page offers)
     weights_file: str = ""   # the safetensors file the weights came from (default: CHECKPOINT/WEIGHTS.safetensors)
     audio: dict | None = None  # sound runs: rate, clip length, representation (data.audio.audio_info)
+    expert: dict | None = None  # joined by join_expert: the high-noise expert's run, checksum and hand-off level
 
     @property
     def checksum(self) -> str:
@@ -75,11 +77,14 @@ class LoadedRun:
         return self.config.conditioning.kind
 
 
-def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_rel: float | None = None) -> LoadedRun:
+def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_rel: float | None = None,
+             experts: bool = True) -> LoadedRun:
     """Load a run folder (its latest complete checkpoint) or a checkpoint folder.
     ``ema_sigma_rel``: instead of the run's EMA, the post-hoc EMA of that relative length at
     the checkpoint's step (``posthoc_ema``: reused from ``RUN/ema/`` or rebuilt there;
-    ``PosthocError`` when the run's snapshots cannot express it)."""
+    ``PosthocError`` when the run's snapshots cannot express it). A run whose config names a
+    high-noise expert (``sample.expert``, written by ``train --experts``) comes joined to it
+    (:func:`join_expert`, its EMA weights) unless ``experts`` is False."""
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     if ema_sigma_rel is not None and weights != "ema":
@@ -105,9 +110,41 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_
     if levels is not None and levels.get("weights", "ema") != weights:  # picked for the other weights
         levels = None
     examples = tuple(state.get("dataset", {}).get("example_prompts", ()))
-    return LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
-                     _latent_decoder(cfg, tuple(shape), device), levels, examples, weights_file,
-                     state.get("dataset", {}).get("audio"))
+    run = LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
+                    _latent_decoder(cfg, tuple(shape), device), levels, examples, weights_file,
+                    state.get("dataset", {}).get("audio"))
+    if experts and cfg.sample.expert:
+        where = expert_path(ckpt.run_of(loaded["path"]), cfg.sample.expert)
+        try:
+            join_expert(run, load_run(where, device=device, experts=False), cfg.sample.expert_above)
+        except (ckpt.CheckpointError, ValueError) as e:
+            raise ckpt.CheckpointError(f"this run samples with its high-noise expert {where!r} (sample.expert), "
+                                       f"which cannot be used: {e}") from None
+    return run
+
+
+def expert_path(run_folder: str, expert: str) -> str:
+    """Where a run's recorded expert lives: a relative name is inside the run folder (so the
+    run can be moved or copied whole), an absolute one as it is."""
+    return expert if os.path.isabs(expert) else os.path.join(run_folder, expert)
+
+
+def join_expert(run: LoadedRun, high: LoadedRun, above: float) -> LoadedRun:
+    """``run`` denoising with ``high`` above the noise level ``above`` and itself at and below it
+    (``steering.guidance.Experts``); ValueError unless the two make the same thing (conditioning,
+    sample shape, sound representation, classes). ``run.expert`` records the pair."""
+    if not above > 0 or not math.isfinite(above):
+        raise ValueError(f"the expert hand-off level must be a noise level > 0, got {above}")
+    if high.conditioning != run.conditioning or high.shape != run.shape or high.audio != run.audio:
+        raise ValueError(f"the expert must make what the run makes: its conditioning {high.conditioning!r} and samples "
+                         f"{high.shape} vs {run.conditioning!r} and {run.shape}"
+                         + ("" if high.audio == run.audio else " (and the same sound representation)"))
+    if high.class_names != run.class_names:
+        raise ValueError(f"the expert has classes {list(high.class_names)[:12]}, the run has {list(run.class_names)[:12]}")
+    run.denoiser = g.Experts(run.denoiser, high.denoiser, above)
+    run.expert = {"run": os.path.abspath(ckpt.run_of(high.checkpoint)), "checkpoint": os.path.abspath(high.checkpoint),
+                  "sha256": high.checksum, "above": float(above)}
+    return run
 
 
 def to_sound(x: torch.Tensor, run: LoadedRun, iterations: int = 64) -> torch.Tensor:
@@ -300,8 +337,11 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 def provenance_record(run: LoadedRun, params: dict, seed: int, **extra) -> dict:
     """The JSON provenance record (``undiffuse.io.provenance``) of one image of ``run``: the run
-    folder's name, the checksum of its weights, sampler, steps, seed, guidance."""
+    folder's name, the checksum of its weights, sampler, steps, seed, guidance (and a joined
+    high-noise expert's checksum and hand-off level)."""
     name = os.path.basename(ckpt.run_of(run.checkpoint))
+    if run.expert is not None:
+        extra = {"expert_sha256": run.expert["sha256"], "expert_above": run.expert["above"], **extra}
     return prov.record(name, run.checksum, sampler=params.get("sampler"),
                        steps=params.get("steps"), seed=seed, guidance=params.get("guidance", 1.0),
                        step=run.step, weights=run.weights, **extra)

@@ -175,6 +175,8 @@ class Batcher:
         records = []
         for i in range(len(x)):
             extra = {"step": run.step}
+            if run.expert is not None:
+                extra.update(expert_sha256=run.expert["sha256"], expert_above=run.expert["above"])
             if r.labels:
                 extra["class"] = run.class_names[r.labels[i]]
             if r.prompt is not None:

@@ -108,7 +108,7 @@ def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
     if sampler not in samplers.names():
         raise RequestError(400, f"'sampler' {sampler!r} is unknown; allowed: {', '.join(samplers.names())}")
     req.sampler = sampler
-    g = body.get("guidance", 1.0)
+    g = body.get("guidance", cfg.guidance)  # default: the run's recommendation
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or abs(g) > limits.max_guidance:
         raise RequestError(400, f"'guidance' must be a number with |guidance| <= {limits.max_guidance}, got {g!r}")
     req.guidance = float(g)

@@ -86,4 +86,5 @@ class ModelRegistry:
                 "example_prompts": list(run.example_prompts) if run.conditioning == "text" else [],
                 "controls": [a.extractor for a in ctl.adapters_of(run)],
                 "shape": list(run.shape), "default_sampler": s.sampler, "default_steps": s.steps,
+                "default_guidance": s.guidance, "expert_above": run.expert["above"] if run.expert else None,
                 "step": run.step, "model_sha256": self._checksums[name]}

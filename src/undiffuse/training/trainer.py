@@ -46,6 +46,7 @@ from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.audio import spectrogram
 from undiffuse.metrics.evaluate import evaluate, to_json
 from undiffuse.samplers.driver import sample
+from undiffuse.steering import guidance
 from undiffuse.steering.conditioning import TrainingConditions
 from undiffuse.training import sharding
 from undiffuse.training.budget import POSTHOC_SNAPSHOTS
@@ -373,9 +374,9 @@ class Trainer(TrainingLoop):
         """``n`` samples of the EMA model with the run's sampler (seeds ``seed + i``), in model
         space on the CPU; the training random state is untouched."""
         s = self.cfg.sample
-        den = Denoiser(self.plain_ema(), self.denoiser.process, self.denoiser.parameterization,
-                       sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale,
-                       boundary_sigma=self.denoiser.boundary_sigma)
+        den = self._as_sampled(Denoiser(self.plain_ema(), self.denoiser.process, self.denoiser.parameterization,
+                                        sigma_data=self.denoiser.sigma_data, time_scale=self.denoiser.time_scale,
+                                        boundary_sigma=self.denoiser.boundary_sigma))
         rng = torch.get_rng_state()
         out = []
         cond = self._sampling_conditions(n)
@@ -389,6 +390,19 @@ class Trainer(TrainingLoop):
                               sigma_max=s.sigma_max, seed=seeds, extra=extra).float().cpu())
         torch.set_rng_state(rng)
         return torch.cat(out)
+
+    def _as_sampled(self, den):
+        """``den`` as ``sample`` draws from this run: joined to the high-noise expert the config
+        names (``train --experts``; loaded once) and with the recommended guidance of a class run."""
+        s = self.cfg.sample
+        if s.expert:
+            if getattr(self, "_expert", None) is None:
+                path = gen.expert_path(self.run, s.expert)
+                self._expert = gen.load_run(path, device=str(self.device), experts=False).denoiser
+            den = guidance.Experts(den, self._expert, s.expert_above)
+        if s.guidance != 1 and self.cfg.conditioning.kind == "class":
+            den = guidance.ClassifierFree(den, s.guidance)
+        return den
 
     def plain_ema(self) -> torch.nn.Module:
         """The EMA network as one module (under FSDP a plain copy of the states :meth:`gather`
