@@ -11,6 +11,8 @@ from _cli import TINY, run_main
 from undiffuse.io.audio import read_wav
 from undiffuse.training import expert_route as er
 
+from test_audio_cli import small_speech  # noqa: F401  (a fixture: a small spoken-digit classifier)
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
@@ -148,3 +150,24 @@ def test_bad_sample_expert_options_exit_2(pair, tmp_path, capsys):
     code, _, err = run_main(["train", "--data", "notes", "--representation", "wave", "--preset", "audio-mel-high",
                              "--max-steps", "1", "--dry-run", "--out", str(tmp_path / "w")], capsys)
     assert code == 2 and "model.rows reads the rows of 2-D samples" in err
+
+
+@pytest.mark.usefixtures("small_speech")
+def test_sweeps_sample_sound_runs_as_users_do(pair, tmp_path, capsys):
+    """`sweep` on a sound run: waveforms scored in the spoken-digit features, spectrogram grids,
+    every network of the pair counted, and the run's classes and guidance asked for."""
+    ref = tmp_path / "ref.npz"  # 40 decaying tones stand in for a reference set
+    t = np.arange(8192) / 8000
+    np.savez(ref, samples=np.stack([0.5 * np.sin(2 * np.pi * f * t) * np.exp(-3 * t) for f in range(200, 1000, 20)])[:, None])
+    code, out, err = run_main(["sweep", "--checkpoint", str(pair), "--samplers", "heun", "euler_ancestral", "--nfe",
+                               "4", "--num", "12", "--reference", str(ref), "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("heun", 3), ("euler_ancestral", 4)]
+    assert all(r["is"] >= 1 and "spoken-digit" in r["features"] for r in rows)
+    assert (tmp_path / "s" / "grid_euler_ancestral_4.png").is_file()
+    code, out, err = run_main(["sweep", "--checkpoint", str(pair), "--guidance", "1", "2.5", "--num", "12",
+                               "--reference", str(ref), "--out", str(tmp_path / "g")], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "g" / "guidance.json").read_text())
+    assert [r["guidance"] for r in rows] == [1, 2.5] and rows[0]["fd"] != rows[1]["fd"]

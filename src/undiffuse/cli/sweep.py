@@ -57,16 +57,17 @@ def run(args, parser) -> int:
     loaded = load_run(parser, args.checkpoint, device=args.device)
     spec = args.reference or loaded.config.data.name
     try:
-        reference, _ = ev.load_set(spec, what="--reference")
+        reference, _ = ev.load_set(spec, what="--reference", sample_rate=(loaded.audio or {}).get("sample_rate", 8000))
     except ValueError as e:
         parser.error(str(e))
     if args.guidance:
         return _guidance_sweep(args, parser, loaded, reference)
     rows = sweep(loaded, reference, samplers=args.samplers or _SAMPLERS, nfes=args.nfe or _NFES, num=args.num, seed=args.seed,
                  feature_space=args.features,
-                 progress=lambda r: print(f"{r['sampler']} NFE {r['nfe']}: FD {r['fd']:.4g} ({r['seconds']:.1f} s)",
-                                          file=sys.stderr))
-    path = report(rows, args.out, title=f"Sampler sweep: {loaded.checkpoint}")
+                 progress=lambda r: print(f"{r['sampler']} NFE {r['nfe']}: FD {r['fd']:.4g}"
+                                          + (f", adherence {r['adherence']:.1%}" if "adherence" in r else "")
+                                          + f" ({r['seconds']:.1f} s)", file=sys.stderr))
+    path = report(rows, args.out, title=f"Sampler sweep: {loaded.checkpoint}", run=loaded)
     print(json.dumps({"report": path, "points": len(rows)}))
     return 0
 
@@ -81,7 +82,7 @@ def _guidance_sweep(args, parser, loaded, reference) -> int:
                                                           else f", adherence {r['adherence']:.1%}"), file=sys.stderr))
     except ValueError as e:
         parser.error(str(e))
-    path = guidance_report(rows, args.out, title=f"Guidance sweep: {loaded.checkpoint}")
+    path = guidance_report(rows, args.out, title=f"Guidance sweep: {loaded.checkpoint}", run=loaded)
     print(json.dumps({"report": path, "points": len(rows)}))
     return 0
 
@@ -92,7 +93,8 @@ def _ema_sweep(args, parser) -> int:
                      "supported with it")
     loaded = load_run(parser, args.checkpoint, device=args.device)
     try:
-        reference, _ = ev.load_set(args.reference or loaded.config.data.name, what="--reference")
+        reference, _ = ev.load_set(args.reference or loaded.config.data.name, what="--reference",
+                                   sample_rate=(loaded.audio or {}).get("sample_rate", 8000))
         for s in args.ema:  # every length checked before anything is sampled
             posthoc_ema.plan(ckpt.run_of(loaded.checkpoint), s, loaded.step)
         rows = ema_sweep(args.checkpoint, reference, sigma_rels=args.ema, guidance=args.guidance,

@@ -17,24 +17,8 @@ import numpy as np
 import torch
 
 from undiffuse.inference import generate as gen
-from undiffuse.inference.sweep import figure, save_figure
-from undiffuse.metrics.adherence import class_adherence
-from undiffuse.metrics.evaluate import evaluate, to_json
-from undiffuse.steering.text import caption_table
+from undiffuse.inference.sweep import class_condition, figure, networks, picture, save_figure, score, scored_form
 from undiffuse.utils.atomic import write_json, write_text
-
-
-def _condition(run, labels: torch.Tensor) -> dict:
-    if run.conditioning == "class":
-        return {"class_labels": labels}
-    if run.conditioning == "text":
-        captions, owner = caption_table(run.config.data.name, list(run.class_names))
-        first = {}
-        for c, k in zip(captions, owner):
-            first.setdefault(k, c)
-        return gen.prompt_condition(run, [first[k] for k in labels.tolist()])
-    raise ValueError(f"a guidance sweep needs a class- or text-conditioned run; this run's conditioning is "
-                     f"{run.conditioning!r}")
 
 
 def guidance_sweep(run, reference: np.ndarray, *, scales=(1.0, 1.5, 2.0, 3.0), num: int = 500, seed: int = 0,
@@ -46,22 +30,20 @@ def guidance_sweep(run, reference: np.ndarray, *, scales=(1.0, 1.5, 2.0, 3.0), n
     if not run.class_names:
         raise ValueError("a guidance sweep needs a run trained on labelled data")
     labels = torch.arange(num) * len(run.class_names) // num
-    condition = _condition(run, labels)
+    condition = class_condition(run, labels)
     calls = [0]
-    hook = run.denoiser.net.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + o.shape[0]))
+    hooks = [net.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + o.shape[0]))
+             for net in networks(run)]
     rows = []
     try:
         for w in scales:
             den = gen.guided(run, guidance=float(w), interval=interval, weak=weak)
             calls[0] = 0
             t0 = time.perf_counter()
-            x = gen.to_unit(gen.generate(run, num, seed=seed, condition=condition, denoiser=den, batch_size=num))
+            x = scored_form(run, gen.generate(run, num, seed=seed, condition=condition, denoiser=den, batch_size=num))
             secs = time.perf_counter() - t0
-            res = to_json(evaluate(x.numpy(), reference, feature_space=feature_space, kid_subsets=20,
-                                   kid_subset_size=min(500, num)))
-            adherence = None
-            if tuple(x.shape[1:]) == (1, 8, 8):
-                adherence = class_adherence(x.numpy(), labels.numpy())["adherence"]
+            res = score(run, x, reference, labels, feature_space)
+            adherence = res.get("adherence")
             nfe = calls[0] / num * (2 if weak is not None and w != 1 else 1)
             rows.append({"guidance": float(w), "adherence": adherence, "nfe": nfe, "seconds": secs, "samples": num,
                          **{k: res[k] for k in ("fd", "precision", "recall", "coverage")},
@@ -69,7 +51,8 @@ def guidance_sweep(run, reference: np.ndarray, *, scales=(1.0, 1.5, 2.0, 3.0), n
             if progress:
                 progress(rows[-1])
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     return rows
 
 
@@ -96,7 +79,7 @@ def plot_guidance(rows: list[dict], out: str) -> list[str]:
     return paths
 
 
-def guidance_report(rows: list[dict], out: str, *, title: str = "Guidance sweep") -> str:
+def guidance_report(rows: list[dict], out: str, *, title: str = "Guidance sweep", run=None) -> str:
     os.makedirs(out, exist_ok=True)
     plots = plot_guidance(rows, out)
     lines = [f"# {title}", "", f"{rows[0]['samples']} samples per scale, spread evenly over the classes; features: "
@@ -110,7 +93,10 @@ def guidance_report(rows: list[dict], out: str, *, title: str = "Guidance sweep"
     lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots] + [""]
     for r in rows:
         name = f"grid_guidance_{r['guidance']:g}.png"
-        gen.save_png(os.path.join(out, name), gen.grid(gen.to_uint8(r["_x"][:100]), nrow=10), scale=4)
+        if run is not None and run.kind == "audio":
+            picture(run, r["_x"], os.path.join(out, name))
+        else:
+            gen.save_png(os.path.join(out, name), gen.grid(gen.to_uint8(r["_x"][:100]), nrow=10), scale=4)
         lines += [f"**guidance {r['guidance']:g}**: ![{name}]({name})", ""]
     path = os.path.join(out, "report.md")
     write_text(path, "\n".join(lines))
