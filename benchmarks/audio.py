@@ -4,7 +4,7 @@ diffusers' audio loops at (about) equal parameter count, scored by the in-projec
 classifier.
 
     python benchmarks/audio.py [--budget 900] [--samples 500] [--threads 1] [--only NAME ...]
-        [--out runs/bench_audio] [--again] [--render] [--write BENCHMARKS.md] [--picture PNG]
+        [--out runs/bench_audio] [--seed 0] [--again] [--render] [--write BENCHMARKS.md] [--picture PNG]
 
 Protocol. Five recipes train on the same data, ``spoken-digits`` (the training voices, 8 kHz,
 8192-sample clips), for ``--budget`` seconds of training each, on ``--threads`` threads, two at a
@@ -12,14 +12,16 @@ time in the order below (a waveform pair, then a mel pair, so each pair shares t
 ``--only`` re-runs a subset, paired in the same order):
 
 * ``undiffuse-wave`` / ``undiffuse-mel``: the CLI as a user runs it, ``undiffuse train --data
-  spoken-digits --representation wave|mel --conditioning class --time-budget B``; samples by
-  ``undiffuse sample --class all --num N --format npz`` (the run's own sampler: Heun, 18 steps).
-* ``undiffuse-mel-experts``: two experts that split the noise levels, half the budget each, one
-  after the other: ``train --preset audio-mel-high`` (a 1-D U-Net over time reading each frame's
-  64 bands as channels, trained on high noise levels), then ``train --preset audio-mel-low`` (the
-  mel recipe's U-Net, trained on low ones); sampled by ``sample --checkpoint LOW --expert HIGH
-  --expert-above 1 --guidance 2.5`` (the hand-off level and the guidance scale were chosen on a
-  pilot pair of experts trained before this run, one seed).
+  spoken-digits --representation wave|mel --conditioning class --time-budget B`` (``--no-experts``
+  for mel, one network); samples by ``undiffuse sample --class all --num N --format npz`` (the
+  run's own sampler: Heun, 18 steps).
+* ``undiffuse-mel-experts``: ``train ... --experts`` (the default for this data), two experts that
+  split the noise levels in one command, half the budget each, one after the other: a 1-D U-Net
+  over time reading each frame's 64 bands as channels, trained on high noise levels (preset
+  audio-mel-high), then the mel recipe's U-Net trained on low ones (audio-mel-low); sampled by
+  the same ``sample`` command, which uses the pair and its recommendation (hand-off at sigma 1,
+  guidance 2.5, Euler ancestral, 20 steps: chosen on a pilot pair and on an earlier benchmark
+  pair, one training seed each).
 * ``diffusers-wave``: ``UNet1DModel`` in the Dance Diffusion layout (Fourier time embedding, no
   skip in the outer block, attention in the inner ones), trained as Dance Diffusion is: v
   objective on the cosine path ``x_t = cos(pi t / 2) x0 + sin(pi t / 2) eps``, ``t ~ U(0, 1)``,
@@ -96,7 +98,8 @@ def run_undiffuse(args, name: str, out: Path) -> dict:
     experts = name.endswith("experts")
     run = out / name
     train = [sys.executable, "-m", "undiffuse", "train", "--data", "spoken-digits", "--representation", rep,
-             "--conditioning", "class", "--time-budget", f"{args.budget}s", "--out", str(run), "--no-progress"]
+             "--conditioning", "class", "--time-budget", f"{args.budget}s", "--out", str(run), "--no-progress",
+             "--seed", str(args.seed)]
     if rep == "mel":
         train.append("--experts" if experts else "--no-experts")
     log(" ".join(train[2:]))
@@ -266,7 +269,11 @@ def child(args) -> int:
     return 0
 
 
-def floor_and_classifier() -> dict:
+def floor_and_classifier(counts) -> dict:
+    """The real-vs-real floor: two random halves of the training clips, scored against each other
+    (``fd``), and at each sample count N in ``counts`` (``fd_at``): N real clips (equally many per
+    digit) scored against all the other training clips, as N samples are scored against all of
+    them. FD's estimate grows as N falls, so a recipe's fd is compared with the floor at its N."""
     from undiffuse.metrics import speech_features as sf
     x, y = real_clips()
     perm = np.random.default_rng(0).permutation(len(x))
@@ -274,7 +281,16 @@ def floor_and_classifier() -> dict:
     floor = score(x[a].numpy(), y[a].numpy(), x[b].numpy())
     sub = a[first_per_class(y[a].numpy(), SUBSET)]
     floor["fd_subset"] = score(x[sub].numpy(), None, x[b].numpy())["fd"]
+    floor["fd_at"] = {}
+    for n in sorted(set(counts)):
+        sub = a[first_per_class(y[a].numpy(), n)]
+        rest = np.setdiff1d(np.arange(len(x)), sub)
+        floor["fd_at"][str(n)] = score(x[sub].numpy(), None, x[rest].numpy())["fd"]
     return {"floor": floor, "heldout_accuracy": sf.heldout_accuracy()}
+
+
+def sample_counts(results: dict, samples: int) -> list[int]:
+    return sorted({samples, SUBSET, *(r["samples"] for k, r in results.items() if not k.startswith("_"))})
 
 
 def markdown(results: dict) -> str:
@@ -288,18 +304,22 @@ def markdown(results: dict) -> str:
              f"{meta.get('samples', '?')} samples per recipe, scored in the spoken-digit classifier's features "
              f"against the {meta.get('reference', '?')} training clips (classifier accuracy on held-out voices: "
              f"{meta.get('heldout_accuracy', float('nan')):.3f}). Protocol: `benchmarks/audio.py`.", "",
-             f"| recipe | params | steps | fd (samples) | fd / floor | fd, {SUBSET} samples | adherence | IS | "
-             f"samples/s | sampler |",
+             f"| recipe | params | steps | fd (samples) | fd / floor at its count | fd, {SUBSET} samples | adherence | "
+             f"IS | samples/s | sampler |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    at = floor.get("fd_at", {})
     if floor:
-        lines.append(f"| real vs real (two halves) | | | {floor['fd']:.3f} | 1.00 | {floor.get('fd_subset', float('nan')):.3f} "
-                     f"| {floor['adherence']:.3f} | {floor['is']:.2f} | | |")
+        lines.append(f"| real vs real (two halves) | | | {floor['fd']:.3f} ({int(meta.get('reference', 0)) // 2}) | | "
+                     f"{floor.get('fd_subset', float('nan')):.3f} | {floor['adherence']:.3f} | {floor['is']:.2f} | | |")
+        for n, fd in sorted(at.items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| real clips vs the other training clips | | | {fd:.3f} ({n}) | 1.00 | | | | | |")
     for name in RECIPES:
         r = results.get(name)
         if not r:
             continue
         adh = f"{r['adherence']:.3f}" if "adherence" in r else "n/a (unconditional)"
-        ratio = f"{r['fd'] / floor['fd']:.2f}" if floor else ""
+        base = at.get(str(r["samples"]), floor.get("fd"))
+        ratio = f"{r['fd'] / base:.2f}" if base else ""
         lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['fd']:.3f} ({r['samples']}) | {ratio} | "
                      f"{r['fd_subset']:.3f} | {adh} | {r['is']:.2f} | {r['samples_per_s']:.2f} | {r['sampler']} |")
     lines += ["", meta.get("notes", ""), END]
@@ -328,6 +348,7 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=900.0, help="training seconds per recipe")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="training seed of the undiffuse recipes (default: 0)")
     p.add_argument("--only", nargs="*", choices=RECIPES)
     p.add_argument("--out", default="runs/bench_audio")
     p.add_argument("--picture", metavar="PNG", help="also write spectrograms of real clips and of both mel recipes' "
@@ -347,6 +368,7 @@ def main() -> int:
             names = todo[i:i + 2]
             procs = {n: subprocess.Popen([sys.executable, __file__, "--child", n, "--budget", str(args.budget),
                                           "--samples", str(args.samples), "--threads", str(args.threads),
+                                          "--seed", str(args.seed),
                                           "--out", str(out)], stdout=subprocess.PIPE, text=True,
                                          env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
                      for n in names}
@@ -357,9 +379,13 @@ def main() -> int:
                     continue
                 results[n] = json.loads(stdout.strip().splitlines()[-1])
                 save_results(path, results)
-        results["_meta"] = {**results.get("_meta", {}), **floor_and_classifier(), "command": command(),
-                            "machine": machine(), "budget": args.budget, "threads": args.threads,
+        results["_meta"] = {**results.get("_meta", {}), **floor_and_classifier(sample_counts(results, args.samples)),
+                            "command": command(),
+                            "machine": machine(), "budget": args.budget, "threads": args.threads, "seed": args.seed,
                             "samples": args.samples, "reference": len(real_clips()[0])}
+        save_results(path, results)
+    elif "fd_at" not in results.get("_meta", {}).get("floor", {"fd_at": 0}):  # results from before the matched floor
+        results["_meta"].update(floor_and_classifier(sample_counts(results, results["_meta"]["samples"])))
         save_results(path, results)
     if args.picture:
         picture(out, args.picture)

@@ -100,6 +100,15 @@ def test_a_pair_resumes_and_reuses_its_finished_expert(pair, tmp_path, capsys):
     assert code == 2 and "already holds checkpoints" in err and er.HIGH in err
     code, _, err = run_main(["train", "--resume", "auto", "--out", str(run), "--no-experts"], capsys)
     assert code == 2 and "is a pair of experts" in err
+    # stopped between the stages: the low expert trains as first asked (class labels, the small network)
+    fresh = tmp_path / "between"
+    shutil.copytree(pair / er.HIGH, fresh / er.HIGH)
+    shutil.copy(pair / er.PLAN, fresh / er.PLAN)
+    code, out, err = run_main(["train", "--resume", "auto", "--out", str(fresh)], capsys)
+    assert code == 0, err
+    low = json.loads((fresh / "config.json").read_text())
+    assert low["conditioning"]["kind"] == "class" and low["model"]["channels"] == 16 and low["train"]["max_steps"] == 2
+    assert low["sample"]["expert"] == er.HIGH and json.loads(out.strip().splitlines()[-1])["step"] == 2
 
 
 def test_experts_by_default_for_spoken_digits_only(tmp_path, capsys):

@@ -24,7 +24,8 @@ from undiffuse.training.latent_route import (AE_SHARE, AUTOENCODER, autoencoder_
                                              rest_of_budget)
 from undiffuse.training.trainer import Trainer, TrainingError
 from undiffuse.training.expert_route import (ABOVE, GUIDANCE, HIGH, HIGH_PRESET, HIGH_SHARE, LOW_PRESET, finished,
-                                             high_budget, high_state, low_overrides, rest_of_budget as expert_rest)
+                                             high_budget, high_state, low_overrides, rest_of_budget as expert_rest,
+                                             save_plan, saved_plan)
 from undiffuse.utils.distributed import barrier, env_world, teardown
 
 # Direct options and the config key each one sets.
@@ -407,13 +408,18 @@ def _train_experts(args, parser, dataset, overrides: dict) -> int:
     out = _out_folder(args)
     if env_world().distributed and args.dry_run:
         parser.error("--dry-run prints the plan in one process; run it without torchrun")
+    if args.resume:  # the options the pair was started with, then those given now
+        overrides = {**saved_plan(out), **overrides}
     budget, steps = overrides.get("train.time_budget", "preset"), overrides.get("train.max_steps")
     if budget == "preset":  # the presets' own budgets, as measured: the whole recipe's is their sum
         budget = sum(resolve(p, dataset, {}).train.time_budget for p in (HIGH_PRESET, LOW_PRESET))
     state = high_state(out)
-    if state is not None and args.resume is None:
-        parser.error(f"{os.path.join(out, HIGH)!r} already holds checkpoints; pass --resume auto to continue the "
-                     f"pair or choose another --out")
+    for folder in (os.path.join(out, HIGH), out):  # before training anything
+        if args.resume is None and os.path.isdir(os.path.join(folder, ckpt.CHECKPOINTS)):
+            parser.error(f"{folder!r} already holds checkpoints; pass --resume auto to continue the pair or choose "
+                         f"another --out")
+    if not args.resume and not args.dry_run and env_world().rank == 0:
+        save_plan(out, overrides)
     high = None
     if finished(state):
         log(f"experts: the high-noise expert {os.path.join(out, HIGH)} finished ({state['step']} steps); reusing it")

@@ -19,8 +19,10 @@ import json
 import os
 
 from undiffuse.io import checkpoint as ckpt
+from undiffuse.utils.atomic import write_json
 
 HIGH = "expert-high"  # the high-noise expert's folder inside the run
+PLAN = "experts.json"  # inside the run: the options the pair was started with (for a resume)
 HIGH_PRESET, LOW_PRESET = "audio-mel-high", "audio-mel-low"
 HIGH_SHARE = 0.5   # of the time budget (or of max_steps): the benchmark's 7.5 + 7.5 minutes
 ABOVE = 1.0        # the hand-off noise level: the high expert denoises every sigma above it
@@ -67,3 +69,19 @@ def low_overrides() -> dict:
     """The config entries that make a run the low-noise expert of the pair (its own folder holds the high one)."""
     return {"sample.expert": HIGH, "sample.expert_above": ABOVE, "sample.guidance": GUIDANCE}
 
+
+
+def save_plan(out: str, overrides: dict) -> None:
+    """Record the options (config overrides) the pair was started with, so that a resume that
+    reaches the low-noise expert before it has a checkpoint trains it as asked the first time."""
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, PLAN), {"overrides": overrides})
+
+
+def saved_plan(out: str) -> dict:
+    """The overrides :func:`save_plan` recorded in ``out`` ({} when there are none)."""
+    try:
+        with open(os.path.join(out, PLAN)) as f:
+            return dict(json.load(f).get("overrides", {}))
+    except FileNotFoundError:
+        return {}
