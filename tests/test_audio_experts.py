@@ -118,7 +118,7 @@ def test_experts_by_default_for_spoken_digits_only(tmp_path, capsys):
     mp = pytest.MonkeyPatch()
     mp.setattr(speech, "voices", lambda: list(SMALL_VOICES))
     try:
-        for extra, expert in (([], er.HIGH), (["--no-experts"], None)):
+        for extra, expert in (([], er.HIGH), (["--no-experts", "--max-steps", "1"], None)):  # (no rate measured)
             code, out, err = run_main(["train", "--data", "spoken-digits", "--conditioning", "class", "--dry-run",
                                        "--out", str(tmp_path / "s"), *extra], capsys)
             assert code == 0, err
@@ -126,7 +126,8 @@ def test_experts_by_default_for_spoken_digits_only(tmp_path, capsys):
             assert cfg["sample"]["expert"] == expert and cfg["preset"] == ("audio-mel-low" if expert else "audio-mel")
     finally:
         mp.undo()
-    code, out, err = run_main(["train", "--data", "notes", "--conditioning", "class", "--dry-run"], capsys)
+    code, out, err = run_main(["train", "--data", "notes", "--conditioning", "class", "--max-steps", "1", "--dry-run"],
+                              capsys)
     assert code == 0 and json.loads(out)["sample"]["expert"] is None
 
 

@@ -178,7 +178,7 @@ def _outputs(watermark: bool, size: int = 96):
     from undiffuse.serve.limits import GenerateRequest
 
     registry = types.SimpleNamespace(checksum=lambda name: CHECKSUM)
-    run = types.SimpleNamespace(kind="image", step=5, class_names=None)
+    run = types.SimpleNamespace(kind="image", step=5, class_names=None, expert=None)
     job = types.SimpleNamespace(request=GenerateRequest(model="m", count=1, sampler="heun", steps=3, seed=4))
     img = torch.tensor(_photo(size), dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1  # (1, 3, H, W)
     images, refused = Batcher(registry, watermark=watermark).outputs(run, job, img)

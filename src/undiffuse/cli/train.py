@@ -420,7 +420,6 @@ def _train_experts(args, parser, dataset, overrides: dict) -> int:
                          f"another --out")
     if not args.resume and not args.dry_run and env_world().rank == 0:
         save_plan(out, overrides)
-    high = None
     if finished(state):
         log(f"experts: the high-noise expert {os.path.join(out, HIGH)} finished ({state['step']} steps); reusing it")
     else:
