@@ -20,8 +20,8 @@ time in the order below (a waveform pair, then a mel pair, so each pair shares t
   over time reading each frame's 64 bands as channels, trained on high noise levels (preset
   audio-mel-high), then the mel recipe's U-Net trained on low ones (audio-mel-low); sampled by
   the same ``sample`` command, which uses the pair and its recommendation (hand-off at sigma 1,
-  guidance 2.5, Euler ancestral, 20 steps: chosen on a pilot pair and on an earlier benchmark
-  pair, one training seed each).
+  guidance 2 (2.5 before 2026-12-07), Euler ancestral, 20 steps: chosen on a pilot pair and on the
+  benchmark pairs of three training seeds).
 * ``diffusers-wave``: ``UNet1DModel`` in the Dance Diffusion layout (Fourier time embedding, no
   skip in the outer block, attention in the inner ones), trained as Dance Diffusion is: v
   objective on the cosine path ``x_t = cos(pi t / 2) x0 + sin(pi t / 2) eps``, ``t ~ U(0, 1)``,

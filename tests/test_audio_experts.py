@@ -52,7 +52,7 @@ def test_sampling_the_run_uses_its_pair(pair, tmp_path, capsys):
     WAVs record the expert, its checksum and the hand-off level."""
     both, params = _npz(pair, tmp_path, capsys, "both")
     assert params["guidance"] == er.GUIDANCE and params["expert_above"] == er.ABOVE and len(params["expert_sha256"]) == 64
-    named, _ = _npz(pair, tmp_path, capsys, "named", "--expert", str(pair / er.HIGH), "--guidance", "2.5")
+    named, _ = _npz(pair, tmp_path, capsys, "named", "--expert", str(pair / er.HIGH), "--guidance", str(er.GUIDANCE))
     alone, params = _npz(pair, tmp_path, capsys, "alone", "--expert", "none")
     assert np.array_equal(both, named) and "expert" not in params and np.abs(both - alone).max() > 1e-3
     shutil.copytree(pair, tmp_path / "moved")
@@ -64,7 +64,7 @@ def test_sampling_the_run_uses_its_pair(pair, tmp_path, capsys):
                              "--out", str(tmp_path / "wav"), "--no-progress"], capsys)
     assert code == 0, err
     meta = read_wav(str(tmp_path / "wav" / "000000.wav"))[2]
-    assert meta["provenance"]["expert_sha256"] == params["expert_sha256"] and meta["provenance"]["guidance"] == 2.5
+    assert meta["provenance"]["expert_sha256"] == params["expert_sha256"] and meta["provenance"]["guidance"] == er.GUIDANCE
 
 
 def test_server_samples_the_pair(pair, tmp_path, capsys):
@@ -77,11 +77,11 @@ def test_server_samples_the_pair(pair, tmp_path, capsys):
     with BackgroundServer(create_app(str(tmp_path / "models"))) as srv:
         status, _, body = call(srv.url, "/v1/models")
         listed = {m["name"]: m for m in json.loads(body)["models"]}
-        assert listed["pair"]["default_guidance"] == 2.5 and listed["pair"]["expert_above"] == 1.0
+        assert listed["pair"]["default_guidance"] == er.GUIDANCE and listed["pair"]["expert_above"] == 1.0
         status, _, body = call(srv.url, "/v1/generate", {"model": "pair", "class": "A", "steps": 2, "format": "wav"})
         assert status == 200, body[:200]
     x, _, meta = read_wav(body)
-    assert meta["provenance"]["guidance"] == 2.5 and len(meta["provenance"]["expert_sha256"]) == 64
+    assert meta["provenance"]["guidance"] == er.GUIDANCE and len(meta["provenance"]["expert_sha256"]) == 64
     code, _, err = run_main(["sample", "--checkpoint", str(tmp_path / "models" / "pair"), "--class", "A", "--num",
                              "1", "--steps", "2", "--out", str(tmp_path / "cli"), "--no-progress"], capsys)
     assert code == 0, err
@@ -176,8 +176,8 @@ def test_sweeps_sample_sound_runs_as_users_do(pair, tmp_path, capsys):
     assert [(r["sampler"], r["nfe"]) for r in rows] == [("heun", 3), ("euler_ancestral", 4)]
     assert all(r["is"] >= 1 and "spoken-digit" in r["features"] for r in rows)
     assert (tmp_path / "s" / "grid_euler_ancestral_4.png").is_file()
-    code, out, err = run_main(["sweep", "--checkpoint", str(pair), "--guidance", "1", "2.5", "--num", "12",
+    code, out, err = run_main(["sweep", "--checkpoint", str(pair), "--guidance", "1", "3", "--num", "12",
                                "--reference", str(ref), "--out", str(tmp_path / "g")], capsys)
     assert code == 0, err
     rows = json.loads((tmp_path / "g" / "guidance.json").read_text())
-    assert [r["guidance"] for r in rows] == [1, 2.5] and rows[0]["fd"] != rows[1]["fd"]
+    assert [r["guidance"] for r in rows] == [1, 3] and rows[0]["fd"] != rows[1]["fd"]
