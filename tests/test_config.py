@@ -18,8 +18,10 @@ def test_bad_durations(text):
 
 def test_every_preset_resolves_and_builds():
     digits, moons = data.load("digits"), data.load("moons", num_points=100)
+    clips = data.load("moving-digits", frames=4)
     for name in PRESETS:
-        ds = moons if PRESETS[name]["model"]["kind"] == "mlp" else digits
+        kind = PRESETS[name]["model"]["kind"]
+        ds = moons if kind == "mlp" else clips if kind in nets.VIDEO_KINDS else digits
         over = {"model.attention_levels": [1]} if name in ("small", "base") else {}
         cfg = resolve(name, ds, over)
         net = nets.build(cfg.model)

@@ -33,7 +33,7 @@ def only_data_warnings(record):
 # ----------------------------------------------------------------------------- built-ins
 
 def test_names():
-    assert data.names() == ["digits", "mnist5k", "emoji", "spoken-digits", "notes", "chords", "moons", "swiss_roll", "checkerboard",
+    assert data.names() == ["digits", "mnist5k", "emoji", "spoken-digits", "notes", "chords", "moving-digits", "moons", "swiss_roll", "checkerboard",
                             "eight_gaussians", "spirals"]
 
 

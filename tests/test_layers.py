@@ -46,6 +46,7 @@ LAZY = {
     "torch.utils.tensorboard": "tensorboard extra",
     "matplotlib": "plots only; slow to import",
     "emoji": "the emoji dataset's names only; 80 ms to import",
+    "av": "video extra: PyAV decodes and encodes MP4 / WebM",
     "sklearn": "slow to import (about a second); only the digits data and feature fits use it",
     "scipy.integrate": "reference ODE solves only; slow to import",
     "torch.distributed.tensor": "FSDP only (DTensor)",

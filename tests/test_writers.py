@@ -134,7 +134,7 @@ def test_points_are_one_scatter_picture(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(format="gif"), "unknown format 'gif'; allowed: png, npz"),
+    (dict(format="sdf"), "unknown format 'sdf'; allowed: png, npz"),
     (dict(format="npz", grid=False), "format 'npz' has no option grid; its options: labels"),
     (dict(per_sample=[{}]), "per_sample has 1 entries for 2 samples"),
     (dict(records=[{}, {}, {}]), "records has 3 entries for 2 samples"),
@@ -174,6 +174,6 @@ def test_generate_keeps_the_moved_helpers():
     """The pixel helpers moved to io.images; generate's names (in README and user scripts) still work."""
     assert gen.grid is images.grid and gen.to_uint8 is images.to_uint8 and gen.save_png is images.save_png
     assert gen.scatter is images.scatter and gen.parameters_text is prov.parameters_text
-    assert prov.png_bytes is images.png_bytes and gen.FORMATS == ("png", "npz", "wav")
+    assert prov.png_bytes is images.png_bytes and gen.FORMATS == ("png", "npz", "wav", "gif")
     x = _images(1, size=4)
     assert np.array_equal(images.to_uint8(x), images.to_uint8(x.numpy()))  # tensor or array

@@ -35,6 +35,7 @@ class DataConfig:
     hflip: bool = False           # random horizontal flips (augmentation)
     sample_rate: int = 8000       # sound: Hz (8000 or 16000; clips of 8192 or 16384 samples, data.audio)
     representation: str = "mel"   # sound: mel (2-D U-Net on log-mel, Griffin-Lim back) | wave (1-D U-Net on samples)
+    frames: int = 16              # video: frames per clip (data.video)
 
 
 @dataclass
@@ -223,6 +224,8 @@ def default_preset(dataset) -> str:
         return "toy"
     if dataset.kind == "audio":
         return "audio-" + dataset.info["audio"]["representation"]
+    if dataset.kind == "video":
+        return "video"
     if dataset.name == "digits":
         return "digits"
     if dataset.name.split(":")[0] == "emoji":
@@ -272,7 +275,14 @@ def resolve(preset: str, dataset, overrides: dict[str, object] | None = None) ->
     d = _merge(RunConfig(preset=preset).to_dict(), PRESETS[preset])
     d = apply_overrides(d, overrides or {})
     model = d["model"]
-    if model.get("kind") in nets.IMAGE_KINDS:
+    if (model.get("kind") in nets.VIDEO_KINDS) != (dataset.kind == "video"):
+        raise ValueError(f"preset {preset!r} uses a {model.get('kind')} network; {dataset.name!r} holds "
+                         + ("videos (use --preset video)" if dataset.kind == "video" else f"{dataset.kind}s, not videos"))
+    if model.get("kind") in nets.VIDEO_KINDS:
+        model.setdefault("in_channels", dataset.shape[1])
+        model.setdefault("max_frames", dataset.shape[0])
+        d["data"]["frames"] = dataset.shape[0]
+    elif model.get("kind") in nets.IMAGE_KINDS:
         if dataset.kind == "vector":
             raise ValueError(f"preset {preset!r} uses an image network ({model['kind']}), which needs image data; "
                              f"{dataset.name!r} holds vectors (use --preset toy)")
@@ -315,8 +325,8 @@ def _condition_model(d: dict, dataset) -> None:
     if kind == "class":
         model.setdefault("num_classes", dataset.num_classes)
     elif kind == "text":
-        if model.get("kind") not in nets.IMAGE_KINDS:
-            raise ValueError("conditioning 'text' needs an image network (unet or dit)")
+        if model.get("kind") not in nets.IMAGE_KINDS + nets.VIDEO_KINDS:
+            raise ValueError("conditioning 'text' needs an image or video network (unet, dit or video_unet)")
         model.setdefault("context_dim", TEXT_EMBEDDING_DIM)
     control = cond.get("control", "")
     if control and model.get("kind") != "controlled":  # the map concatenated to the input, from scratch
@@ -327,7 +337,7 @@ def _condition_model(d: dict, dataset) -> None:
         f = images.shape[-1] // dataset.shape[-1]
         model.setdefault("cond_channels", control_maps.channels(control, images.shape[0]) * f * f)
     if kind == "lowres":
-        if model.get("kind") not in nets.IMAGE_KINDS:
+        if model.get("kind") not in nets.IMAGE_KINDS:  # not video_unet either
             raise ValueError("conditioning 'lowres' needs an image network (unet or dit)")
         f = int(cond.get("factor", ConditioningConfig.factor))
         if f < 2 or any(side % f for side in dataset.shape[1:]):

@@ -132,6 +132,19 @@ PRESETS: dict[str, dict] = {
     # 8x8 digits with a diffusion transformer (Peebles & Xie 2023), 1.85M parameters. A DiT step
     # costs about half a U-Net step here; at equal training time (1,200 vs 600 steps) it reached
     # FD 2.44 with lr 4e-3 where the digits U-Net reached 1.27 (benchmarks/digits_dit.py, one seed).
+    # Video clips (T, C, H, W): the factorised space-time U-Net (nets.video_unet) on 2x2 patches of
+    # each frame, temporal convolutions everywhere and attention across frames at the two coarse
+    # levels; given frames (prediction, interpolation) are drawn per clip at training time
+    # (steering.conditioning.frame_tasks). Provisional: not yet ablated at equal time.
+    "video": {
+        "model": {"kind": "video_unet", "channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+                  "attention_levels": [2], "temporal_attention_levels": [1, 2], "head_channels": 32,
+                  "dropout": 0.0, "patch_size": 2, "frame_cond": True},
+        "optim": {"lr": 2e-3, "batch_size": 8, "warmup_steps": 200},
+        "ema": {"halflife_samples": 4_000},
+        "train": {"time_budget": 1200.0, "checkpoint_every": 500},
+        "sample": {"sampler": "heun", "steps": 18},
+    },
     "digits-dit": {
         "model": {"kind": "dit", "patch_size": 2, "width": 128, "depth": 6, "heads": 4, "mlp_ratio": 4.0,
                   "dropout": 0.0},

@@ -1,6 +1,7 @@
 """Command line: ``undiffuse COMMAND``. A thin shell over the library.
 
-One module per subcommand (``inverse`` holds inpaint, img2img, upscale and restore), each
+One module per subcommand (``inverse`` holds inpaint, img2img, upscale and restore; ``video`` predict and
+interpolate), each
 with ``add_parser(subparsers)`` and ``run(args, parser) -> int``; what they share is in
 ``options``. Usage errors (bad option values, unknown names, missing files) exit with status
 2 and name the option; errors during a run exit with status 1.
@@ -23,11 +24,12 @@ from undiffuse.cli import (
     train_classifier,
     train_control,
     verify,
+    video,
 )
 from undiffuse.cli.options import Parser
 
 # In the order `undiffuse --help` lists them.
-COMMANDS = (train, sample, calibrate, evaluate, sweep, ema, train_classifier, train_control, distill, inverse,
+COMMANDS = (train, sample, calibrate, evaluate, sweep, ema, train_classifier, train_control, distill, inverse, video,
             train_autoencoder, serve, verify, export, demo)
 
 

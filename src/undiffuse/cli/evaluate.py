@@ -27,9 +27,11 @@ def add_parser(subparsers) -> None:
     e.add_argument("--features", default="auto", help="feature space: auto, digits, mnist (the in-project mnist5k classifier, 1x28x28), pixels, emoji (the in-project "
                    "image-text scorer; adds clip_score and prompt_accuracy when the npz holds prompts), inception (FID "
                    "Inception-v3; needs --inception-weights or $UNDIFFUSE_INCEPTION_WEIGHTS), spoken-digits (the "
-                   "in-project spoken-digit classifier on log-mel spectrograms; adds is, and adherence with labels) "
-                   "(default: auto = emoji for --reference emoji, spoken-digits for waveforms (N, 1, T), digits for "
-                   "1x8x8 images, mnist for 1x28x28, else pixels)")
+                   "in-project spoken-digit classifier on log-mel spectrograms; adds is, and adherence with labels), "
+                   "video (clips (N, T, 1, H, W): per-frame fd, clip_fd, identity, motion; reference e.g. "
+                   "moving-digits or moving-digits:heldout, rendered at the clips' size and frame count) "
+                   "(default: auto = emoji for --reference emoji, spoken-digits for waveforms (N, 1, T), video for "
+                   "clips (N, T, C, H, W), digits for 1x8x8 images, mnist for 1x28x28, else pixels)")
     e.add_argument("--inception-weights", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth (checked by "
                    "SHA-256, loaded without unpickling code) or its safetensors copy; never downloaded")
     e.add_argument("--sample-rate", type=int, choices=(8000, 16000), help="sound: the samples' sample rate "
@@ -58,8 +60,12 @@ def run(args, parser) -> int:
     try:
         samples, _ = ev.load_set(args.samples, what="samples")
         size = samples.shape[-1] if space == "emoji" and samples.ndim == 4 else None  # emoji renders at any size
+        frames = None
+        if samples.ndim == 5:  # clips: the reference at the samples' frame size and count
+            size, frames = tuple(samples.shape[-2:]), samples.shape[1]
         rate = args.sample_rate or ev.sample_rate_of(args.samples) or 8000  # sound: the samples' own rate
-        reference, ref_desc = ev.load_set(args.reference, what="--reference", image_size=size, sample_rate=rate)
+        reference, ref_desc = ev.load_set(args.reference, what="--reference", image_size=size, sample_rate=rate,
+                                          frames=frames)
         train = ev.load_set(args.train, what="--train")[0] if args.train else None
         result = ev.evaluate(samples, reference, feature_space=space, train=train, k=args.k,
                              kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,

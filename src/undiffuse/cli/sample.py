@@ -79,11 +79,16 @@ def add_parser(subparsers) -> None:
     s.add_argument("--classifier", metavar="DIR", help="noise-aware classifier (`undiffuse train-classifier`) for "
                    "classifier guidance towards --class")
     s.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
-    s.add_argument("--format", choices=("png", "npz", "wav"),
+    s.add_argument("--format", choices=("png", "npz", "wav", "gif"),
                    help="png: OUT/grid.png and one PNG per sample with metadata; wav (sound runs): one 16-bit WAV "
-                        "per clip with its parameters in the file's comment, and OUT/spectrograms.png; npz: array "
-                        "'samples' (N, C, H, W) in [0, 1], or for sound (N, 1, T) waveforms in [-1, 1] (default: png, "
-                        "wav for sound runs)")
+                        "per clip with its parameters in the file's comment, and OUT/spectrograms.png; gif (video "
+                        "runs): one animated GIF per clip with its parameters in the file's comment (and an MP4 with "
+                        "--mp4), and OUT/strip.png, a row of frames per clip; npz: array 'samples' (N, C, H, W) in "
+                        "[0, 1], for sound (N, 1, T) waveforms in [-1, 1], for video (N, T, C, H, W) in [0, 1] "
+                        "(default: png, wav for sound runs, gif for video runs)")
+    s.add_argument("--fps", type=positive_int, help="video: frames per second of the GIF / MP4 (default: the "
+                   "training data's)")
+    s.add_argument("--mp4", action="store_true", help="video: also write an MP4 per clip (needs PyAV: pip install av)")
     s.add_argument("--out", help="output folder (png) or file (npz) (default: samples or samples.npz)")
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--content-filter", metavar="MODULE:CALLABLE", help="called as fn(image, request) for every "
@@ -141,7 +146,7 @@ def run(args, parser) -> int:
         if not world.main:  # rank 0 writes everything
             return 0
     params = _params(args, loaded, cal, steer)
-    if loaded.kind == "image":
+    if loaded.kind in ("image", "video"):
         x = gen.to_unit(x)
     elif loaded.kind == "audio":
         x = gen.to_sound(x, loaded)  # waveforms (a mel run's spectrograms through Griffin-Lim)
@@ -202,13 +207,16 @@ def _check_options(args, parser) -> None:
 
 
 def _check_format(args, parser, loaded) -> None:
-    """The output format fits what the run makes (default: wav for sound, png otherwise)."""
-    sound = loaded.kind == "audio"
-    args.format = args.format or ("wav" if sound else "png")
-    if sound and args.format == "png":
-        parser.error(f"--format png writes pictures; {args.checkpoint!r} makes sound: use --format wav or npz")
-    if not sound and args.format == "wav":
-        parser.error(f"--format wav writes sound; {args.checkpoint!r} makes {loaded.kind}s: use --format png or npz")
+    """The output format fits what the run makes (default: wav for sound, gif for video, png otherwise)."""
+    native = {"audio": "wav", "video": "gif"}.get(loaded.kind, "png")
+    args.format = args.format or native
+    if args.format not in (native, "npz"):
+        what = {"png": "pictures", "wav": "sound", "gif": "video clips"}[args.format]
+        parser.error(f"--format {args.format} writes {what}; {args.checkpoint!r} makes "
+                     f"{'sound' if loaded.kind == 'audio' else loaded.kind + 's'}: use --format {native} or npz")
+    if loaded.kind != "video" and (args.fps is not None or args.mp4):
+        parser.error(f"--fps and --mp4 are for video runs; {args.checkpoint!r} makes "
+                     f"{'sound' if loaded.kind == 'audio' else loaded.kind + 's'}")
 
 
 def _out_path(args, parser) -> str:
@@ -491,6 +499,8 @@ def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None,
             options.update(controls=control["maps"].numpy(), control_extractors=control["channels"])
     if args.format == "wav":
         options = {"sample_rate": loaded.audio["sample_rate"]}
+    if args.format == "gif":
+        options = {"fps": args.fps or gen.video_fps(loaded), "mp4": args.mp4}
     written = write_samples(x, out, format=args.format, seed=args.seed, params=params, per_sample=per_image,
                             records=records, content_filter=content_filter, watermark=not args.no_watermark,
                             **options)
@@ -504,6 +514,8 @@ def _write_samples(args, out: str, x, params: dict, *, loaded=None, labels=None,
         print(f"wrote {out} ({n} samples)", file=sys.stderr)
     elif args.format == "wav":
         print(f"wrote {n} WAV files and {out}/spectrograms.png in {out}/", file=sys.stderr)
+    elif args.format == "gif":
+        print(f"wrote {n} GIF{' and MP4' if args.mp4 else ''} files and {out}/strip.png in {out}/", file=sys.stderr)
     elif loaded is None or loaded.kind == "image":
         print(f"wrote {out}/grid.png and {n} images in {out}/", file=sys.stderr)
     else:

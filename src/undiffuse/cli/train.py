@@ -39,6 +39,7 @@ _TRAIN_OPTIONS = {
     "conditioning": "conditioning.kind", "cond_dropout": "conditioning.dropout", "compile": "train.compile",
     "channels_last": "train.channels_last", "ema_posthoc_every": "ema.posthoc_every",
     "control": "conditioning.control", "sample_rate": "data.sample_rate", "representation": "data.representation",
+    "frames": "data.frames",
 }
 
 
@@ -46,7 +47,7 @@ def add_parser(subparsers) -> None:
     t = subparsers.add_parser("train", help="train a diffusion model", description="Train a model on a built-in "
                               "dataset, an image folder or a .npy/.npz file. Preset plus overrides; the resolved "
                               "config is saved as RUN/config.json.")
-    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, spoken-digits, notes, chords, moons, swiss_roll, checkerboard, "
+    t.add_argument("--data", help="built-in name (digits, mnist5k, emoji, spoken-digits, notes, chords, moving-digits, moons, swiss_roll, checkerboard, "
                    "eight_gaussians, spirals), a folder of images or of sound files (.wav/.flac/.ogg), or a .npy/.npz file (default: digits, or the "
                    "resumed run's own data)")
     t.add_argument("--preset", help="config preset (default: chosen from the data: digits, toy, small, base)")
@@ -72,6 +73,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--representation", choices=_data.audio.REPRESENTATIONS, help="sound: what the model generates: wave "
                    "(samples, a 1-D U-Net) or mel (log-mel spectrograms, a 2-D U-Net, turned into sound by "
                    "Griffin-Lim); default: mel, which reached a far lower fd than wave at equal time (BENCHMARKS.md)")
+    t.add_argument("--frames", type=positive_int, help="video: frames per clip (default 16)")
     t.add_argument("--strict", action="store_true", default=None, help="a bad data file or an image without a "
                    "caption (caption files) is an error, not a warning")
     t.add_argument("--log-every", type=positive_int)
@@ -153,11 +155,12 @@ def _dataset(args, parser):
         args.channels = args.channels or saved.get("channels")
         args.sample_rate = args.sample_rate or saved.get("sample_rate")
         args.representation = args.representation or saved.get("representation")
+        args.frames = args.frames or saved.get("frames")
     args.data = args.data or "digits"
     try:
         dataset = _data.load(args.data, image_size=args.image_size, channels=args.channels,
                              strict=bool(args.strict), sample_rate=args.sample_rate or 8000,
-                             representation=args.representation or "mel")
+                             representation=args.representation or "mel", frames=args.frames or 16)
     except _data.DataError as e:
         parser.error(f"--data: {e}")
     overrides = {key: getattr(args, name) for name, key in _TRAIN_OPTIONS.items() if getattr(args, name) is not None}

@@ -33,6 +33,11 @@ Conventions
 * Sound (``kind == "audio"``, ``data.audio``): ``spoken-digits`` (``data.speech``), ``notes``
   and ``chords`` (``data.notes``, captioned, the suffix choosing the labels) and folders of .wav/.flac/.ogg files, as waveforms ``(1, T)`` or log-mel
   spectrograms ``(1, n_mels, frames)``.
+* Video (``kind == "video"``, ``data.video``): clips ``(T, C, H, W)`` stored uint8 and scaled
+  like images. ``moving-digits`` (``:heldout`` for clips of held-out digit images; a
+  :class:`~undiffuse.data.video.VideoDataset` with the digits and their trajectories), folders
+  of .gif/.mp4/.webm videos and ``.npy``/``.npz`` files of 5-D ``(N, T, C, H, W)`` arrays;
+  ``frames`` clips each to its first frames.
 """
 from __future__ import annotations
 
@@ -46,22 +51,25 @@ from undiffuse.data.emoji import load_emoji
 from undiffuse.data.notes import load_chords, load_notes
 from undiffuse.data.speech import load_spoken_digits
 from undiffuse.data.toys import TOYS, _toy
+from undiffuse.data.video import VideoDataset  # noqa: F401 (public)
+from undiffuse.data.video import array_ndim, is_video_folder, load_moving_digits, video_array, video_folder
 
 
 def names() -> list[str]:
     """The built-in dataset names."""
-    return ["digits", "mnist5k", "emoji", "spoken-digits", "notes", "chords", *TOYS]
+    return ["digits", "mnist5k", "emoji", "spoken-digits", "notes", "chords", "moving-digits", *TOYS]
 
 
 def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
          strict: bool = False, num_points: int = 20000, seed: int = 0, sample_rate: int = 8000,
-         representation: str = "wave") -> Dataset:
-    """Load a built-in dataset by name, or a folder of images or sound files / ``.npy`` / ``.npz``
-    file by path.
+         representation: str = "wave", frames: int = 16) -> Dataset:
+    """Load a built-in dataset by name, or a folder of images, sound files or videos / ``.npy`` /
+    ``.npz`` file by path.
 
-    ``image_size`` and ``channels`` apply to image data (ignored for vectors); ``num_points`` and
-    ``seed`` apply to the 2-D toys only; ``sample_rate`` and ``representation`` (``wave`` or
-    ``mel``) to sound (``data.audio``); ``strict`` turns skipped bad files into errors.
+    ``image_size`` and ``channels`` apply to image and video data (ignored for vectors);
+    ``num_points`` and ``seed`` apply to the 2-D toys only; ``sample_rate`` and ``representation``
+    (``wave`` or ``mel``) to sound (``data.audio``); ``frames`` (4..32) to video (``data.video``,
+    ignored for other data); ``strict`` turns skipped bad files into errors.
     """
     size = _parse_size(image_size)
     if channels not in (None, 1, 3):
@@ -79,16 +87,22 @@ def load(spec: str, *, image_size: int | tuple[int, int] | None = None, channels
         return load_notes(spec, sample_rate, representation)
     if spec == "chords" or spec.startswith("chords:"):
         return load_chords(spec, sample_rate, representation)
+    if spec == "moving-digits" or spec.startswith("moving-digits:"):
+        return load_moving_digits(spec, size, channels, frames)
     if spec in TOYS:
         return _toy(spec, num_points, seed)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if is_audio_folder(path):
             return audio_folder(spec, path, sample_rate, representation, strict)
+        if is_video_folder(path):
+            return video_folder(spec, path, size, channels, frames, strict)
         return _folder(spec, path, size, channels, strict)
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext in (".npy", ".npz"):
+            if array_ndim(path, ext) == 5:
+                return video_array(spec, path, ext, size, channels, frames)
             return _array_file(spec, path, ext, size, channels)
         raise DataError(f"{spec}: unsupported file type {ext or '(none)'!r}; expected {SUPPORTED}")
     raise DataError(f"unknown dataset {spec!r}: not a built-in name ({', '.join(names())}) and no such "

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-SUPPORTED = "a folder of .png/.jpg/.jpeg/.webp images, a .npy file or a .npz file"
+SUPPORTED = ("a folder of .png/.jpg/.jpeg/.webp images, of .wav/.flac/.ogg sounds or of .gif/.mp4/.webm videos, "
+             "a .npy file or a .npz file")
 
 
 class DataError(ValueError):
@@ -24,13 +25,14 @@ class Dataset:
     """An in-memory dataset; ``get`` converts a batch of stored items to model space."""
 
     name: str
-    kind: str  # "image", "vector" or "audio" (data.audio: info["audio"] says which representation)
+    kind: str  # "image", "vector", "audio" (data.audio: info["audio"] says which representation)
+    #            or "video" (data.video: (T, C, H, W) clips stored uint8, info["video"] frames and fps)
     shape: tuple[int, ...]
     labels: torch.Tensor | None
     class_names: list[str]
     source: str
     storage: torch.Tensor = field(repr=False, default=None)  # (N, *shape)
-    max_value: float | None = None  # images: stored value that maps to +1 (0 maps to -1)
+    max_value: float | None = None  # images and videos: stored value that maps to +1 (0 maps to -1)
     captions: list[list[str]] | None = field(repr=False, default=None)  # per item: its caption wordings (text-to-image data)
     info: dict = field(repr=False, default_factory=dict)  # licence, attribution and other facts a run records
 
@@ -42,9 +44,9 @@ class Dataset:
         return len(self.class_names)
 
     def get(self, index) -> torch.Tensor:
-        """Float32 batch ``(B, *shape)``: images in ``[-1, 1]``, waveforms in ``[-1, 1)``, the rest as stored."""
+        """Float32 batch ``(B, *shape)``: images and videos in ``[-1, 1]``, waveforms in ``[-1, 1)``, the rest as stored."""
         x = self.storage[_as_index(index)].to(torch.float32)
-        if self.kind == "image":
+        if self.kind in ("image", "video"):
             x = x / self.max_value * 2 - 1
         elif self.max_value is not None:  # 16-bit PCM waveforms
             x = x / self.max_value
@@ -55,8 +57,8 @@ class Dataset:
         return None if self.labels is None else self.labels[_as_index(index)]
 
     def to_unit(self, x):
-        """Images: model space ``[-1, 1]`` to ``[0, 1]`` (clamped). Vectors: ``x`` unchanged."""
-        if self.kind != "image":
+        """Images and videos: model space ``[-1, 1]`` to ``[0, 1]`` (clamped). Vectors: ``x`` unchanged."""
+        if self.kind not in ("image", "video"):
             return x
         return ((x + 1) / 2).clamp(0, 1)
 

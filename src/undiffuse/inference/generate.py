@@ -40,6 +40,7 @@ from undiffuse.io.writers import WRITERS, npz_bytes, write_samples
 from undiffuse.samplers.driver import sample
 from undiffuse.steering import guidance as g
 from undiffuse.steering.conditioning import text_condition
+from undiffuse.steering.frames import KeepGiven, paste
 from undiffuse.utils import distributed as _dist
 
 FORMATS = tuple(WRITERS)  # png, npz: the formats of io.writers.write_samples
@@ -52,8 +53,8 @@ class LoadedRun:
     checkpoint: str       # the checkpoint folder the weights came from
     step: int
     weights: str          # "ema", "model" or "ema sigma_rel S" (a post-hoc EMA length)
-    shape: tuple          # per-sample shape (C, H, W) or (D,)
-    kind: str             # "image", "vector" or "audio" (``audio``: how a sample becomes sound)
+    shape: tuple          # per-sample shape (C, H, W), (T, C, H, W) for videos, or (D,)
+    kind: str             # "image", "vector", "audio" (``audio``: how a sample becomes sound) or "video"
     class_names: tuple = ()  # the training data's class names (index = label)
     decoder: object = None   # latent runs: the autoencoder (``autoencoder.LatentCodec``) that decodes samples
     levels: dict | None = None  # few-step students: the levels record picked for these weights (io.checkpoint)
@@ -61,6 +62,7 @@ class LoadedRun:
     weights_file: str = ""   # the safetensors file the weights came from (default: CHECKPOINT/WEIGHTS.safetensors)
     audio: dict | None = None  # sound runs: rate, clip length, representation (data.audio.audio_info)
     expert: dict | None = None  # joined by join_expert: the high-noise expert's run, checksum and hand-off level
+    video: dict | None = None  # video runs: frames, frame rate, size (the training data's info["video"])
 
     @property
     def checksum(self) -> str:
@@ -102,6 +104,8 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_
     m = cfg.model
     if m["kind"] == "mlp":
         shape, kind = (m["dim"],), "vector"
+    elif m["kind"] in nets.VIDEO_KINDS:
+        shape, kind = (cfg.data.frames, m["in_channels"], *state["sample_size"]), "video"
     else:
         shape = (nets.image_channels(m), *state["sample_size"])
         kind = "audio" if "audio" in state.get("dataset", {}) else "image"
@@ -112,7 +116,7 @@ def load_run(path: str, *, weights: str = "ema", device: str = "cpu", ema_sigma_
     examples = tuple(state.get("dataset", {}).get("example_prompts", ()))
     run = LoadedRun(den, cfg, loaded["path"], state["step"], weights, tuple(shape), kind, names,
                     _latent_decoder(cfg, tuple(shape), device), levels, examples, weights_file,
-                    state.get("dataset", {}).get("audio"))
+                    state.get("dataset", {}).get("audio"), video=state.get("dataset", {}).get("video"))
     if experts and cfg.sample.expert:
         where = expert_path(ckpt.run_of(loaded["path"]), cfg.sample.expert)
         try:
@@ -287,6 +291,8 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
     device = next(run.denoiser.net.parameters()).device
     den = denoiser or run.denoiser
     condition = _check_condition(run, condition or {}, num)
+    if "cond_frames" in condition:  # a video run's given frames: kept as given (steering.frames)
+        den = KeepGiven(den)
     world = _dist.World() if alone else _dist.current()
     starts = _dist.my_batches(num, batch_size, world)  # all batches for a single process
     out = []
@@ -298,6 +304,8 @@ def generate(run: LoadedRun, num: int, *, seed: int = 0, sampler: str | None = N
         z = make_noise((len(seeds), *run.shape), seed=seeds, device=device)
         extra = {k: v if v.shape[0] == 1 else v[start:start + len(seeds)] for k, v in condition.items()}
         x = sample(den, z, seed=seeds, extra=extra, **kw)
+        if "cond_frames" in extra:
+            x = paste(x, extra["cond_frames"], extra["frame_mask"])
         if run.decoder is not None:  # latent run: scaled latents -> images
             x = run.decoder.decode(x)
         out.append(x.float().cpu())
@@ -328,6 +336,11 @@ def _check_condition(run: LoadedRun, condition: dict, num: int) -> dict:
             raise ValueError(f"condition {k!r} has {v.shape[0]} rows for {num} samples (give 1 or {num})")
         out[k] = v
     return out
+
+
+def video_fps(run: LoadedRun, default: int = 8) -> int:
+    """The frame rate a video run's clips are shown at: its training data's (``info["video"]``)."""
+    return int((run.video or {}).get("fps", default))
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from undiffuse.io.audio import spectrogram, wav_bytes
 from undiffuse.io.content_filter import refusal
 from undiffuse.io.images import grid as tile
 from undiffuse.io.images import png_bytes, scatter, to_uint8, upscale, write_bytes
+from undiffuse.io.video import gif_bytes, mp4_bytes, strip
 
 
 @dataclass
@@ -138,7 +139,8 @@ def write_samples(samples, out: str | None = None, *, format: str = "png", seed:
     ``format``: a key of :data:`WRITERS` (``png``: ``out`` is a folder of ``grid.png`` or
     ``scatter.png`` plus ``000000.png``...; ``npz``: ``out`` is the file). ``options`` go to the
     format's writer (png: ``individual``, ``grid``, ``grid_scale``; npz: ``labels``, ``prompts``,
-    ``controls``, ``control_extractors``; wav: ``sample_rate``, ``individual``, ``grid``).
+    ``controls``, ``control_extractors``; wav: ``sample_rate``, ``individual``, ``grid``; gif:
+    ``fps``, ``individual``, ``grid``, ``grid_scale``, ``mp4``).
     With ``out=None`` nothing is written and the bytes are in the result. Nothing is written,
     not even the folder, when every sample is refused.
     """
@@ -246,12 +248,15 @@ def write_png(batch: Batch, *, individual: bool = True, grid: bool = True, grid_
 
 
 def npz_bytes(samples: np.ndarray, params: dict, *, labels=None, prompts=None, controls=None,
-              control_extractors=None) -> bytes:
+              control_extractors=None, truth=None) -> bytes:
     """An ``.npz`` of ``samples``, the JSON string ``parameters`` (and ``labels``, int64, and
     ``prompts``, unicode strings, one per sample; ``controls``, float32 (N, K, H, W), the control
     maps each sample was steered by, with ``control_extractors`` naming the extractor of each
-    of the K channels)."""
+    of the K channels; ``truth``, float32, the true clips a prediction or interpolation is
+    scored against, as many frames as the input had)."""
     arrays = {"samples": samples, "parameters": np.array(json.dumps(params))}
+    if truth is not None:
+        arrays["truth"] = np.asarray(truth, np.float32)
     if controls is not None:
         arrays["controls"] = np.asarray(controls, np.float32)
         arrays["control_extractors"] = np.array(list(control_extractors), dtype=str)
@@ -265,7 +270,8 @@ def npz_bytes(samples: np.ndarray, params: dict, *, labels=None, prompts=None, c
 
 
 @writer("npz")
-def write_npz(batch: Batch, *, labels=None, prompts=None, controls=None, control_extractors=None) -> list[File]:
+def write_npz(batch: Batch, *, labels=None, prompts=None, controls=None, control_extractors=None,
+              truth=None) -> list[File]:
     """One ``.npz`` of every kept sample as given; ``parameters``: the shared parameters, the
     request's first ``seed``, ``count`` (and the kept ``seeds`` when a filter ran); ``labels``
     (one per row given, e.g. each sample's class index) and ``prompts`` (one per row) of the
@@ -286,8 +292,12 @@ def write_npz(batch: Batch, *, labels=None, prompts=None, controls=None, control
         if len(controls) != len(batch.samples):
             raise ValueError(f"controls has {len(controls)} maps for {len(batch.samples)} samples; give one per sample")
         controls = np.asarray(controls)[[it.row for it in batch.items]]
+    if truth is not None:
+        if len(truth) != len(batch.samples):
+            raise ValueError(f"truth has {len(truth)} clips for {len(batch.samples)} samples; give one per sample")
+        truth = np.asarray(truth)[[it.row for it in batch.items]]
     return [File(None, npz_bytes(batch.kept(), params, labels=labels, prompts=prompts, controls=controls,
-                                 control_extractors=control_extractors))]
+                                 control_extractors=control_extractors, truth=truth))]
 
 
 @writer("wav")
@@ -315,4 +325,46 @@ def write_wav(batch: Batch, *, sample_rate: int, individual: bool = True, grid: 
             meta = {"parameters": it.params, "provenance": it.record, "sample_rate": sample_rate}
             title = prov.parameters_text(it.params) if it.params is not None else None
             files.append(File(f"{it.index:06d}.wav", wav_bytes(it.sample, sample_rate, meta, title), it))
+    return files
+
+
+@writer("gif")
+def write_gif(batch: Batch, *, fps: float = 8, individual: bool = True, grid: bool = True, grid_scale: int = 2,
+              mp4: bool = False) -> list[File]:
+    """Videos ``(N, T, C, H, W)`` in [0, 1]: ``strip.png`` (``grid``): every kept clip as a row of
+    frames (``io.video.strip``), upscaled ``grid_scale`` times, marked, with the shared
+    parameters (seed range, ``fps``); one looping ``000000.gif`` per clip (``individual``) and,
+    with ``mp4`` (needs PyAV), ``000000.mp4`` beside it. Each clip file carries
+    ``{"parameters", "provenance", "fps"}`` as JSON (``io.video``: the GIF's comment, the MP4's
+    ``comment`` tag) and the parameters line as its title. Every frame gets the invisible mark
+    like a PNG (``watermark``: ``embedded`` from 64 px up, else ``too small``); the GIF keeps a
+    marked grey clip bit for bit, while the quantisation of colour GIFs (over 256 colours) and
+    H.264 may weaken the mark."""
+    samples = batch.samples
+    if samples.ndim != 5:
+        raise ValueError(f"format 'gif' writes videos (N, T, C, H, W); got samples of shape {tuple(samples.shape)}")
+    if grid_scale < 1:
+        raise ValueError(f"grid_scale must be >= 1, got {grid_scale}")
+    items, files = batch.items, []
+    clips = [to_uint8(it.sample) for it in items]  # (T, H, W, C) each
+    if grid:
+        picture, _ = batch.mark(upscale(strip(np.stack(clips)), grid_scale), items[0].record)
+        text = {}
+        if batch.params is not None:
+            shown = {**batch.params, "seed": f"{items[0].seed}..{items[-1].seed}", "fps": fps}
+            text = {prov.PARAMETERS_KEY: prov.parameters_text(shown),
+                    "undiffuse": json.dumps({**batch.params, "seed": batch.seed, "count": len(items), "fps": fps},
+                                            default=str)}
+        files.append(File("strip.png", png_bytes(picture, text)))
+    if individual:
+        for it, clip in zip(items, clips):
+            marked = [batch.mark(frame, it.record) for frame in clip]
+            clip = np.stack([frame for frame, _ in marked])
+            if it.record is not None:
+                it.record["watermark"] = marked[0][1]
+            meta = {"parameters": it.params, "provenance": it.record, "fps": fps}
+            title = prov.parameters_text(it.params) if it.params is not None else None
+            files.append(File(f"{it.index:06d}.gif", gif_bytes(clip, fps, meta, title), it))
+            if mp4:
+                files.append(File(f"{it.index:06d}.mp4", mp4_bytes(clip, fps, meta, title)))
     return files

@@ -18,6 +18,11 @@ in [0, 1] or vectors as they are). ``auto`` picks ``digits`` for 1x8x8 images, `
 Inputs are arrays in the CLI's sample format: images ``(N, C, H, W)`` in [0, 1], or vectors
 ``(N, D)``. ``load_set`` reads them from an ``.npz``/``.npy`` file, an image folder or a
 built-in dataset name.
+
+Clips ``(N, T, C, H, W)`` in [0, 1] (feature space ``video``, picked by ``auto``) are scored by
+``metrics.video.evaluate_video`` instead: per-frame ``fd``, ``clip_fd``, ``identity``,
+``motion`` (and ``adherence`` with requested labels), with the reference's own identity and
+motion beside them.
 """
 from __future__ import annotations
 
@@ -33,15 +38,18 @@ from undiffuse.metrics.adherence import class_adherence
 from undiffuse.metrics.control import control_scores
 from undiffuse.metrics.features import digits_features
 from undiffuse.metrics.inception import inception_features
+from undiffuse.metrics.mnist_features import HPARAMS as MNIST_HPARAMS
 from undiffuse.metrics.mnist_features import mnist_features
 from undiffuse.metrics.speech_features import inception_score, speech_features, speech_probabilities
+from undiffuse.metrics.video import evaluate_video
+from undiffuse.metrics.video_features import CLIP_HPARAMS
 from undiffuse.metrics.kid import kid as _kid
 from undiffuse.metrics.prdc import prdc as _prdc
 
 from .copies import nearest_copies
 from .frechet import frechet_distance, gaussian_stats
 
-FEATURE_SPACES = ("auto", "digits", "mnist", "pixels", "inception", "emoji", "spoken-digits")  # "auto" never picks inception (needs weights)
+FEATURE_SPACES = ("auto", "digits", "mnist", "pixels", "inception", "emoji", "spoken-digits", "video")  # "auto" never picks inception (needs weights)
 
 AUTO_SPACES = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
 
@@ -50,14 +58,15 @@ class EvaluationError(ValueError):
     """Bad evaluation input; the message names the argument and what was expected."""
 
 
-def load_set(spec: str, *, what: str = "samples", image_size: int | None = None,
-             sample_rate: int = 8000) -> tuple[np.ndarray, str]:
-    """Load a sample or reference set as float64: images (N, C, H, W) in [0, 1], waveforms
-    (N, 1, T) in [-1, 1] or vectors (N, D).
+def load_set(spec: str, *, what: str = "samples", image_size: int | tuple[int, int] | None = None,
+             sample_rate: int = 8000, frames: int | None = None) -> tuple[np.ndarray, str]:
+    """Load a sample or reference set as float64: images (N, C, H, W) in [0, 1], clips
+    (N, T, C, H, W) in [0, 1], waveforms (N, 1, T) in [-1, 1] or vectors (N, D).
 
     ``spec``: an ``.npz`` (array ``samples``, as ``undiffuse sample --format npz`` writes, or the
     keys ``data.load`` accepts), an ``.npy``, an image folder, or a built-in dataset name
-    (rendered or resized to ``image_size`` when given, e.g. ``emoji`` at the samples' size).
+    (rendered or resized to ``image_size`` when given, e.g. ``emoji`` at the samples' size;
+    video data with ``frames`` frames when given, e.g. ``moving-digits`` as the samples).
     """
     if spec.endswith(".npz") and os.path.isfile(spec):
         try:
@@ -68,11 +77,12 @@ def load_set(spec: str, *, what: str = "samples", image_size: int | None = None,
         except ValueError as e:
             raise EvaluationError(f"{what} {spec}: cannot read ({e})") from None
     try:
-        ds = _data.load(spec, image_size=image_size, sample_rate=sample_rate)
+        ds = _data.load(spec, image_size=image_size, sample_rate=sample_rate,
+                        **({} if frames is None else {"frames": frames}))
     except _data.DataError as e:
         raise EvaluationError(f"{what}: {e}") from None
     x = ds.get(np.arange(len(ds)))
-    arr = (ds.to_unit(x) if ds.kind == "image" else x).numpy().astype(np.float64)
+    arr = (ds.to_unit(x) if ds.kind in ("image", "video") else x).numpy().astype(np.float64)
     return _check(arr, what, spec), ds.source
 
 
@@ -97,15 +107,15 @@ def sample_rate_of(spec: str) -> int | None:
 
 
 def _check(arr: np.ndarray, what: str, spec: str) -> np.ndarray:
-    if arr.ndim not in (2, 3, 4) or (arr.ndim == 3 and arr.shape[1] != 1):
-        raise EvaluationError(f"{what} {spec}: expected images (N, C, H, W), waveforms (N, 1, T) or vectors (N, D), "
-                              f"got shape {arr.shape}")
+    if arr.ndim not in (2, 3, 4, 5) or (arr.ndim == 3 and arr.shape[1] != 1):
+        raise EvaluationError(f"{what} {spec}: expected images (N, C, H, W), clips (N, T, C, H, W), waveforms "
+                              f"(N, 1, T) or vectors (N, D), got shape {arr.shape}")
     if arr.ndim == 3 and np.abs(arr).max(initial=0) > 1 + 1e-6:
         raise EvaluationError(f"{what} {spec}: waveforms must be in [-1, 1], got values up to {np.abs(arr).max():.4g}")
     if not np.isfinite(arr).all():
         raise EvaluationError(f"{what} {spec}: contains non-finite values")
-    if arr.ndim == 4 and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
-        raise EvaluationError(f"{what} {spec}: images must be in [0, 1], got values in "
+    if arr.ndim in (4, 5) and (arr.min() < -1e-6 or arr.max() > 1 + 1e-6):
+        raise EvaluationError(f"{what} {spec}: images and clips must be in [0, 1], got values in "
                               f"[{arr.min():.4g}, {arr.max():.4g}]")
     return arr
 
@@ -172,6 +182,8 @@ def describe(space: str, dim: int) -> str:
             "emoji": f"undiffuse emoji image-text scorer, {dim}-d pooled image features",
             "pixels": f"raw values, {dim}-d",
             "spoken-digits": f"undiffuse spoken-digit classifier on log-mel spectrograms, {dim}-d penultimate layer",
+            "video": "per frame: undiffuse mnist5k classifier (frames resized to 28x28); whole clips: undiffuse "
+                     "moving-digits clip classifier",
             "inception": f"FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth, pytorch-fid pipeline), "
                          f"{dim}-d pool3"}[space]
 
@@ -191,11 +203,14 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     writes them) add the control adherence scores (``metrics.control``). Waveforms (N, 1, T)
     at ``sample_rate`` are read by the spoken-digit classifier (``metrics.speech_features``),
     which adds ``is`` (its Inception-Score-like diversity) and reads ``adherence`` itself.
+    Clips (N, T, C, H, W) go to ``metrics.video.evaluate_video`` (feature space ``video``).
     """
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if samples.shape[1:] != reference.shape[1:]:
         raise EvaluationError(f"samples have items of shape {samples.shape[1:]} but the reference has "
                               f"{reference.shape[1:]}; they must match")
+    if samples.ndim == 5 or feature_space == "video":
+        return _evaluate_clips(samples, reference, feature_space, labels, reference_name)
     for name, arr in (("samples", samples), ("reference", reference)):
         if len(arr) < 2:
             raise EvaluationError(f"{name}: at least 2 items are needed for a covariance, got {len(arr)}")
@@ -264,12 +279,58 @@ def evaluate(samples, reference, *, feature_space: str = "auto", train=None, k: 
     return out
 
 
+def _evaluate_clips(samples, reference, feature_space: str, labels, reference_name: str) -> dict:
+    """Clips (N, T, C, H, W): ``metrics.video.evaluate_video`` with the suite's protocol fields."""
+    if samples.ndim != 5 or feature_space not in ("auto", "video"):
+        raise EvaluationError(f"feature space {feature_space!r} does not read clips and 'video' reads only clips "
+                              f"(N, T, C, H, W); got shape {samples.shape} with feature space {feature_space!r}")
+    for name, arr in (("samples", samples), ("reference", reference)):
+        if len(arr) < 2:
+            raise EvaluationError(f"{name}: at least 2 clips are needed for a covariance, got {len(arr)}")
+    try:
+        out = evaluate_video(samples, reference, labels)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from e
+    sizes = (("fd", MNIST_HPARAMS["features"], len(samples) * samples.shape[1]),  # frames
+             ("clip_fd", CLIP_HPARAMS["features"], len(samples)))
+    out["protocol"].update({"reference": reference_name, "feature_space": "video", "features": describe("video", 0),
+                            "notes": [f"fewer items ({count}) than feature dimensions ({d}) for {key}: the "
+                                      f"covariances are singular and it is dominated by estimation error"
+                                      for key, d, count in sizes if count <= d]})
+    return out
+
+
 def to_json(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+def _video_lines(result: dict) -> list[str]:
+    p, ref = result["protocol"], result.get("reference", {})
+
+    def num(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = [f"{p['samples']} clips {tuple(p['clip_shape'])} vs {p['reference_count']} reference clips "
+             f"({p['reference']}); features: {p['features']}",
+             f"  FD (frames) {result['fd']:.4f}",
+             f"  clip FD     {result['clip_fd']:.4f}",
+             f"  identity    {result['identity']:.3f}   tolerant {result['identity_tolerant']:.3f}   frames "
+             f"{result['identity_frames']:.3f}" + (f"   (reference: {ref['identity']:.3f} / "
+                                                   f"{ref['identity_tolerant']:.3f} / {ref['identity_frames']:.3f})"
+                                                   if ref else ""),
+             f"  motion      {num(result['motion'], '.3f')} px   one digit {num(result['motion_one'], '.3f')}   two "
+             f"{num(result['motion_two'], '.3f')}   tracked {result['motion_tracked']:.0%}"
+             + (f"   (reference: {num(ref['motion'], '.3f')} / {num(ref['motion_one'], '.3f')} / "
+                f"{num(ref['motion_two'], '.3f')})" if ref else "")]
+    if "adherence" in result:
+        lines.append(f"  adherence   {result['adherence']:.1%}  ({p['adherence']})")
+    return lines + [f"  note: {n}" for n in p["notes"]]
+
+
 def summary_lines(result: dict) -> list[str]:
     p = result["protocol"]
+    if p.get("feature_space") == "video":
+        return _video_lines(result)
     lines = [f"{p['samples']} samples vs {p['reference_count']} reference items ({p['reference']}); "
              f"features: {p['features']}",
              f"  FD         {result['fd']:.4f}",

@@ -10,9 +10,12 @@ from .control import ControlAdapter, ControlledNet, build_controlled
 from .dit import DiT, DiTConfig
 from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
+from .video_unet import VideoUNet, VideoUNetConfig
 
-KINDS = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig), "dit": (DiT, DiTConfig)}
+KINDS = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig), "dit": (DiT, DiTConfig),
+         "video_unet": (VideoUNet, VideoUNetConfig)}
 IMAGE_KINDS = ("unet", "dit", "controlled")
+VIDEO_KINDS = ("video_unet",)
 
 
 def build(config: dict) -> nn.Module:
@@ -39,5 +42,5 @@ def num_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["ControlAdapter", "ControlledNet", "DiT", "DiTConfig", "image_channels", "MLP", "MLPConfig", "UNet", "UNetConfig", "build", "num_parameters", "KINDS",
-           "IMAGE_KINDS"]
+__all__ = ["ControlAdapter", "ControlledNet", "DiT", "DiTConfig", "image_channels", "MLP", "MLPConfig", "UNet", "UNetConfig", "VideoUNet", "VideoUNetConfig", "build", "num_parameters", "KINDS",
+           "IMAGE_KINDS", "VIDEO_KINDS"]

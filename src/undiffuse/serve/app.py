@@ -38,6 +38,8 @@ from .models import ModelRegistry
 log = logging.getLogger("undiffuse.serve")
 
 
+MEDIA_TYPES = {"png": "image/png", "wav": "audio/wav", "gif": "image/gif"}
+
 def _error(status: int, message: str, **extra) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
@@ -48,7 +50,7 @@ def _b64(data: bytes) -> str:
 
 
 def _images_json(job: Job) -> list[dict]:
-    return [{k: (_b64(v) if k in ("png", "wav") else v) for k, v in img.items()} for img in job.images]
+    return [{k: (_b64(v) if k in ("png", "wav", "gif") else v) for k, v in img.items()} for img in job.images]
 
 
 def job_json(job: Job, *, images: bool = True) -> dict:
@@ -175,11 +177,11 @@ async def generate(server: Server, request: Request):
     if job.status == "cancelled":
         return _error(409, f"job {job.id} was cancelled")
     req = job.request
-    if req.format in ("png", "wav"):
+    if req.format in ("png", "wav", "gif"):
         if not job.images:
             return _error(422, "the content filter refused the output", refused=job.refused)
         if req.count == 1:
-            return Response(job.images[0][req.format], media_type="image/png" if req.format == "png" else "audio/wav",
+            return Response(job.images[0][req.format], media_type=MEDIA_TYPES[req.format],
                             headers={"X-Undiffuse-Seed": str(job.images[0]["seed"])})
     return JSONResponse({"model": req.model, "parameters": req.params(), "images": _images_json(job),
                          "refused": job.refused})

@@ -33,7 +33,7 @@ from undiffuse.io.writers import write_samples
 from undiffuse.samplers.driver import sample
 
 from .jobs import Job
-from .limits import RequestError
+from .limits import NATIVE_FORMAT, RequestError
 
 log = logging.getLogger("undiffuse.serve")
 
@@ -191,6 +191,10 @@ class Batcher:
             written = write_samples(gen.to_sound(x, run), format="wav", seed=r.seed, records=records,
                                     request=r.params(), content_filter=self.content_filter, grid=False,
                                     sample_rate=run.audio["sample_rate"])
+        elif run.kind == "video":  # clips: animated GIFs
+            written = write_samples(gen.to_unit(x), format="gif", seed=r.seed, records=records, request=r.params(),
+                                    content_filter=self.content_filter, watermark=self.watermark, grid=False,
+                                    fps=gen.video_fps(run))
         else:
             written = write_samples(gen.to_unit(x) if run.kind == "image" else x, format="png", seed=r.seed,
                                     records=records, request=r.params(), content_filter=self.content_filter,
@@ -203,7 +207,7 @@ class Batcher:
         for it in written.items:
             item = {"seed": it.seed, **({"class": it.record["class"]} if "class" in it.record else {})}
             if it.data is not None:
-                item["wav" if run.kind == "audio" else "png"] = it.data
+                item[NATIVE_FORMAT.get(run.kind, "png")] = it.data
             else:
                 item["sample"] = [float(v) for v in it.sample]
             images.append(item)

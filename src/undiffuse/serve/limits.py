@@ -37,7 +37,8 @@ class Limits:
     max_prompt: int = 1000       # characters
 
 
-FORMATS = ("json", "png", "wav")
+FORMATS = ("json", "png", "wav", "gif")
+NATIVE_FORMAT = {"image": "png", "audio": "wav", "video": "gif"}  # the file format of each kind of run
 FIELDS = ("model", "count", "sampler", "steps", "seed", "class", "prompt", "guidance", "format", "control_image",
           "control_scale")
 
@@ -116,11 +117,12 @@ def parse_generate(body, registry, limits: Limits) -> GenerateRequest:
     if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
         raise RequestError(400, f"'format' {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
     req.format = fmt.lower()
-    if req.format == "png" and run.kind != "image":
-        what, other = ("sound", "'wav' or 'json'") if run.kind == "audio" else (run.kind + "s", "'json'")
-        raise RequestError(400, f"model {req.model!r} makes {what}, not images; use format {other}")
-    if req.format == "wav" and run.kind != "audio":
-        raise RequestError(400, f"model {req.model!r} makes {run.kind}s, not sound; use format 'png' or 'json'")
+    native = NATIVE_FORMAT.get(run.kind)
+    if req.format != "json" and req.format != native:
+        what = {"png": "images", "wav": "sound", "gif": "video clips"}[req.format]
+        makes = "sound" if run.kind == "audio" else run.kind + "s"
+        raise RequestError(400, f"model {req.model!r} makes {makes}, not {what}; use format "
+                                + (f"'{native}' or 'json'" if native else "'json'"))
     kind = run.conditioning
     if kind == "lowres":
         raise RequestError(400, f"model {req.model!r} is a super-resolution model; the server does not upscale")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from undiffuse.data import control_maps
 from undiffuse.steering import text
+from undiffuse.steering.frames import frame_tasks
 
 Tensor = torch.Tensor
 
@@ -40,7 +41,11 @@ class TextTable:
     def __init__(self, wordings: list[list[str]], max_tokens: int, per_item: bool):
         self.per_item = per_item
         self.captions = [w for row in wordings for w in row] + [""]
-        enc = text.encode_cached(self.captions, max_tokens=max_tokens)
+        # each distinct caption encoded and stored once (captioned clips repeat a few hundred wordings)
+        distinct = list(dict.fromkeys(self.captions))
+        where = {c: i for i, c in enumerate(distinct)}
+        self.encoded_row = torch.tensor([where[c] for c in self.captions])
+        enc = text.encode_cached(distinct, max_tokens=max_tokens)
         self.tokens, self.mask = enc.tokens, enc.mask
         self.null = len(self.captions) - 1
         starts = torch.tensor([0] + [len(row) for row in wordings]).cumsum(0)
@@ -68,21 +73,27 @@ class TextTable:
         return self.pick(rows, torch.zeros(len(rows)))
 
     def rows(self, index: Tensor, device) -> dict:
-        return {"context": self.tokens[index].to(device), "context_mask": self.mask[index].to(device)}
+        row = self.encoded_row[torch.as_tensor(index).long()]
+        return {"context": self.tokens[row].to(device), "context_mask": self.mask[row].to(device)}
 
 
 class TrainingConditions:
     """Per-batch conditioning keyword arguments for the trainer."""
 
-    def __init__(self, cfg, dataset, *, concat_control: bool = False):
+    def __init__(self, cfg, dataset, *, concat_control: bool = False, given_frames: bool = False):
         # cfg: the run's ``conditioning`` group (kind, dropout, factor, max_tokens, control); with
-        # ``concat_control`` the control maps go to the network as ``cond_image`` (on its grid)
+        # ``concat_control`` the control maps go to the network as ``cond_image`` (on its grid);
+        # with ``given_frames`` (a video network with frame_cond) each clip gets a task's given
+        # frames (``steering.frames``)
         self.cfg, self.data, self.concat_control = cfg, dataset, concat_control
+        self.given_frames = given_frames
         self.text = TextTable.for_dataset(dataset, cfg.max_tokens) if cfg.kind == "text" else None
         self._maps: Tensor | None = None
 
     def __call__(self, index: Tensor, x0: Tensor, generator: torch.Generator) -> dict:
         out = self._condition(index, x0, generator)
+        if self.given_frames:  # the mask only: ``frames.with_given`` adds the frames of this process's rows
+            out["frame_mask"] = frame_tasks(len(index), x0.shape[1], generator).to(x0.device)
         if self.cfg.control:
             out.update(self.control_condition(index, x0.device))
         return out

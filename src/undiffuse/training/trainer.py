@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from undiffuse import nets
 from undiffuse.config import RunConfig, build_denoiser, schedule_of
 from undiffuse.core.losses import denoising_loss, sample_sigma
 from undiffuse.core.noise import noise as make_noise
@@ -44,10 +45,12 @@ from undiffuse.inference import generate as gen
 from undiffuse.inference import posthoc_ema
 from undiffuse.io import checkpoint as ckpt
 from undiffuse.io.audio import spectrogram
+from undiffuse.io.video import strip as video_strip
 from undiffuse.metrics.evaluate import evaluate, to_json
 from undiffuse.samplers.driver import sample
 from undiffuse.steering import guidance
 from undiffuse.steering.conditioning import TrainingConditions
+from undiffuse.steering.frames import with_given
 from undiffuse.training import sharding
 from undiffuse.training.budget import POSTHOC_SNAPSHOTS
 from undiffuse.training.denoising import DenoisingObjective
@@ -67,6 +70,14 @@ from undiffuse.utils import distributed as _dist
 from undiffuse.utils.atomic import write_text
 
 Tensor = torch.Tensor
+
+
+def _sample_size(data) -> list[int]:
+    """What a checkpoint records as the sample size: the sides of an image, a spectrogram or a
+    video's frames (channels and frames live in the config), a waveform's length; [] for vectors."""
+    if data.kind == "vector":
+        return []
+    return list(data.shape[2:] if data.kind == "video" else data.shape[1:])
 
 
 def _licence(dataset) -> dict:
@@ -134,7 +145,9 @@ class Trainer(TrainingLoop):
         super().__init__(cfg, self.net, objective, gen=generator, ema=self.ema, log=self.log)
         self.order = DataOrder(len(dataset), cfg.train.seed)
         self.conditions = TrainingConditions(cfg.conditioning, dataset,
-                                             concat_control=cfg.model.get("kind") != "controlled")
+                                             concat_control=cfg.model.get("kind") != "controlled",
+                                             given_frames=cfg.model.get("kind") in nets.VIDEO_KINDS
+                                             and cfg.model.get("frame_cond", True))
         self.window = [0.0, 0]  # loss sum and count since the last log entry
         self.best: dict | None = None  # lowest evaluation FD so far and its step
         self._saved_step: int | None = None  # the step whose state this process last saved (or resumed from)
@@ -279,10 +292,10 @@ class Trainer(TrainingLoop):
         state = {"step": self.step, "elapsed": self.elapsed, "samples_seen": self.samples_seen,
                  "bad_in_row": self.bad_in_row, "window": self.window, "optimizer": opt_meta, "best": self.best,
                  "data_order": {"epoch": self.order.epoch, "pos": self.order.pos},
-                 "config": self.cfg.to_dict(), "sample_size": list(self.data.shape[1:]) if self.data.kind != "vector" else [],
+                 "config": self.cfg.to_dict(), "sample_size": _sample_size(self.data),
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names),
-                             **({"audio": self.data.info["audio"]} if self.data.kind == "audio" else {}),
+                             **{k: self.data.info[k] for k in ("audio", "video") if k in self.data.info},
                              **_licence(self.data), **self._examples()}, **extra}
         path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
@@ -358,10 +371,10 @@ class Trainer(TrainingLoop):
         """The condition of this rank's rows; random choices are drawn for the whole global
         batch (as one process draws them) and sliced."""
         if not self.world.distributed:
-            return self.conditions(idx, x0, self.gen)
-        if self.cfg.conditioning.kind in ("none", "lowres"):  # no random draws
+            return with_given(self.conditions(idx, x0, self.gen), x0)
+        if self.cfg.conditioning.kind in ("none", "lowres") and not self.conditions.given_frames:  # no random draws
             return self.conditions(idx[part], x0, self.gen)
-        return {k: v[part] for k, v in self.conditions(idx, x0, self.gen).items()}
+        return with_given({k: v[part] for k, v in self.conditions(idx, x0, self.gen).items()}, x0)
 
     def _write_log(self, entry: dict) -> None:
         if not self.world.main:
@@ -441,7 +454,7 @@ class Trainer(TrainingLoop):
         x = self.ema_samples(tr.eval_samples, seed=1_000_000)
         images = getattr(self.data, "pixels", self.data)  # latent data: decoded samples vs the images
         real = images.get(torch.arange(len(images)))
-        if self.data.kind == "image":
+        if self.data.kind in ("image", "video"):
             x, real = self.data.to_unit(x), images.to_unit(real)
         res = to_json(evaluate(x.numpy(), real.numpy(), kid_subsets=20, kid_subset_size=min(500, tr.eval_samples),
                                reference_name=f"training data ({self.data.name})"))
@@ -498,6 +511,9 @@ class Trainer(TrainingLoop):
         if self.data.kind == "image":
             x = self.data.to_unit(x)  # [0, 1] images (latent data decodes)
             gen.save_png(path, gen.grid(gen.to_uint8(x)), scale=4)
+        elif self.data.kind == "video":  # a row of frames per clip
+            u8 = gen.to_uint8(self.data.to_unit(x[:16]).flatten(0, 1)).reshape(min(16, len(x)), x.shape[1], *x.shape[3:], -1)
+            gen.save_png(path, video_strip(u8), scale=2)
         elif self.data.kind == "audio":
             a = self.data.info["audio"]
             waves = to_waveform(x, a).numpy()
