@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # only its sampling.py is read (tests/_kdiffusion.py); its torchvision would replace this torch.
 K_DIFFUSION_SPEC ?= k-diffusion==0.1.1.post1
 
-.PHONY: demo test bench bench-train setup browser speech clean
+.PHONY: demo test test-slow bench bench-train setup browser speech clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,8 +62,13 @@ speech:
 demo: setup
 	$(PY) -m undiffuse demo --out runs/demo
 
+# The suite in under 15 minutes on a 2-core CPU; the tests marked slow (several processes, real
+# kill -9 and signals, whole demos, compilation) run in `make test-slow`, and CI runs both.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 bench: setup
 	$(PY) benchmarks/samplers.py --write BENCHMARKS.md

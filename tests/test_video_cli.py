@@ -133,3 +133,26 @@ def test_server_answers_video_runs_with_gifs(run, tmp_path, capsys):
                              "--steps", "2", "--out", str(tmp_path / "cli"), "--no-progress"], capsys)
     assert code == 0, err
     assert np.array_equal(read_gif(str(tmp_path / "cli" / "000000.gif"))[0], frames)
+
+
+def test_latent_route_encodes_frames_and_keeps_given_frames(clips, tmp_path, capsys):
+    """train --latent on clips: a per-frame autoencoder, then the space-time U-Net on its latents;
+    samples decode to clips and prediction keeps the given frames themselves."""
+    from undiffuse.data.video import read_clips
+    data, out = tmp_path / "clips.npz", tmp_path / "lat"
+    np.savez(data, samples=read_clips("moving-digits", frames=8)[:40].numpy())  # 40 clips of 8 frames, uint8
+    code, _, err = run_main(["train", "--data", str(data), "--frames", "4", "--latent", "--max-steps", "3",
+                             "--out", str(out), *VIDEO_TINY], capsys)
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "video-latent" and cfg["latent"]["autoencoder"] == str(out / "autoencoder")
+    ae = json.loads((out / "autoencoder" / "autoencoder.json").read_text())
+    assert ae["image_shape"] == [1, 32, 32] and ae["data"]["size"] == 40  # every 4th frame of the 4-frame clips
+    path, x = clips
+    code, _, err = run_main(["predict", "--checkpoint", str(out), "--video", str(path), "--index", "0",
+                             "--context", "2", "--frames", "2", "--format", "npz", "--out", str(tmp_path / "p.npz")],
+                            capsys)
+    assert code == 0, err
+    y = np.load(tmp_path / "p.npz")["samples"]
+    assert y.shape == (1, 4, 1, 32, 32)
+    np.testing.assert_allclose(y[0, :2], x[0, :2], rtol=0, atol=1e-6)

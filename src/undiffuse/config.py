@@ -225,7 +225,7 @@ def default_preset(dataset) -> str:
     if dataset.kind == "audio":
         return "audio-" + dataset.info["audio"]["representation"]
     if dataset.kind == "video":
-        return "video"
+        return "video-latent" if getattr(dataset, "codec", None) is not None else "video"
     if dataset.name == "digits":
         return "digits"
     if dataset.name.split(":")[0] == "emoji":

@@ -145,6 +145,17 @@ PRESETS: dict[str, dict] = {
         "train": {"time_budget": 1200.0, "checkpoint_every": 500},
         "sample": {"sampler": "heun", "steps": 18},
     },
+    # Video on the latents of a per-frame autoencoder (train --latent: 4 x 8 x 8 per 32 x 32 frame):
+    # the same factorised U-Net on the latent grid, no patches. Provisional: not yet ablated.
+    "video-latent": {
+        "model": {"kind": "video_unet", "channels": 64, "channel_mult": [1, 2], "num_res_blocks": 1,
+                  "attention_levels": [1], "temporal_attention_levels": [0, 1], "head_channels": 32,
+                  "dropout": 0.0, "patch_size": 1, "frame_cond": True},
+        "optim": {"lr": 2e-3, "batch_size": 8, "warmup_steps": 200},
+        "ema": {"halflife_samples": 4_000},
+        "train": {"time_budget": 1200.0, "checkpoint_every": 500},
+        "sample": {"sampler": "heun", "steps": 18},
+    },
     "digits-dit": {
         "model": {"kind": "dit", "patch_size": 2, "width": 128, "depth": 6, "heads": 4, "mlp_ratio": 4.0,
                   "dropout": 0.0},

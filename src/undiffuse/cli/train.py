@@ -285,8 +285,8 @@ def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         parser.error("--latent without --autoencoder trains the autoencoder in one process; under torchrun train it "
                      "first with `undiffuse train-autoencoder` and pass --autoencoder RUN")
-    if dataset.kind != "image":
-        parser.error(f"--latent: an autoencoder needs image data; --data {args.data!r} holds {dataset.kind}s")
+    if dataset.kind not in ("image", "video"):
+        parser.error(f"--latent: an autoencoder needs image or video data; --data {args.data!r} holds {dataset.kind}s")
     out = _out_folder(args)
     if args.resume is None and os.path.isdir(os.path.join(out, ckpt.CHECKPOINTS)):  # before training anything
         parser.error(f"{out!r} already holds checkpoints; pass --resume auto to continue it or choose another --out")
@@ -309,8 +309,8 @@ def _planned_latent_data(args, parser, dataset, overrides: dict):
     """``--dry-run`` of a route that trains its own autoencoder: the data encoded by the untrained
     autoencoder it would train (``latent_route.planned_codec``), so the printed config has the
     real latent shapes and budget split; the autoencoder's checksum and scale are not known yet."""
-    if dataset.kind != "image":
-        parser.error(f"--latent: an autoencoder needs image data; --data {args.data!r} holds {dataset.kind}s")
+    if dataset.kind not in ("image", "video"):
+        parser.error(f"--latent: an autoencoder needs image or video data; --data {args.data!r} holds {dataset.kind}s")
     budget = overrides.get("train.time_budget", "preset")
     if budget == "preset":
         budget = resolve(args.preset or default_preset(dataset), dataset, {}).train.time_budget
@@ -348,7 +348,8 @@ def _latent_data(args, parser, dataset, overrides: dict, saved: dict | None = No
     if saved and saved.get("sha256") and saved["sha256"] != codec.sha256:
         parser.error(f"--autoencoder {args.autoencoder!r} is not the autoencoder the resumed run was trained with "
                      f"(weights SHA-256 {codec.sha256[:16]}..., the run recorded {saved['sha256'][:16]}...)")
-    if dataset.kind != "image" or tuple(dataset.shape) != codec.image_shape:
+    frame = tuple(dataset.shape[1:] if dataset.kind == "video" else dataset.shape)
+    if dataset.kind not in ("image", "video") or frame != codec.image_shape:
         parser.error(f"--autoencoder {args.autoencoder!r} was trained on images of shape {codec.image_shape} "
                      f"({codec.meta.get('data', {}).get('name')}); --data {args.data!r} has items of shape "
                      f"{tuple(dataset.shape)}, so the latent shapes would not match (allowed: data of shape "

@@ -129,7 +129,7 @@ def _missing(args, usage, frames: int) -> tuple[int, int]:
 
 def _read_clips(args, usage, loaded) -> torch.Tensor:
     """The input clips in model space (N, t, C, H, W), checked against the run's frames."""
-    _, c, h, w = loaded.shape
+    _, c, h, w = loaded.image_shape
     builtin = args.video.split(":")[0] in _data.names() and not os.path.exists(args.video)
     try:  # frames of another size are an error (check_clips), except for built-in data made at the run's size
         clips = _data.video.read_clips(args.video, frames=None, image_size=(h, w) if builtin else None, channels=c)

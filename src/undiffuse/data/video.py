@@ -589,3 +589,16 @@ def read_clips(spec: str, *, frames: int | None = None, image_size=None, channel
         raise DataError(f"{spec}: no such file or folder, and not a built-in video dataset (moving-digits, "
                         f"moving-digits:heldout)")
     return torch.cat(_set_channels(clips, channels, spec))
+
+
+def frames_of(dataset: Dataset, stride: int = 1) -> Dataset:
+    """The frames of a video dataset as an image dataset (every ``stride``-th frame of each clip,
+    in clip order; labels and captions dropped): what a per-frame autoencoder trains on."""
+    if dataset.kind != "video":
+        raise DataError(f"{dataset.name!r} holds {dataset.kind}s, not videos")
+    if stride < 1:
+        raise DataError(f"stride must be >= 1, got {stride}")
+    frames = dataset.storage[:, ::stride].reshape(-1, *dataset.shape[1:]).contiguous()
+    return Dataset(f"{dataset.name} frames", "image", tuple(dataset.shape[1:]), None, [],
+                   f"every {stride} frame(s) of each clip of {dataset.source}", frames, dataset.max_value,
+                   info={k: v for k, v in dataset.info.items() if k in ("licence", "attribution")})

@@ -226,7 +226,8 @@ def pick_levels(run_path: str, search: LevelSearch | None = None, *, device: str
         log(f"levels: not picked for a {run.conditioning!r}-conditioned run; it samples with its defaults")
         return None
     data = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels,
-                          sample_rate=cfg.data.sample_rate, representation=cfg.data.representation)
+                          sample_rate=cfg.data.sample_rate, representation=cfg.data.representation,
+                          frames=cfg.data.frames)
     n = min(search.samples, len(data))
     rows = np.sort(np.random.default_rng(search.seed).choice(len(data), n, replace=False))
     real = data.to_unit(data.get(torch.as_tensor(rows))).numpy()

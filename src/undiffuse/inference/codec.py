@@ -52,18 +52,23 @@ class LatentCodec:
 
     @torch.no_grad()
     def encode(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """Images (N, C, H, W) in [-1, 1] -> posterior means times the scale factor."""
+        """Images (..., C, H, W) in [-1, 1] (e.g. clips (N, T, C, H, W): frame by frame) ->
+        posterior means times the scale factor, (..., c, h, w)."""
         dev = next(self.net.parameters()).device
-        out = [self.net.encode(x[i:i + batch_size].to(dev, torch.float32))[0] for i in range(0, len(x), batch_size)]
-        return torch.cat(out) * self.scale_factor
+        flat = x.reshape(-1, *x.shape[-3:])
+        out = [self.net.encode(flat[i:i + batch_size].to(dev, torch.float32))[0] for i in range(0, len(flat), batch_size)]
+        out = torch.cat(out) * self.scale_factor
+        return out.reshape(*x.shape[:-3], *out.shape[1:])
 
     @torch.no_grad()
     def decode(self, z: Tensor, batch_size: int = 256) -> Tensor:
-        """Scaled latents -> images in model space (about [-1, 1], not clamped)."""
+        """Scaled latents (..., c, h, w) -> images in model space (about [-1, 1], not clamped)."""
         dev = next(self.net.parameters()).device
-        out = [self.net.decode(z[i:i + batch_size].to(dev, torch.float32) / self.scale_factor)
-               for i in range(0, len(z), batch_size)]
-        return torch.cat(out)
+        flat = z.reshape(-1, *z.shape[-3:])
+        out = [self.net.decode(flat[i:i + batch_size].to(dev, torch.float32) / self.scale_factor)
+               for i in range(0, len(flat), batch_size)]
+        out = torch.cat(out)
+        return out.reshape(*z.shape[:-3], *out.shape[1:])
 
 
 # ----------------------------------------------------------------------------- files
@@ -115,12 +120,15 @@ def load_autoencoder(path: str, device: str = "cpu", *, expect_sha256: str | Non
 class LatentDataset:
     """The images of ``dataset`` encoded once by ``codec``; to the trainer it looks like an image
     ``Dataset`` of shape ``codec.latent_shape`` (``get`` returns the scaled latents). ``pixels``
-    is the image dataset, against which evaluations score decoded samples; ``to_unit`` decodes."""
+    is the image dataset, against which evaluations score decoded samples; ``to_unit`` decodes.
+    A video dataset is encoded frame by frame: clips of shape (T, *latent_shape), kind video."""
 
     kind = "image"
 
     def __init__(self, dataset, codec: LatentCodec):
-        if tuple(dataset.shape) != codec.image_shape:
+        video = dataset.kind == "video"
+        frame = tuple(dataset.shape[1:] if video else dataset.shape)
+        if frame != codec.image_shape:
             raise ValueError(f"the autoencoder {codec.path or ''} was trained on images of shape {codec.image_shape} "
                              f"({codec.meta.get('data', {}).get('name')}), but the data {dataset.name!r} has images "
                              f"of shape {tuple(dataset.shape)}; its latents would not match: train an autoencoder "
@@ -128,9 +136,12 @@ class LatentDataset:
         self.pixels, self.codec = dataset, codec
         self.name, self.labels, self.class_names = dataset.name, dataset.labels, list(dataset.class_names)
         self.captions, self.info = getattr(dataset, "captions", None), getattr(dataset, "info", {})
-        self.shape = codec.latent_shape
+        self.kind = dataset.kind if video else "image"
+        self.shape = (dataset.shape[0], *codec.latent_shape) if video else codec.latent_shape
         self.source = f"{dataset.source}; encoded by the autoencoder {codec.path} (scale {codec.scale_factor:.4g})"
-        self.storage = codec.encode(dataset.get(torch.arange(len(dataset)))).contiguous()  # (N, *latent_shape)
+        chunk = 512  # items encoded at a time (a clip is many images)
+        self.storage = torch.cat([codec.encode(dataset.get(torch.arange(i, min(i + chunk, len(dataset)))))
+                                  for i in range(0, len(dataset), chunk)]).contiguous()  # (N, *shape)
         if not torch.isfinite(self.storage).all():
             raise ValueError(f"the autoencoder {codec.path} gives non-finite latents for {dataset.name!r}")
 

@@ -72,7 +72,9 @@ class LoadedRun:
     @property
     def image_shape(self) -> tuple:
         """Shape of the samples ``generate`` returns (decoded images for a latent run)."""
-        return self.decoder.image_shape if self.decoder is not None else self.shape
+        if self.decoder is None:
+            return self.shape
+        return (self.shape[0], *self.decoder.image_shape) if self.kind == "video" else self.decoder.image_shape
 
     @property
     def conditioning(self) -> str:
@@ -183,7 +185,7 @@ def _latent_decoder(cfg: RunConfig, shape: tuple, device):
         codec = load_autoencoder(lat.autoencoder, device=device, expect_sha256=lat.sha256)
     except AutoencoderError as e:
         raise ckpt.CheckpointError(f"this latent run needs its autoencoder {lat.autoencoder!r}: {e}") from None
-    if codec.latent_shape != shape:
+    if codec.latent_shape != (shape[1:] if len(shape) == 4 else shape):  # a video run: per frame
         raise ckpt.CheckpointError(f"the autoencoder {lat.autoencoder!r} makes latents of shape {codec.latent_shape}, "
                                    f"the run was trained on {shape}")
     codec.scale_factor = float(lat.scale_factor)  # the scale the run was trained with

@@ -13,6 +13,7 @@ import math
 import torch
 
 from undiffuse.config import OptimConfig, TrainConfig
+from undiffuse.data.video import frames_of
 from undiffuse.inference.codec import (  # noqa: F401 (public)
     FORMAT,
     AutoencoderError,
@@ -30,6 +31,8 @@ HELD_OUT = 0.1  # share of the data kept out of training to measure the reconstr
 
 # ----------------------------------------------------------------------------- training
 
+
+FRAME_STRIDE = 4  # video data: the autoencoder trains on every 4th frame of each clip (neighbours are alike)
 
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
     """Per-element KL(N(mean, exp(logvar)) || N(0, 1))."""
@@ -98,8 +101,10 @@ def train_autoencoder(dataset, out: str, *, max_steps: int | None = 2000, time_b
     shared ``training.loop`` (a step with a non-finite loss is skipped). Everything random
     comes from ``seed``; the caller's global random state is left as it was.
     """
+    if dataset.kind == "video":  # a codec of frames: trained on every FRAME_STRIDE-th frame of every clip
+        dataset = frames_of(dataset, FRAME_STRIDE)
     if dataset.kind != "image" or len(dataset.shape) != 3:
-        raise ValueError(f"an autoencoder needs image data; {dataset.name!r} holds {dataset.kind}s")
+        raise ValueError(f"an autoencoder needs image (or video) data; {dataset.name!r} holds {dataset.kind}s")
     if max_steps is None and time_budget is None:
         raise ValueError("give max_steps or time_budget")
     if not kl_weight >= 0:

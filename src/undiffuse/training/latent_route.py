@@ -34,7 +34,8 @@ def run_dataset(cfg):
     """The data a run trained on (``cfg``: its ``RunConfig``): its dataset, encoded by its
     autoencoder (checked against the recorded checksum) when it is a latent run."""
     dataset = _data.load(cfg.data.name, image_size=cfg.data.image_size, channels=cfg.data.channels,
-                          sample_rate=cfg.data.sample_rate, representation=cfg.data.representation)
+                          sample_rate=cfg.data.sample_rate, representation=cfg.data.representation,
+                          frames=cfg.data.frames)
     if cfg.latent.autoencoder is not None:
         dataset = LatentDataset(dataset, load_autoencoder(cfg.latent.autoencoder, expect_sha256=cfg.latent.sha256))
     return dataset
@@ -76,9 +77,10 @@ def planned_codec(dataset, out: str, *, time_budget: float | None, ae_share: flo
     """What :func:`autoencoder_for` would train, untrained: its shapes, its folder and, as its
     recorded seconds, its share of the budget; for ``train --dry-run``, which trains nothing.
     Its latents (and so ``latent.scale_factor``) mean nothing."""
+    frame = tuple(dataset.shape[1:] if dataset.kind == "video" else dataset.shape)
     with seeded(0):
-        net = Autoencoder(AutoencoderConfig(in_channels=dataset.shape[0], **(net_config or {})))
-    meta = {"scale_factor": 1.0, "image_shape": list(dataset.shape), "latent_shape": list(net.latent_shape(dataset.shape)),
+        net = Autoencoder(AutoencoderConfig(in_channels=frame[0], **(net_config or {})))
+    meta = {"scale_factor": 1.0, "image_shape": list(frame), "latent_shape": list(net.latent_shape(frame)),
             "training": {"seconds": (time_budget or 0.0) * ae_share}, "data": {"name": dataset.name}}
     return LatentCodec(net, meta, path=os.path.abspath(os.path.join(out, AUTOENCODER)))
 

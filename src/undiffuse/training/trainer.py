@@ -512,7 +512,8 @@ class Trainer(TrainingLoop):
             x = self.data.to_unit(x)  # [0, 1] images (latent data decodes)
             gen.save_png(path, gen.grid(gen.to_uint8(x)), scale=4)
         elif self.data.kind == "video":  # a row of frames per clip
-            u8 = gen.to_uint8(self.data.to_unit(x[:16]).flatten(0, 1)).reshape(min(16, len(x)), x.shape[1], *x.shape[3:], -1)
+            clips = self.data.to_unit(x[:16])  # (n, T, C, H, W) in [0, 1] (latent data decodes)
+            u8 = gen.to_uint8(clips.flatten(0, 1)).reshape(*clips.shape[:2], *clips.shape[3:], -1)
             gen.save_png(path, video_strip(u8), scale=2)
         elif self.data.kind == "audio":
             a = self.data.info["audio"]
