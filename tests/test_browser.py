@@ -172,3 +172,30 @@ def test_page_plays_generated_sound(browser, tmp_path):
         assert abs(browser.execute_script("return arguments[0].duration", player) - 8192 / 8000) < 0.01
         link = browser.find_element(By.CSS_SELECTOR, "#gallery figcaption a")
         assert link.get_attribute("download").endswith(".wav") and link.get_attribute("href").startswith("data:audio/wav")
+
+
+def test_page_shows_generated_clips(browser, tmp_path):
+    """A video run: the gallery gets an animated GIF that the browser decodes at the clip's
+    frame size, and a GIF download link."""
+    folder = tmp_path / "models"
+    assert main(["train", "--data", "moving-digits", "--frames", "4", "--no-latent", "--max-steps", "2", "--out",
+                 str(folder / "clips"), "--set", "model.channels=8", "--set", "model.channel_mult=[1,2]",
+                 "--set", "model.attention_levels=[1]", "--set", "model.temporal_attention_levels=[1]",
+                 "--set", "model.head_channels=8", "--set", "model.groups=8", "--set", "optim.batch_size=2",
+                 "--set", "train.sample_count=2", "--set", "sample.steps=2", "--no-progress"]) == 0
+    with BackgroundServer(create_app(str(folder))) as srv:
+        _open_page(browser, srv.url)
+        _type(browser, "steps", "2")
+        browser.find_element(By.ID, "generate").click()
+        deadline = time.monotonic() + 60
+        while not browser.find_elements(By.CSS_SELECTOR, "#gallery img.result"):
+            assert time.monotonic() < deadline, browser.find_element(By.ID, "status").text
+            time.sleep(0.05)
+        clip = browser.find_element(By.CSS_SELECTOR, "#gallery img.result")
+        while not browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", clip):
+            assert time.monotonic() < deadline, "the browser never decoded the GIF"
+            time.sleep(0.05)
+        assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", clip) == [32, 32]
+        assert clip.get_attribute("src").startswith("data:image/gif;base64,")
+        link = browser.find_element(By.CSS_SELECTOR, "#gallery figcaption a")
+        assert link.get_attribute("download").endswith(".gif")

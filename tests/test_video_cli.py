@@ -18,7 +18,7 @@ VIDEO_TINY = ["--set", "model.channels=8", "--set", "model.channel_mult=[1,2]", 
 def run(tmp_path_factory):
     """A two-step class-conditional run on 4-frame moving digits."""
     out = tmp_path_factory.mktemp("video") / "run"
-    assert main_code(["train", "--data", "moving-digits", "--frames", "4", "--conditioning", "class",
+    assert main_code(["train", "--data", "moving-digits", "--frames", "4", "--conditioning", "class", "--no-latent",
                       "--max-steps", "2", "--out", str(out), *VIDEO_TINY]) == 0
     return out
 
@@ -156,3 +156,10 @@ def test_latent_route_encodes_frames_and_keeps_given_frames(clips, tmp_path, cap
     y = np.load(tmp_path / "p.npz")["samples"]
     assert y.shape == (1, 4, 1, 32, 32)
     np.testing.assert_allclose(y[0, :2], x[0, :2], rtol=0, atol=1e-6)
+
+
+def test_moving_digits_takes_the_latent_route_by_default():
+    from undiffuse import data
+    from undiffuse.cli import train
+    assert train._latent_by_default(data.load("moving-digits", frames=4))
+    assert not train._latent_by_default(data.load("digits"))

@@ -270,12 +270,13 @@ def _latent_options(args, parser, saved: dict | None) -> None:
                      f"or drop --autoencoder")
 
 
-_LATENT_BY_DEFAULT = ("emoji", "mnist5k")  # BENCHMARKS.md: latent vs pixels at equal time on each
+_LATENT_BY_DEFAULT = ("emoji", "mnist5k", "moving-digits")  # BENCHMARKS.md: latent vs pixels at equal time on each
 
 
 def _latent_by_default(dataset) -> bool:
-    """Data whose measured best route is latent diffusion: the emoji and mnist5k images."""
-    return dataset.kind == "image" and dataset.name.split(":")[0] in _LATENT_BY_DEFAULT
+    """Data whose measured best route is latent diffusion: the emoji and mnist5k images, the
+    moving-digits clips."""
+    return dataset.kind in ("image", "video") and dataset.name.split(":")[0] in _LATENT_BY_DEFAULT
 
 
 def _own_autoencoder(args, parser, dataset, overrides: dict) -> str:
