@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from _cli import TINY, main_code, run_main
-from undiffuse import config, data
+from undiffuse import config, data, nets
 from undiffuse.steering.conditioning import TextTable
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -104,7 +104,7 @@ def test_text_runs_do_not_flip_unless_asked(tmp_path):
     _jsonl(tmp_path / "d", [{"file_name": f, "text": t} for f, t in names])
     ds = data.load(str(tmp_path / "d"))
     for preset in config.preset_names():
-        if preset not in ("toy", "video"):  # (video presets need video data)
+        if config.PRESETS[preset]["model"]["kind"] not in ("mlp",) + nets.VIDEO_KINDS:  # (vectors, videos)
             assert config.resolve(preset, ds, {"conditioning.kind": "text"}).data.hflip is False
     assert config.resolve("small", ds, {"conditioning.kind": "text", "data.hflip": True}).data.hflip is True
 

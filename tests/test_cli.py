@@ -40,7 +40,7 @@ def tiny_run(tmp_path_factory):
     (["train", "--data", "moons", "--preset", "digits"], "needs image data"),
     (["sample", "--checkpoint", "/no/such/run"], "--checkpoint: checkpoint '/no/such/run' does not exist"),
     (["sample", "--checkpoint", "x", "--sampler", "fast"], "--sampler 'fast' is unknown; allowed: "),
-    (["sample", "--checkpoint", "x", "--format", "gif"], "invalid choice: 'gif'"),
+    (["sample", "--checkpoint", "x", "--format", "mp4"], "invalid choice: 'mp4'"),
     (["sample", "--checkpoint", "x", "--num", "-3"], "--num: expected a positive integer"),
     (["fly"], "invalid choice"),
 ])

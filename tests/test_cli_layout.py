@@ -52,7 +52,7 @@ def test_every_command_is_listed_once_in_help_order(capsys):
     top = capsys.readouterr().out
     listed = top[top.index("{") + 1: top.index("}")].split(",")
     assert listed == ["train", "sample", "calibrate", "evaluate", "sweep", "ema", "train-classifier", "train-control", "distill", "inpaint",
-                      "img2img", "upscale", "restore", "train-autoencoder", "serve", "verify", "export", "demo"]
+                      "img2img", "upscale", "restore", "predict", "interpolate", "train-autoencoder", "serve", "verify", "export", "demo"]
     for command in listed:  # each command's own parser answers --help
         with pytest.raises(SystemExit) as e:
             cli.main([command, "--help"])

@@ -150,8 +150,8 @@ def test_train_latent_end_to_end_samples_images(latent_run, ae, tmp_path, capsys
 
 @pytest.mark.parametrize("extra, message", [
     (["--no-latent", "--autoencoder", "AE"], "only used for latent diffusion"),
-    (["--latent", "--dry-run", "--data", "moons"], "an autoencoder needs image data"),
-    (["--latent", "--data", "moons"], "an autoencoder needs image data"),
+    (["--latent", "--dry-run", "--data", "moons"], "an autoencoder needs image or video data"),
+    (["--latent", "--data", "moons"], "an autoencoder needs image or video data"),
     (["--latent", "--autoencoder", "NOT_AE"], "not an autoencoder folder"),
     (["--latent", "--autoencoder", "AE", "--image-size", "16"], "latent shapes would not match"),
     (["--latent", "--autoencoder", "AE", "--data", "moons"], "latent shapes would not match"),

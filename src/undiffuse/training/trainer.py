@@ -295,7 +295,7 @@ class Trainer(TrainingLoop):
                  "config": self.cfg.to_dict(), "sample_size": _sample_size(self.data),
                  "dataset": {"name": self.data.name, "kind": self.data.kind, "shape": list(self.data.shape),
                              "size": len(self.data), "class_names": list(self.data.class_names),
-                             **{k: self.data.info[k] for k in ("audio", "video") if k in self.data.info},
+                             **{k: v for k, v in getattr(self.data, "info", {}).items() if k in ("audio", "video")},
                              **_licence(self.data), **self._examples()}, **extra}
         path = ckpt.save_checkpoint(self.run, self.step, model=model, ema=ema,
                                     state_tensors=tensors, state=state, keep=self.cfg.train.keep)
