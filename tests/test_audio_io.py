@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SMAX, SMIN
+from conftest import SMAX, convergence_order
 
-from undiffuse import nets, samplers
-from undiffuse.core import schedules
-from undiffuse.core.analytic import GaussianMixture, ode_solution
+from undiffuse import nets
+from undiffuse.core.analytic import GaussianMixture
 from undiffuse.io import writers
 from undiffuse.io.audio import read_wav, spectrogram, wav_bytes
 
@@ -111,15 +110,7 @@ def _tone_mixture(length: int = 32) -> GaussianMixture:
 @pytest.mark.parametrize("name, lo, hi", [("heun", 1.8, 2.5), ("dpmpp_2m", 1.8, 2.4), ("euler", 0.85, 1.3)])
 def test_samplers_converge_on_waveforms_as_on_images(name, lo, hi):
     """The same measured orders as tests/test_samplers.py, on samples of shape (1, T)."""
-    gm = _tone_mixture()
     x = torch.randn(8, 1, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * SMAX
-    ref, _ = ode_solution(gm, x, SMAX, SMIN, denoise=False)
-    errs, steps = [], [12, 24, 48, 96]
-    for n in steps:
-        sig = schedules.get_sigmas("logsnr", n, sigma_min=SMIN, sigma_max=SMAX)
-        cap = {}
-        samplers.get(name)(gm, x, sig, callback=lambda s: cap.update(x=s["x"]) if s["sigma_next"] == 0 else None)
-        errs.append(float(((cap["x"] - ref) ** 2).mean().sqrt()))
-    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    slope, errs = convergence_order(name, _tone_mixture(), x)
     assert lo <= slope <= hi, f"{name}: errors {errs}, order {slope:.2f}"
     assert errs[-1] < errs[0] / 4

@@ -1,14 +1,13 @@
 """The space-time U-Net (nets.video_unet) and given frames (steering.frames): per-frame at
 initialisation, frames mixed once the temporal layers move, given frames kept exactly, and the
 samplers' convergence orders on clips of shape (T, C, H, W) against an analytic mixture."""
-import numpy as np
 import pytest
 import torch
-from conftest import SMAX, SMIN
+from conftest import SMAX, convergence_order
 
 from undiffuse import nets, samplers
 from undiffuse.core import schedules
-from undiffuse.core.analytic import GaussianMixture, ode_solution
+from undiffuse.core.analytic import GaussianMixture
 from undiffuse.nets.video_unet import TemporalAttention, TemporalConv
 from undiffuse.steering import frames as fr
 
@@ -142,14 +141,6 @@ def _moving_blobs(frames: int = 4, side: int = 3) -> GaussianMixture:
 @pytest.mark.parametrize("name, lo, hi", [("heun", 1.8, 2.5), ("euler", 0.85, 1.3)])
 def test_samplers_converge_on_clips_as_on_images(name, lo, hi):
     """The measured orders of tests/test_samplers.py, on samples of shape (T, C, H, W)."""
-    gm = _moving_blobs()
     x = torch.randn(6, 4, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * SMAX
-    ref, _ = ode_solution(gm, x, SMAX, SMIN, denoise=False)
-    errs, steps = [], [12, 24, 48, 96]
-    for n in steps:
-        sig = schedules.get_sigmas("logsnr", n, sigma_min=SMIN, sigma_max=SMAX)
-        cap = {}
-        samplers.get(name)(gm, x, sig, callback=lambda s: cap.update(x=s["x"]) if s["sigma_next"] == 0 else None)
-        errs.append(float(((cap["x"] - ref) ** 2).mean().sqrt()))
-    slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    slope, errs = convergence_order(name, _moving_blobs(), x)
     assert lo <= slope <= hi, f"{name}: errors {errs}, order {slope:.2f}"

@@ -10,6 +10,20 @@ ARRAY_KEYS = ("x", "images", "samples", "data")
 LABEL_KEYS = ("y", "labels")
 
 
+def npz_keys(keys: list[str], preferred: tuple[str, ...], where: str, what: str = "data") -> tuple[str, str | None]:
+    """The data array's key in an ``.npz`` with ``keys`` (the first of ``preferred`` present, else
+    its single non-label array) and its labels' key (or None); a ``DataError`` naming ``where``
+    when neither is found."""
+    key = next((k for k in preferred if k in keys), None)
+    others = [k for k in keys if k not in LABEL_KEYS]
+    if key is None and len(others) == 1:
+        key = others[0]
+    if key is None:
+        raise DataError(f"{where}: no {what} array found; expected one of {preferred} or a single array, found "
+                        f"keys {keys}")
+    return key, next((k for k in LABEL_KEYS if k in keys), None)
+
+
 
 
 def _array_file(spec: str, path: str, ext: str, size, channels) -> Dataset:
@@ -21,16 +35,8 @@ def _array_file(spec: str, path: str, ext: str, size, channels) -> Dataset:
             key = ""
         else:
             with np.load(path, allow_pickle=False) as z:
-                keys = list(z.files)
-                key = next((k for k in ARRAY_KEYS if k in keys), None)
-                others = [k for k in keys if k not in LABEL_KEYS]
-                if key is None and len(others) == 1:
-                    key = others[0]
-                if key is None:
-                    raise DataError(f"{spec}: no data array found; expected one of {ARRAY_KEYS} "
-                                    f"or a single array, found keys {keys}")
+                key, label_key = npz_keys(list(z.files), ARRAY_KEYS, spec)
                 arr = z[key]
-                label_key = next((k for k in LABEL_KEYS if k in keys), None)
                 if label_key is not None:
                     labels = z[label_key]
     except DataError:

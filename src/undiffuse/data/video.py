@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from undiffuse.data.arrays import LABEL_KEYS, _check_labels, _image_array
+from undiffuse.data.arrays import LABEL_KEYS, _check_labels, _image_array, npz_keys
 from undiffuse.data.audio import AUDIO_EXTENSIONS
 from undiffuse.data.base import DataError, Dataset, DataWarning, _match_channels, _parse_size, _resize_crop
 from undiffuse.data.captions import folder_captions, is_caption_file
@@ -369,15 +369,7 @@ def _read_array(path: str, ext: str, where: str) -> tuple[np.ndarray, np.ndarray
         if ext == ".npy":
             return np.load(path, allow_pickle=False), None, ""
         with np.load(path, allow_pickle=False) as z:
-            keys = list(z.files)
-            key = next((k for k in VIDEO_KEYS if k in keys), None)
-            others = [k for k in keys if k not in LABEL_KEYS]
-            if key is None and len(others) == 1:
-                key = others[0]
-            if key is None:
-                raise DataError(f"{where}: no clip array found; expected one of {VIDEO_KEYS} or a single "
-                                f"array, found keys {keys}")
-            label_key = next((k for k in LABEL_KEYS if k in keys), None)
+            key, label_key = npz_keys(list(z.files), VIDEO_KEYS, where, "clip")
             return z[key], (None if label_key is None else z[label_key]), key
     except DataError:
         raise
